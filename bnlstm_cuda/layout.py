@@ -1,0 +1,29 @@
+"""Sequence layout shared by the module and the functional op: time-major padded tensors whose
+batch is sorted by decreasing length, so the sequences running at step t are a prefix of
+batch_sizes[t] rows (the layout of a PackedSequence, and the one the step kernels want)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def batch_sizes_of(lengths: Optional[list[int]], T: int, B: int) -> list[int]:
+    """Number of running sequences at each step, for lengths sorted in decreasing order."""
+    if lengths is None:
+        return [B] * T
+    return [sum(1 for n in lengths if n > t) for t in range(T)]
+
+
+def reverse_padded(x: Tensor, lengths: Optional[list[int]]) -> Tensor:
+    """Reverse each sequence of x (T, B, F) within its own length; padding stays where it is.
+    Its own inverse, and differentiable."""
+    if lengths is None or all(n == x.shape[0] for n in lengths):
+        return x.flip(0)
+    T = x.shape[0]
+    t = torch.arange(T).unsqueeze(1)
+    n = torch.tensor(lengths).unsqueeze(0)
+    index = torch.where(t < n, n - 1 - t, t).to(x.device)
+    return x.gather(0, index.unsqueeze(-1).expand_as(x))

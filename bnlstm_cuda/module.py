@@ -1,0 +1,222 @@
+"""BNLSTM: nn.LSTM's interface over the batch-normalised LSTM op. Holds parameters, buffers and
+argument handling only; the math is in functional.run_direction and the backends."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import backends
+from .functional import run_direction
+from .layer_state import LayerWeights, RunningStats
+from .validation import (check_input, check_int, check_momentum, check_real, check_tensor)
+
+_STAT_NAMES = ("mean_ih", "var_ih", "mean_hh", "var_hh", "mean_c", "var_c")
+
+
+class BNLSTM(nn.Module):
+    """Batch-normalised LSTM (Cooijmans et al., 2016, "Recurrent Batch Normalization"), a drop-in
+    for nn.LSTM: same constructor arguments, shapes, hx, batch_first and PackedSequence handling.
+
+    Per layer, direction and step t, with BN_t normalising each feature over the batch:
+        pre = BN_t(h_{t-1} W_hh^T; gamma_hh, 0) + BN_t(x_t W_ih^T; gamma_ih, 0) + bias  (i,f,g,o)
+        c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+        h_t = sigmoid(o) * tanh(BN_t(c_t; gamma_c, beta_c))
+
+    Statistics: in training, step t uses the batch statistics (biased variance) of the sequences
+    still running at t, and moves row min(t, max_length-1) of the running buffers towards them
+    (unbiased variance, `momentum`; momentum=None keeps a cumulative average, see
+    `bnlstm_cuda.compute_population_statistics`). A training step with fewer than 2 running
+    sequences has no batch variance: it normalises with its running row and leaves it unchanged.
+    In evaluation, step t uses row min(t, max_length-1): steps past the longest trained length
+    reuse the last row, as the paper prescribes.
+
+    Initialisation, following the authors' scripts:
+        gamma_ih = gamma_hh = gamma_c = gamma_init (0.1: with 1, gradients vanish through time);
+        beta_c = 0; each gate block of weight_ih and of weight_hh its own (semi-)orthogonal
+        matrix; bias 0 except the forget-gate block at 1. There is one bias per gate (the BN
+        shifts of both products would be redundant with it).
+
+    Args beyond nn.LSTM's: max_length (rows of per-step statistics), momentum, eps, gamma_init,
+    backend ("auto" or a name from `bnlstm_cuda.available_backends()`).
+    Dropout between layers is applied in training, as in nn.LSTM; proj_size is not supported.
+    Statistics are per process: under DistributedDataParallel each replica normalises with its
+    own batch, as nn.BatchNorm1d does.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        max_length: int = 1000,
+        momentum: Optional[float] = 0.1,
+        eps: float = 1e-5,
+        gamma_init: float = 0.1,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.input_size = check_int("input_size", input_size, 1)
+        self.hidden_size = check_int("hidden_size", hidden_size, 1)
+        self.num_layers = check_int("num_layers", num_layers, 1)
+        self.max_length = check_int("max_length", max_length, 1)
+        self.dropout = check_real("dropout", dropout, 0.0, 1.0)
+        self.momentum = check_momentum(momentum)
+        self.eps = check_real("eps", eps, 0.0)
+        self.gamma_init = check_real("gamma_init", gamma_init, -math.inf)
+        if not math.isfinite(self.gamma_init):
+            raise ValueError(f"gamma_init: expected a finite number, got {gamma_init}")
+        if backend not in backends.NAMES:
+            raise ValueError(f"backend: expected one of {list(backends.NAMES)}, got {backend!r}")
+        self.backend = backend
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        factory = {"device": device, "dtype": dtype}
+        H, G = hidden_size, 4 * hidden_size
+        for k, sfx in self._layer_keys():
+            width = input_size if k == 0 else H * self.num_directions
+            shapes = {"weight_ih": (G, width), "weight_hh": (G, H), "bias": (G,),
+                      "gamma_ih": (G,), "gamma_hh": (G,), "gamma_c": (H,), "beta_c": (H,)}
+            for name, shape in shapes.items():
+                if name != "bias" or self.bias:
+                    self.register_parameter(f"{name}_l{k}{sfx}",
+                                            nn.Parameter(torch.empty(shape, **factory)))
+            for name in _STAT_NAMES:
+                width = H if name.endswith("_c") else G
+                self.register_buffer(f"running_{name}_l{k}{sfx}",
+                                     torch.empty(max_length, width, **factory))
+            self.register_buffer(f"num_batches_tracked_l{k}{sfx}",
+                                 torch.zeros(max_length, dtype=torch.long, device=device))
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _layer_keys(self):
+        for k in range(self.num_layers):
+            for sfx in ("", "_reverse")[: self.num_directions]:
+                yield k, sfx
+
+    def layer_weights(self, layer: int, reverse: bool = False) -> LayerWeights:
+        """The learnable tensors of one layer and direction, as the functional op takes them."""
+        sfx = "_reverse" if reverse else ""
+        return LayerWeights(*(getattr(self, f"{name}_l{layer}{sfx}", None)
+                              for name in LayerWeights._fields))
+
+    def running_stats(self, layer: int, reverse: bool = False) -> RunningStats:
+        """The running-statistics buffers of one layer and direction (updated in place)."""
+        sfx = "_reverse" if reverse else ""
+        return RunningStats(*(getattr(self, f"running_{name}_l{layer}{sfx}") for name in
+                              _STAT_NAMES), getattr(self, f"num_batches_tracked_l{layer}{sfx}"))
+
+    def reset_running_stats(self) -> None:
+        for k, sfx in self._layer_keys():
+            stats = self.running_stats(k, bool(sfx))
+            for name in _STAT_NAMES:
+                getattr(stats, name).fill_(1.0 if name.startswith("var") else 0.0)
+            stats.num_batches_tracked.zero_()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        H = self.hidden_size
+        for k, sfx in self._layer_keys():
+            w = self.layer_weights(k, bool(sfx))
+            for weight in (w.weight_ih, w.weight_hh):
+                for block in weight.split(H, dim=0):
+                    nn.init.orthogonal_(block)
+            if w.bias is not None:
+                w.bias.zero_()
+                w.bias[H: 2 * H] = 1.0
+            for gamma in (w.gamma_ih, w.gamma_hh, w.gamma_c):
+                gamma.fill_(self.gamma_init)
+            w.beta_c.zero_()
+        self.reset_running_stats()
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
+                              ("bidirectional", False)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s + (f", max_length={self.max_length}, momentum={self.momentum}, eps={self.eps}, "
+                    f"backend={self.backend!r}")
+
+    def _initial_state(self, hx, x: Tensor, unbatched: bool, sorted_indices):
+        """(h0, c0), each (num_layers * num_directions, B, H), in the sorted batch order."""
+        B = x.shape[1]
+        shape = (self.num_layers * self.num_directions, B, self.hidden_size)
+        if hx is None:
+            zeros = x.new_zeros(shape)
+            return zeros, zeros
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"hx: expected a tuple (h_0, c_0), got {type(hx).__name__}")
+        want = (shape[0], shape[2]) if unbatched else shape
+        check_tensor("hx[0] (h_0)", hx[0], x, want)
+        check_tensor("hx[1] (c_0)", hx[1], x, want)
+        h0, c0 = (t.unsqueeze(1) for t in hx) if unbatched else hx
+        if sorted_indices is not None:
+            h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
+        return h0, c0
+
+    def forward(self, input, hx: Optional[tuple[Tensor, Tensor]] = None):
+        """input: (T, B, input_size), (B, T, input_size) if batch_first, (T, input_size)
+        unbatched, or a PackedSequence. hx: (h_0, c_0), each (num_layers * num_directions, B, H),
+        or None for zeros. Returns output (T, B, D*H) (or a PackedSequence) and (h_n, c_n)."""
+        like = self.weight_ih_l0
+        packed = isinstance(input, PackedSequence)
+        sorted_indices = unsorted_indices = lengths = None
+        unbatched = False
+        if packed:
+            check_input(input.data, self.input_size, like, ranks=(2,))
+            sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
+            x, lengths = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes))
+            lengths = lengths.tolist()
+        else:
+            check_input(input, self.input_size, like, ranks=(2, 3))
+            unbatched = input.dim() == 2
+            if unbatched:
+                x = input.unsqueeze(1)
+            else:
+                x = input.transpose(0, 1) if self.batch_first else input
+            if x.shape[0] == 0:
+                raise ValueError("input: expected at least one time step, got 0")
+        h0, c0 = self._initial_state(hx, x, unbatched, sorted_indices)
+        impl = backends.resolve(self.backend, x.device)
+        h_n, c_n = [], []
+        for k in range(self.num_layers):
+            ys = []
+            for d in range(self.num_directions):
+                idx = k * self.num_directions + d
+                y, h, c = run_direction(
+                    x, lengths, h0[idx], c0[idx], self.layer_weights(k, bool(d)),
+                    self.running_stats(k, bool(d)), reverse=bool(d), training=self.training,
+                    momentum=self.momentum, eps=self.eps, backend=impl,
+                )
+                ys.append(y)
+                h_n.append(h)
+                c_n.append(c)
+            x = torch.cat(ys, dim=-1) if len(ys) > 1 else ys[0]
+            if self.dropout > 0 and self.training and k < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+        if packed:
+            data = pack_padded_sequence(x, lengths).data
+            if unsorted_indices is not None:
+                h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+            return PackedSequence(data, input.batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+        if unbatched:
+            return x.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        return (x.transpose(0, 1) if self.batch_first else x), (h_n, c_n)

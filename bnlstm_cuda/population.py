@@ -1,0 +1,49 @@
+"""The paper's population statistics: one extra pass over the training data after training."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+from .module import BNLSTM
+
+
+@torch.no_grad()
+def compute_population_statistics(
+    model: nn.Module,
+    batches: Iterable,
+    forward: Optional[Callable] = None,
+) -> int:
+    """Replace the running statistics of every BNLSTM in `model` by the average of the batch
+    statistics over `batches`, as Cooijmans et al. estimate population statistics "in an extra
+    pass over the training set".
+
+    Each BNLSTM has its buffers reset and runs in training mode with momentum=None (a cumulative
+    average, as nn.BatchNorm) and dropout off; every other module is put in eval mode, so nothing
+    else changes. Gradients are off. Modes, momenta and dropout are restored afterwards.
+    `forward(model, batch)` runs one batch (default: `model(batch)`). Returns the batches seen.
+    """
+    forward = forward or (lambda m, batch: m(batch))
+    bnlstms = [m for m in model.modules() if isinstance(m, BNLSTM)]
+    if not bnlstms:
+        raise ValueError("model: expected a module containing at least one bnlstm_cuda.BNLSTM")
+    modes = {m: m.training for m in model.modules()}
+    settings = {m: (m.momentum, m.dropout) for m in bnlstms}
+    seen = 0
+    try:
+        model.eval()
+        for m in bnlstms:
+            m.reset_running_stats()
+            m.train()
+            m.momentum, m.dropout = None, 0.0
+        for batch in batches:
+            forward(model, batch)
+            seen += 1
+    finally:
+        for m, training in modes.items():
+            m.training = training
+        for m, (momentum, dropout) in settings.items():
+            m.momentum, m.dropout = momentum, dropout
+    return seen
