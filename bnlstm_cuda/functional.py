@@ -10,8 +10,16 @@ from . import backends
 from .function import run_layer
 from .layer_state import LayerWeights, RunningStats
 from .layout import batch_sizes_of, reverse_padded
-from .validation import (check_dtype_device, check_input, check_int, check_lengths, check_momentum, check_real,
-                         check_stats_shapes, check_tensor)
+from .validation import (
+    check_dtype_device,
+    check_input,
+    check_int,
+    check_lengths,
+    check_momentum,
+    check_real,
+    check_stats_shapes,
+    check_tensor,
+)
 
 
 def run_direction(x, lengths, h0, c0, weights, stats, *, reverse, training, momentum, eps,

@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import backends
 from .functional import run_direction
 from .layer_state import LayerWeights, RunningStats
-from .validation import (check_input, check_int, check_momentum, check_real, check_tensor)
+from .validation import check_input, check_int, check_momentum, check_real, check_tensor
 
 _STAT_NAMES = ("mean_ih", "var_ih", "mean_hh", "var_hh", "mean_c", "var_c")
 
@@ -215,8 +215,10 @@ class BNLSTM(nn.Module):
         if packed:
             data = pack_padded_sequence(x, lengths).data
             if unsorted_indices is not None:
-                h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
-            return PackedSequence(data, input.batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+                h_n = h_n.index_select(1, unsorted_indices)
+                c_n = c_n.index_select(1, unsorted_indices)
+            out = PackedSequence(data, input.batch_sizes, sorted_indices, unsorted_indices)
+            return out, (h_n, c_n)
         if unbatched:
             return x.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         return (x.transpose(0, 1) if self.batch_first else x), (h_n, c_n)

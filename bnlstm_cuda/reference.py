@@ -15,6 +15,8 @@ Inter-layer dropout is not modelled here: compare against a module with dropout=
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -42,6 +44,11 @@ def batch_norm_step(z, gamma, beta, mean_buf, var_buf, count_buf, row, use_batch
     return out if beta is None else out + beta
 
 
+def _bn_named(stats, z, gamma, beta, name, row, use_batch, momentum, eps):
+    return batch_norm_step(z, gamma, beta, stats["mean_" + name], stats["var_" + name],
+                           stats["num_batches_tracked"], row, use_batch, momentum, eps)
+
+
 def layer(seqs, h0, c0, params, stats, training, momentum, eps, reverse):
     """One layer and direction over a list of sequences.
 
@@ -65,12 +72,8 @@ def layer(seqs, h0, c0, params, stats, training, momentum, eps, reverse):
         use_batch = training and len(active) >= 2
         if use_batch:
             stats["num_batches_tracked"][row] += 1
-
-        def bn(z, gamma, beta, name):
-            return batch_norm_step(
-                z, gamma, beta, stats["mean_" + name], stats["var_" + name],
-                stats["num_batches_tracked"], row, use_batch, momentum, eps,
-            )
+        bn = functools.partial(_bn_named, stats, row=row, use_batch=use_batch,
+                               momentum=momentum, eps=eps)
 
         x_t = torch.stack([seqs[b][t] for b in active])
         h_prev = torch.stack([h[b] for b in active])

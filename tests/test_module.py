@@ -1,0 +1,125 @@
+"""BNLSTM against the oracle: outputs, final states, every gradient and every running buffer
+after several training steps, across the nn.LSTM options; and the reduction to nn.LSTM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_rel_close, compare_with_reference, packed
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from bnlstm_cuda import BNLSTM
+
+D = torch.float64
+
+
+def leaf(*shape):
+    return torch.randn(*shape, dtype=D).requires_grad_()
+
+
+def packed_leaf(T, lengths, features):
+    p = packed(torch.randn(T, len(lengths), features, dtype=D), lengths)
+    return PackedSequence(p.data.requires_grad_(), p.batch_sizes, p.sorted_indices,
+                          p.unsorted_indices)
+
+
+CASES = [
+    pytest.param(dict(num_layers=1), dict(T=7, B=5), id="L1-T7-B5"),
+    pytest.param(dict(num_layers=2), dict(T=7, B=5), id="L2"),
+    pytest.param(dict(num_layers=1, bidirectional=True), dict(T=7, B=5), id="L1-bidir"),
+    pytest.param(dict(num_layers=2, bidirectional=True), dict(T=6, B=4), id="L2-bidir"),
+    pytest.param(dict(num_layers=2, batch_first=True), dict(T=7, B=5), id="L2-batch_first"),
+    pytest.param(dict(num_layers=1, bias=False), dict(T=5, B=3), id="no-bias"),
+    pytest.param(dict(num_layers=1, momentum=None), dict(T=5, B=3), id="momentum-None"),
+    pytest.param(dict(num_layers=1, max_length=3), dict(T=7, B=5), id="T-over-max_length"),
+    pytest.param(dict(num_layers=1), dict(T=1, B=2), id="T1-B2"),
+]
+
+
+@pytest.mark.parametrize("kwargs,shape", CASES)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_tensor_input(kwargs, shape, training):
+    model = BNLSTM(3, 24, dtype=D, **{"max_length": 10, **kwargs}).train(training)
+    T, B = shape["T"], shape["B"]
+    dims = (B, T, 3) if kwargs.get("batch_first") else (T, B, 3)
+    L = model.num_layers * model.num_directions
+    compare_with_reference(model, lambda: leaf(*dims), hx_fn=lambda: (leaf(L, B, 24),
+                                                                      leaf(L, B, 24)))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bidir"])
+@pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_packed_unsorted_lengths(bidirectional, num_layers, training):
+    model = BNLSTM(3, 24, num_layers=num_layers, bidirectional=bidirectional, max_length=4,
+                   dtype=D).train(training)
+    lengths = [3, 7, 1, 5, 6]  # unsorted; a length-1 sequence; step 6 runs one; T > max_length
+    L = model.num_layers * model.num_directions
+    compare_with_reference(model, lambda: packed_leaf(7, lengths, 3),
+                           hx_fn=lambda: (leaf(L, 5, 24), leaf(L, 5, 24)))
+
+
+def test_packed_output_keeps_the_input_packing():
+    model = BNLSTM(3, 8, bidirectional=True, dtype=D)
+    x = packed_leaf(6, [2, 6, 4], 3)
+    out, (h_n, c_n) = model(x)
+    assert torch.equal(out.batch_sizes, x.batch_sizes)
+    assert torch.equal(out.sorted_indices, x.sorted_indices)
+    assert out.data.shape == (x.data.shape[0], 16)
+    padded, lengths = pad_packed_sequence(out)
+    assert lengths.tolist() == [2, 6, 4]
+    # h_n of the forward direction is each sequence's output at its own last step
+    for b, n in enumerate([2, 6, 4]):
+        assert torch.equal(h_n[0, b], padded[n - 1, b, :8])
+        assert torch.equal(h_n[1, b], padded[0, b, 8:])
+
+
+def test_eval_beyond_max_length_after_training():
+    model = BNLSTM(3, 24, num_layers=2, bidirectional=True, max_length=4, dtype=D)
+    compare_with_reference(model, lambda: leaf(4, 5, 3))  # train: fills every row
+    model.eval()
+    compare_with_reference(model, lambda: leaf(9, 5, 3))
+
+
+def test_non_contiguous_input():
+    model = BNLSTM(3, 24, num_layers=2, dtype=D)
+
+    def make():
+        x = torch.randn(6, 5, 7, dtype=D)[:, :, 1::2]
+        assert not x.is_contiguous()
+        return x.requires_grad_()
+
+    compare_with_reference(model, make)
+
+
+def test_unbatched_input():
+    model = BNLSTM(3, 24, num_layers=2, dtype=D).eval()
+    compare_with_reference(model, lambda: leaf(6, 3), hx_fn=lambda: (leaf(2, 24), leaf(2, 24)))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bidir"])
+@pytest.mark.parametrize("use_packed", [False, True], ids=["padded", "packed"])
+def test_reduces_to_nn_lstm(bidirectional, use_packed):
+    """Eval, running mean 0 / var 1, eps 0, gammas 1, beta_c 0: BN is the identity, so BNLSTM
+    is nn.LSTM with bias = bias_ih + bias_hh."""
+    lstm = torch.nn.LSTM(3, 24, num_layers=2, bidirectional=bidirectional, dtype=D)
+    model = BNLSTM(3, 24, num_layers=2, bidirectional=bidirectional, eps=0.0, gamma_init=1.0,
+                   dtype=D).eval()
+    with torch.no_grad():
+        for k in range(2):
+            for sfx in ("", "_reverse")[: 1 + bidirectional]:
+                for name in ("weight_ih", "weight_hh"):
+                    getattr(model, f"{name}_l{k}{sfx}").copy_(getattr(lstm, f"{name}_l{k}{sfx}"))
+                getattr(model, f"bias_l{k}{sfx}").copy_(getattr(lstm, f"bias_ih_l{k}{sfx}")
+                                                        + getattr(lstm, f"bias_hh_l{k}{sfx}"))
+    x = torch.randn(7, 5, 3, dtype=D)
+    hx = (torch.randn(2 + 2 * bidirectional, 5, 24, dtype=D),) * 2
+    if use_packed:
+        x = packed(x, [3, 7, 1, 5, 6])
+    out, (h, c) = model(x, hx)
+    out_ref, (h_ref, c_ref) = lstm(x, hx)
+    if use_packed:
+        out, out_ref = out.data, out_ref.data
+    assert_rel_close(out, out_ref, tol=1e-13, name="output")
+    assert_rel_close(h, h_ref, tol=1e-13, name="h_n")
+    assert_rel_close(c, c_ref, tol=1e-13, name="c_n")
