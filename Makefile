@@ -1,15 +1,16 @@
 # Two commands on a fresh machine: `make demo` (the main job) and `make test`.
-# Each creates .venv on first use; TORCH_SPEC picks the torch they install.
+# Each creates .venv on first use; TORCH_SPEC and TRITON_SPEC pick what they install.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+TRITON_SPEC ?= triton==3.6.0
 
 .PHONY: demo test lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q "$(TORCH_SPEC)" "$(TRITON_SPEC)"
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
 	touch $@
 
@@ -17,7 +18,8 @@ demo: $(VENV)/.installed
 	$(PY) examples/demo.py
 
 test: $(VENV)/.installed
-	$(VENV)/bin/ruff check bnlstm_cuda tests examples
+	$(VENV)/bin/ruff check bnlstm_cuda tests examples tools
+	env -u TRITON_INTERPRET $(PY) tools/triton_report.py
 	$(PY) -m pytest -q tests
 
 clean:

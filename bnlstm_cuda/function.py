@@ -44,7 +44,8 @@ class BNLSTMFunction(torch.autograd.Function):
             saved, weights, c0, ctx.batch_sizes, ctx.batch_stats,
             dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(),
         )
-        dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias = dfeature
+        dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias = (g.to(x.dtype) for g in dfeature)
+        dpre_ih, dpre_hh = dpre_ih.to(x.dtype), dpre_hh.to(x.dtype)
         need = ctx.needs_input_grad
         dx = dpre_ih @ weights.weight_ih if need[0] else None
         dweight_ih = dpre_ih.flatten(0, 1).t() @ x.flatten(0, 1) if need[3] else None
@@ -53,13 +54,8 @@ class BNLSTMFunction(torch.autograd.Function):
             h_prev = torch.cat([h0.unsqueeze(0), y[:-1]])  # rows not running have dpre_hh = 0
             dweight_hh = dpre_hh.flatten(0, 1).t() @ h_prev.flatten(0, 1)
         dbias = dbias if weights.bias is not None else None
-        return (dx, dh0, dc0, dweight_ih, dweight_hh, dbias, dgamma_ih, dgamma_hh, dgamma_c,
-                dbeta_c, None, None, None, None, None, None)
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Half-precision layers run their statistics and cell state in float32."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        return (dx, dh0.to(x.dtype), dc0.to(x.dtype), dweight_ih, dweight_hh, dbias, dgamma_ih,
+                dgamma_hh, dgamma_c, dbeta_c, None, None, None, None, None, None)
 
 
 def run_layer(
@@ -79,7 +75,7 @@ def run_layer(
     Takes the autograd Function only when a gradient is wanted; otherwise nothing is saved.
     """
     dtype = x.dtype
-    acc = _compute_dtype(dtype)
+    acc = dtype if dtype in backend.dtypes else torch.float32
     if acc != dtype:
         x, h0, c0 = x.to(acc), h0.to(acc), c0.to(acc)
         weights = LayerWeights(*(None if w is None else w.to(acc) for w in weights))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+import torch
 from torch import Tensor
 
 
@@ -44,10 +45,23 @@ def step_plan(batch_sizes: list[int], max_length: int, training: bool) -> list[t
     return [(min(t, max_length - 1), training and n >= 2) for t, n in enumerate(batch_sizes)]
 
 
-def update_factor(stats: RunningStats, row: int, momentum: Optional[float]):
-    """Count one more update of `row` and return the weight of the new statistic: momentum, or
-    1/count for a cumulative average (momentum None), as nn.BatchNorm does."""
-    stats.num_batches_tracked[row] += 1
-    if momentum is None:
-        return 1.0 / stats.num_batches_tracked[row].double()
-    return momentum
+def update_counts(stats: RunningStats, plan: list[tuple[int, bool]], momentum: Optional[float]):
+    """Count every update the plan makes, in one op, and return each step's weight for its new
+    statistic (None where it reads its running row): momentum, or 1/count for a cumulative
+    average (momentum None, as nn.BatchNorm), which costs one read of the counts."""
+    rows = [row for row, use_batch in plan if use_batch]
+    if not rows:
+        return [None] * len(plan)
+    counts = stats.num_batches_tracked
+    seen = counts.tolist() if momentum is None else None
+    factors = []
+    for row, use_batch in plan:
+        if not use_batch:
+            factors.append(None)
+        elif seen is None:
+            factors.append(momentum)
+        else:
+            seen[row] += 1
+            factors.append(1.0 / seen[row])
+    counts += torch.bincount(torch.tensor(rows), minlength=counts.shape[0]).to(counts.device)
+    return factors

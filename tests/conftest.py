@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from bnlstm_cuda import reference
+# Tests run on BNLSTM_TEST_DEVICE (default cpu); there the Triton kernels run in the interpreter,
+# which must be chosen before triton is first imported.
+DEVICE = torch.device(os.environ.get("BNLSTM_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
+
+from bnlstm_cuda import reference  # noqa: E402
 
 
 def assert_rel_close(actual, expected, tol=1e-10, name=""):

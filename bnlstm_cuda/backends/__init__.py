@@ -1,13 +1,14 @@
-"""Backend registry: each backend is a module with `name`, `available() -> (ok, reason)`,
-`forward_loop` and `backward_loop` (see backends/torch_ops.py for the contract)."""
+"""Backend registry. A backend is a module with `name`, `dtypes` (computed natively; others run
+in float32), `available() -> (ok, reason)`, `supports(device) -> reason or None`, and the loops
+`forward_loop` / `backward_loop` (the contract is documented in backends/torch_ops.py)."""
 
 from __future__ import annotations
 
 import torch
 
-from . import torch_ops
+from . import torch_ops, triton_step
 
-_REGISTRY = {m.name: m for m in (torch_ops,)}
+_REGISTRY = {m.name: m for m in (triton_step, torch_ops)}  # "auto" prefers the earlier
 NAMES = ("auto", *_REGISTRY)
 
 
@@ -17,13 +18,23 @@ def available_backends() -> dict[str, tuple[bool, str]]:
 
 
 def resolve(name: str, device: torch.device):
-    """The backend module for `name` on `device`; "auto" picks the fastest one that can run."""
+    """The backend module for `name` on `device`; "auto" picks the first that runs there (on
+    CPU tensors that is torch: the Triton interpreter is for tests, not for work)."""
     if name == "auto":
+        if device.type == "cpu":
+            return torch_ops
+        for module in _REGISTRY.values():
+            if module.available()[0] and module.supports(device) is None:
+                return module
         return torch_ops
     if name not in _REGISTRY:
         raise ValueError(f"backend: expected one of {list(NAMES)}, got {name!r}")
-    ok, reason = _REGISTRY[name].available()
-    if not ok:
+    module = _REGISTRY[name]
+    ok, reason = module.available()
+    if ok:
+        reason = module.supports(device)
+    if not ok or reason is not None:
         usable = [n for n, (good, _) in available_backends().items() if good]
-        raise RuntimeError(f"backend {name!r} is not available: {reason}; available: {usable}")
-    return _REGISTRY[name]
+        raise RuntimeError(f"backend {name!r} cannot run on {device}: {reason}; "
+                           f"available here: {usable}")
+    return module

@@ -2,8 +2,8 @@
 the fused kernels are checked against.
 
 Rows of a step are the sequences still running (a prefix: sequences are sorted by decreasing
-length); the rest of the batch keeps its state untouched. Half-precision inputs are computed in
-float32 by the caller, so this file sees one dtype.
+length); the rest of the batch keeps its state untouched. Half-precision layers are computed
+in float32 by the caller (function.run_layer), so this file sees one dtype.
 """
 
 from __future__ import annotations
@@ -13,13 +13,18 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ..layer_state import LayerWeights, RunningStats, step_plan, update_factor
+from ..layer_state import LayerWeights, RunningStats, step_plan, update_counts
 
 name = "torch"
+dtypes = (torch.float32, torch.float64)  # others run in float32
 
 
 def available() -> tuple[bool, str]:
     return True, "vectorised torch ops run on every device"
+
+
+def supports(device: torch.device) -> Optional[str]:
+    return None
 
 
 class Saved(NamedTuple):
@@ -45,14 +50,10 @@ def _normalize(z, mean_buf, var_buf, row, factor, eps):
         mean = z.mean(0)
         var = (z - mean).square().mean(0)  # two-pass: no cancellation for large means
         with torch.no_grad():
-            mean_buf[row].lerp_(mean.to(mean_buf.dtype), _as_weight(factor, mean_buf))
-            var_buf[row].lerp_((var * (n / (n - 1))).to(var_buf.dtype), _as_weight(factor, var_buf))
+            mean_buf[row].lerp_(mean.to(mean_buf.dtype), factor)
+            var_buf[row].lerp_((var * (n / (n - 1))).to(var_buf.dtype), factor)
     rstd = torch.rsqrt(var + eps)
     return (z - mean) * rstd, rstd
-
-
-def _as_weight(factor, buf):
-    return factor.to(buf.dtype) if isinstance(factor, Tensor) else factor
 
 
 def forward_loop(
@@ -79,9 +80,10 @@ def forward_loop(
             *(xw.new_zeros(T, B, H) for _ in range(2)),
             xw.new_ones(T, G), xw.new_ones(T, G), xw.new_ones(T, H),
         )
-    for t, (row, use_batch) in enumerate(step_plan(batch_sizes, stats.max_length, training)):
+    plan = step_plan(batch_sizes, stats.max_length, training)
+    factors = update_counts(stats, plan, momentum)
+    for t, ((row, _), factor) in enumerate(zip(plan, factors)):
         n = batch_sizes[t]
-        factor = update_factor(stats, row, momentum) if use_batch else None
         xhat_ih, rstd_ih = _normalize(xw[t, :n], stats.mean_ih, stats.var_ih, row, factor, eps)
         xhat_hh, rstd_hh = _normalize(h[:n] @ weights.weight_hh.t(), stats.mean_hh,
                                       stats.var_hh, row, factor, eps)

@@ -1,0 +1,538 @@
+"""Fused Triton step kernels: one launch per time step, forwards and backwards.
+
+A program owns BLOCK_H hidden units (all four gates of each) across every running row of the
+batch, so every batch statistic is reduced inside one program and the launch boundary is the only
+synchronisation between steps. Rows are walked in chunks of BLOCK_B, so any batch size works;
+statistics are fp32 (fp64 for float64 layers) and two-pass (sums, then centred squares) over
+the running rows only.
+
+Forward step t (rows b < n = batch_sizes[t]):
+  per gate: raw hw = h_{t-1} W_hh^T (stored), batch statistics of xw and hw, running-row update;
+  then c_t = f c_{t-1} + i g (stored), its statistics, and h_t = o tanh(BN(c_t)).
+Backward step t (reverse): dh_t = dy_t + dpre_hh[t+1] W_hh (or dh_n for rows that end at t);
+  back through BN(c), the gates and both BNs; writes dpre_ih[t], dpre_hh[t], the dc carry and the
+  per-step sums that become the gamma, beta_c and bias gradients.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from ..layer_state import LayerWeights, RunningStats, step_plan, update_counts
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the registry reports the backend as unavailable
+    triton = None
+
+name = "triton"
+# computed natively: statistics, cell state and products accumulate in float32 (float64 for
+# float64 layers, which exists to check the kernels' math to float64 rounding)
+dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+class Config(NamedTuple):
+    """Block sizes of one launch: rows per chunk, hidden units per program, reduction step."""
+
+    block_b: int
+    block_h: int
+    block_k: int
+    num_warps: int
+
+
+# Every configuration the launcher can pick (CI compiles each one for sm_80 and sm_90).
+CONFIGS = (
+    Config(16, 16, 16, 4),
+    Config(32, 16, 32, 4),
+    Config(64, 16, 32, 4),
+    Config(64, 32, 32, 8),
+)
+
+
+def pick_config(B: int, H: int, device: torch.device) -> Config:
+    """Smallest tiles under the interpreter (so chunk loops are exercised by small tests);
+    on a GPU, a chunk that holds the batch up to 64 rows and wider programs for wide layers."""
+    if device.type == "cpu":
+        return CONFIGS[0]
+    if B <= 16:
+        return CONFIGS[0]
+    if B <= 32:
+        return CONFIGS[1]
+    return CONFIGS[3] if H >= 1024 else CONFIGS[2]
+
+
+def available() -> tuple[bool, str]:
+    if triton is None:
+        return False, "triton is not installed"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True, "Triton interpreter (TRITON_INTERPRET=1): runs on CPU tensors, slowly"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU)"
+    return True, "Triton kernels on CUDA"
+
+
+def supports(device: torch.device) -> Optional[str]:
+    """Why tensors on `device` cannot run here, or None."""
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "CPU tensors need TRITON_INTERPRET=1 (set before import)"
+    if device.type not in ("cpu", "cuda"):
+        return f"tensors on {device.type} are not supported (cuda; cpu when interpreting)"
+    return None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _tile_matmul(a_ptr, a_stride, rows, row_mask, K, w_ptr, w_k_stride, w_n_stride, cols,
+                     col_mask, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, UPCAST_DOT: tl.constexpr,
+                     INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr):
+        """[BLOCK_B, BLOCK_N] = A[rows, :K] @ W[:K, cols] in ACC, W read through its strides."""
+        acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_mask = ks < K
+            a = tl.load(a_ptr + rows[:, None] * a_stride + ks[None, :],
+                        mask=row_mask[:, None] & k_mask[None, :], other=0.0)  # [BB, BK]
+            w = tl.load(w_ptr + ks[:, None] * w_k_stride + cols[None, :] * w_n_stride,
+                        mask=k_mask[:, None] & col_mask[None, :], other=0.0)  # [BK, BN]
+            if UPCAST_DOT:
+                acc += tl.dot(a.to(ACC), w.to(ACC))
+            else:
+                acc += tl.dot(a, w.to(a.dtype), input_precision=INPUT_PRECISION)
+        return acc
+
+    @triton.jit
+    def _load_tile(ptr, stride, rows, row_mask, cols, col_mask, ACC: tl.constexpr):
+        """[rows, cols] of a row-major matrix, in ACC; masked entries are 0."""
+        return tl.load(ptr + rows[:, None] * stride + cols[None, :],
+                       mask=row_mask[:, None] & col_mask[None, :], other=0.0).to(ACC)
+
+    @triton.jit
+    def _statistics(total, centred, n, factor, eps, run_mean_ptr, run_var_ptr, stat_ptr, C,
+                    cols, col_mask, USE_BATCH: tl.constexpr, ACC: tl.constexpr):
+        """Mean and 1/std of features `cols` (C of them) for this step, saved to stat_ptr
+        ([2, C]: mean, rstd). With batch statistics the running row moves by `factor`
+        towards them (unbiased variance); otherwise the running row is used as it is."""
+        if USE_BATCH:
+            mean = total / n
+            var = centred / n
+            old_mean = tl.load(run_mean_ptr + cols, mask=col_mask, other=0.0)
+            old_var = tl.load(run_var_ptr + cols, mask=col_mask, other=1.0)
+            new_mean = old_mean.to(ACC) + factor * (mean - old_mean.to(ACC))
+            new_var = old_var.to(ACC) + factor * (var * n / (n - 1)
+                                                         - old_var.to(ACC))
+            tl.store(run_mean_ptr + cols, new_mean.to(old_mean.dtype), mask=col_mask)
+            tl.store(run_var_ptr + cols, new_var.to(old_var.dtype), mask=col_mask)
+        else:
+            mean = tl.load(run_mean_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+            var = tl.load(run_var_ptr + cols, mask=col_mask, other=1.0).to(ACC)
+        rstd = 1.0 / tl.sqrt(var + eps)
+        tl.store(stat_ptr + cols, mean, mask=col_mask)
+        tl.store(stat_ptr + C + cols, rstd, mask=col_mask)
+
+    @triton.jit
+    def _normalised(ptr, stride, stat_ptr, C, rows, row_mask, cols, col_mask, ACC: tl.constexpr):
+        """(z - mean) * rstd of a [rows, cols] tile with this step's saved statistics."""
+        mean = tl.load(stat_ptr + cols, mask=col_mask, other=0.0)
+        rstd = tl.load(stat_ptr + C + cols, mask=col_mask, other=0.0)
+        z = _load_tile(ptr, stride, rows, row_mask, cols, col_mask, ACC)
+        return (z - mean[None, :]) * rstd[None, :]
+
+    @triton.jit
+    def _preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr, gamma_hh_ptr, bias_ptr,
+                       G, rows, row_mask, cols, col_mask, HAS_BIAS: tl.constexpr,
+                       ACC: tl.constexpr):
+        """gamma_ih * BN(xw) + gamma_hh * BN(hw) + bias for one gate's columns `cols`."""
+        gamma_ih = tl.load(gamma_ih_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+        gamma_hh = tl.load(gamma_hh_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+        pre = gamma_ih[None, :] * _normalised(xw_t, G, stat_ih_t, G, rows, row_mask, cols,
+                                              col_mask, ACC)
+        pre += gamma_hh[None, :] * _normalised(hw_t, G, stat_hh_t, G, rows, row_mask, cols,
+                                               col_mask, ACC)
+        if HAS_BIAS:
+            pre += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+        return pre
+
+    @triton.jit
+    def _tanh_sech2(x):
+        """tanh(x) and its derivative 1 - tanh(x)^2, each to a few ulps in relative terms:
+        from e = exp(-2|x|) away from 0, the Taylor series near 0 (where 1 - e cancels), and
+        sech^2 = 4e / (1 + e)^2 directly (1 - tanh^2 cancels where tanh saturates)."""
+        a = tl.abs(x)
+        e = tl.exp(-2.0 * a)
+        x2 = a * a
+        near = -443861162.0 / 1856156927625.0  # Taylor coefficients of tanh, x^19 down to x
+        near = near * x2 + 6404582.0 / 10854718875.0
+        near = near * x2 - 929569.0 / 638512875.0
+        near = near * x2 + 21844.0 / 6081075.0
+        near = near * x2 - 1382.0 / 155925.0
+        near = near * x2 + 62.0 / 2835.0
+        near = near * x2 - 17.0 / 315.0
+        near = near * x2 + 2.0 / 15.0
+        near = near * x2 - 1.0 / 3.0
+        near = a * (near * x2 + 1.0)  # exact to float64 rounding for |x| < 0.2
+        t = tl.where(a < 0.2, near, (1.0 - e) / (1.0 + e))
+        return tl.where(x < 0, -t, t), 4.0 * e / ((1.0 + e) * (1.0 + e))
+
+    @triton.jit
+    def _tanh(x):
+        t, _ = _tanh_sech2(x)
+        return t
+
+    @triton.jit
+    def _fwd_step_kernel(
+        xw_ptr,  # [T, B, 4H] x_t W_ih^T (input dtype)
+        hw_ptr,  # [T, B, 4H] ACC out: raw h_{t-1} W_hh^T
+        y_ptr,  # [T+1, B, H] row 0 = h0, row t+1 = h_t (out)
+        cell_ptr,  # [T+1, B, H] ACC: row 0 = c0, row t+1 = c_t (out)
+        w_hh_ptr,  # [4H, H]
+        gamma_ih_ptr, gamma_hh_ptr, bias_ptr,  # [4H]
+        gamma_c_ptr, beta_c_ptr,  # [H]
+        run_mean_ih_ptr, run_var_ih_ptr, run_mean_hh_ptr, run_var_hh_ptr,  # [L, 4H]
+        run_mean_c_ptr, run_var_c_ptr,  # [L, H]
+        stat_ih_ptr, stat_hh_ptr,  # [T, 2, 4H] ACC out: mean, rstd used at step t
+        stat_c_ptr,  # [T, 2, H] ACC out
+        t, n, row, factor, eps, B, H,
+        USE_BATCH: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST_DOT: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        G = 4 * H
+        j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+        j_mask = j < H
+        rb = tl.arange(0, BLOCK_B)
+        t64 = t.to(tl.int64)
+        xw_t = xw_ptr + t64 * B * G
+        hw_t = hw_ptr + t64 * B * G
+        h_prev = y_ptr + t64 * B * H
+        c_prev = cell_ptr + t64 * B * H
+        stat_ih_t = stat_ih_ptr + t64 * 2 * G
+        stat_hh_t = stat_hh_ptr + t64 * 2 * G
+        stat_c_t = stat_c_ptr + t64 * 2 * H
+        row64 = row.to(tl.int64)
+
+        for g in tl.static_range(4):
+            cols = g * H + j
+            sum_x = tl.zeros((BLOCK_H,), dtype=ACC)
+            sum_h = tl.zeros((BLOCK_H,), dtype=ACC)
+            for b0 in range(0, n, BLOCK_B):
+                rows = b0 + rb
+                r_mask = rows < n
+                hw = _tile_matmul(h_prev, H, rows, r_mask, H, w_hh_ptr + g * H * H, 1, H, j,
+                                  j_mask, BLOCK_B, BLOCK_H, BLOCK_K, UPCAST_DOT,
+                                  INPUT_PRECISION, ACC)  # [BB, BH]
+                tl.store(hw_t + rows[:, None] * G + cols[None, :], hw,
+                         mask=r_mask[:, None] & j_mask[None, :])
+                sum_h += tl.sum(hw, axis=0)
+                sum_x += tl.sum(_load_tile(xw_t, G, rows, r_mask, cols, j_mask, ACC), axis=0)
+            sq_x = tl.zeros((BLOCK_H,), dtype=ACC)
+            sq_h = tl.zeros((BLOCK_H,), dtype=ACC)
+            if USE_BATCH:
+                tl.debug_barrier()  # hw chunks were stored by other threads' layout
+                for b0 in range(0, n, BLOCK_B):
+                    rows = b0 + rb
+                    r_mask = rows < n
+                    m2 = r_mask[:, None] & j_mask[None, :]
+                    dx = _load_tile(xw_t, G, rows, r_mask, cols, j_mask, ACC) - (sum_x / n)[None, :]
+                    dh = _load_tile(hw_t, G, rows, r_mask, cols, j_mask, ACC) - (sum_h / n)[None, :]
+                    sq_x += tl.sum(tl.where(m2, dx * dx, 0.0), axis=0)
+                    sq_h += tl.sum(tl.where(m2, dh * dh, 0.0), axis=0)
+            _statistics(sum_x, sq_x, n, factor, eps, run_mean_ih_ptr + row64 * G,
+                        run_var_ih_ptr + row64 * G, stat_ih_t, G, cols, j_mask, USE_BATCH, ACC)
+            _statistics(sum_h, sq_h, n, factor, eps, run_mean_hh_ptr + row64 * G,
+                        run_var_hh_ptr + row64 * G, stat_hh_t, G, cols, j_mask, USE_BATCH, ACC)
+        tl.debug_barrier()
+
+        sum_c = tl.zeros((BLOCK_H,), dtype=ACC)
+        for b0 in range(0, n, BLOCK_B):
+            rows = b0 + rb
+            r_mask = rows < n
+            m2 = r_mask[:, None] & j_mask[None, :]
+            i = tl.sigmoid(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
+                                          gamma_hh_ptr, bias_ptr, G, rows, r_mask, j, j_mask,
+                                          HAS_BIAS, ACC))
+            f = tl.sigmoid(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
+                                          gamma_hh_ptr, bias_ptr, G, rows, r_mask, H + j,
+                                          j_mask, HAS_BIAS, ACC))
+            gg = _tanh(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
+                                      gamma_hh_ptr, bias_ptr, G, rows, r_mask, 2 * H + j,
+                                      j_mask, HAS_BIAS, ACC))
+            c = f * _load_tile(c_prev, H, rows, r_mask, j, j_mask, ACC) + i * gg
+            tl.store(c_prev + B * H + rows[:, None] * H + j[None, :], c, mask=m2)
+            sum_c += tl.sum(tl.where(m2, c, 0.0), axis=0)
+        tl.debug_barrier()
+        sq_c = tl.zeros((BLOCK_H,), dtype=ACC)
+        if USE_BATCH:
+            for b0 in range(0, n, BLOCK_B):
+                rows = b0 + rb
+                r_mask = rows < n
+                m2 = r_mask[:, None] & j_mask[None, :]
+                c = _load_tile(c_prev + B * H, H, rows, r_mask, j, j_mask, ACC)
+                d = c - (sum_c / n)[None, :]
+                sq_c += tl.sum(tl.where(m2, d * d, 0.0), axis=0)
+        _statistics(sum_c, sq_c, n, factor, eps, run_mean_c_ptr + row64 * H,
+                    run_var_c_ptr + row64 * H, stat_c_t, H, j, j_mask, USE_BATCH, ACC)
+        tl.debug_barrier()
+
+        gamma_c = tl.load(gamma_c_ptr + j, mask=j_mask, other=0.0).to(ACC)
+        beta_c = tl.load(beta_c_ptr + j, mask=j_mask, other=0.0).to(ACC)
+        for b0 in range(0, n, BLOCK_B):
+            rows = b0 + rb
+            r_mask = rows < n
+            chat = _normalised(c_prev + B * H, H, stat_c_t, H, rows, r_mask, j, j_mask, ACC)
+            o = tl.sigmoid(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
+                                          gamma_hh_ptr, bias_ptr, G, rows, r_mask, 3 * H + j,
+                                          j_mask, HAS_BIAS, ACC))
+            h = o * _tanh(gamma_c[None, :] * chat + beta_c[None, :])
+            tl.store(h_prev + B * H + rows[:, None] * H + j[None, :], h.to(y_ptr.dtype.element_ty),
+                     mask=r_mask[:, None] & j_mask[None, :])
+
+    @triton.jit
+    def _bn_backward(d, xhat, rstd, sum_d, sum_dx, n, USE_BATCH: tl.constexpr):
+        """Gradient through (z - mean) * rstd given d = dL/dxhat; with batch statistics the
+        mean and variance depend on every row (sum_d, sum_dx: batch sums of d and d * xhat)."""
+        if USE_BATCH:
+            return rstd[None, :] * (d - sum_d[None, :] / n - xhat * (sum_dx / n)[None, :])
+        return rstd[None, :] * d
+
+    @triton.jit
+    def _bwd_step_kernel(
+        xw_ptr, hw_ptr,  # [T, B, 4H] as saved by the forward
+        cell_ptr,  # [T+1, B, H] ACC, row 0 = c0
+        w_hh_ptr,  # [4H, H]
+        gamma_ih_ptr, gamma_hh_ptr, bias_ptr,  # [4H]
+        gamma_c_ptr, beta_c_ptr,  # [H]
+        stat_ih_ptr, stat_hh_ptr, stat_c_ptr,  # [T, 2, 4H], [T, 2, 4H], [T, 2, H]
+        dy_ptr,  # [T, B, H] gradient of the output
+        dh_n_ptr,  # [B, H] gradient of h_n (rows that end at step t take it)
+        dpre_ih_ptr, dpre_hh_ptr,  # [T, B, 4H] ACC out; dpre_hh[t+1] is read
+        dh_ptr,  # [B, H] ACC scratch: dL/dh_t of this step
+        dc_ptr,  # [B, H] ACC carry: dL/dc_t in, dL/dc_{t-1} out (starts as dc_n)
+        dsum_ptr,  # [T, 3, 4H] ACC out: batch sums of dpre*xhat_ih, dpre*xhat_hh, dpre
+        dsum_c_ptr,  # [T, 2, H] ACC out: batch sums of dcn*chat, dcn
+        t, n, n_next, B, H,
+        USE_BATCH: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST_DOT: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        G = 4 * H
+        j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+        j_mask = j < H
+        rb = tl.arange(0, BLOCK_B)
+        t64 = t.to(tl.int64)
+        xw_t = xw_ptr + t64 * B * G
+        hw_t = hw_ptr + t64 * B * G
+        c_prev = cell_ptr + t64 * B * H
+        c_t = c_prev + B * H
+        stat_ih_t = stat_ih_ptr + t64 * 2 * G
+        stat_hh_t = stat_hh_ptr + t64 * 2 * G
+        stat_c_t = stat_c_ptr + t64 * 2 * H
+        dpre_ih_t = dpre_ih_ptr + t64 * B * G
+        dpre_hh_t = dpre_hh_ptr + t64 * B * G
+        gamma_c = tl.load(gamma_c_ptr + j, mask=j_mask, other=0.0).to(ACC)
+        beta_c = tl.load(beta_c_ptr + j, mask=j_mask, other=0.0).to(ACC)
+        rstd_c = tl.load(stat_c_t + H + j, mask=j_mask, other=0.0)
+
+        # dh_t and the batch sums through the cell norm
+        sum_dcn = tl.zeros((BLOCK_H,), dtype=ACC)
+        sum_dcn_chat = tl.zeros((BLOCK_H,), dtype=ACC)
+        for b0 in range(0, n, BLOCK_B):
+            rows = b0 + rb
+            r_mask = rows < n
+            m2 = r_mask[:, None] & j_mask[None, :]
+            carried = _tile_matmul(dpre_hh_t + B * G, G, rows, rows < n_next, G, w_hh_ptr, H, 1,
+                                   j, j_mask, BLOCK_B, BLOCK_H, BLOCK_K, UPCAST_DOT,
+                                  INPUT_PRECISION, ACC)
+            ending = _load_tile(dh_n_ptr, H, rows, r_mask & (rows >= n_next), j, j_mask, ACC)
+            dy = _load_tile(dy_ptr + t64 * B * H, H, rows, r_mask, j, j_mask, ACC)
+            dh = dy + carried + ending
+            tl.store(dh_ptr + rows[:, None] * H + j[None, :], dh, mask=m2)
+            chat = _normalised(c_t, H, stat_c_t, H, rows, r_mask, j, j_mask, ACC)
+            o = tl.sigmoid(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
+                                          gamma_hh_ptr, bias_ptr, G, rows, r_mask, 3 * H + j,
+                                          j_mask, HAS_BIAS, ACC))
+            _, sech2_cn = _tanh_sech2(gamma_c[None, :] * chat + beta_c[None, :])
+            dcn = tl.where(m2, dh * o * sech2_cn, 0.0)
+            sum_dcn += tl.sum(dcn, axis=0)
+            sum_dcn_chat += tl.sum(dcn * chat, axis=0)
+        tl.store(dsum_c_ptr + t64 * 2 * H + j, sum_dcn_chat, mask=j_mask)
+        tl.store(dsum_c_ptr + t64 * 2 * H + H + j, sum_dcn, mask=j_mask)
+        tl.debug_barrier()
+
+        # through the gates: raw dpre (kept in dpre_ih[t] until the norms are undone) and dc
+        for b0 in range(0, n, BLOCK_B):
+            rows = b0 + rb
+            r_mask = rows < n
+            m2 = r_mask[:, None] & j_mask[None, :]
+            dh = _load_tile(dh_ptr, H, rows, r_mask, j, j_mask, ACC)
+            chat = _normalised(c_t, H, stat_c_t, H, rows, r_mask, j, j_mask, ACC)
+            i = tl.sigmoid(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
+                                          gamma_hh_ptr, bias_ptr, G, rows, r_mask, j, j_mask,
+                                          HAS_BIAS, ACC))
+            f = tl.sigmoid(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
+                                          gamma_hh_ptr, bias_ptr, G, rows, r_mask, H + j,
+                                          j_mask, HAS_BIAS, ACC))
+            gg, sech2_g = _tanh_sech2(_preactivation(
+                xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr, gamma_hh_ptr, bias_ptr, G, rows,
+                r_mask, 2 * H + j, j_mask, HAS_BIAS, ACC))
+            o = tl.sigmoid(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
+                                          gamma_hh_ptr, bias_ptr, G, rows, r_mask, 3 * H + j,
+                                          j_mask, HAS_BIAS, ACC))
+            tanh_cn, sech2_cn = _tanh_sech2(gamma_c[None, :] * chat + beta_c[None, :])
+            dcn = dh * o * sech2_cn
+            dc = _load_tile(dc_ptr, H, rows, r_mask, j, j_mask, ACC)
+            dc += gamma_c[None, :] * _bn_backward(dcn, chat, rstd_c, sum_dcn, sum_dcn_chat, n,
+                                                  USE_BATCH)
+            c_before = _load_tile(c_prev, H, rows, r_mask, j, j_mask, ACC)
+            tl.store(dc_ptr + rows[:, None] * H + j[None, :], dc * f, mask=m2)
+            out = dpre_ih_t + rows[:, None] * G + j[None, :]
+            tl.store(out, dc * gg * i * (1.0 - i), mask=m2)
+            tl.store(out + H, dc * c_before * f * (1.0 - f), mask=m2)
+            tl.store(out + 2 * H, dc * i * sech2_g, mask=m2)
+            tl.store(out + 3 * H, dh * tanh_cn * o * (1.0 - o), mask=m2)
+        tl.debug_barrier()
+
+        # through both batch norms, one gate at a time
+        for g in tl.static_range(4):
+            cols = g * H + j
+            gamma_ih = tl.load(gamma_ih_ptr + cols, mask=j_mask, other=0.0).to(ACC)
+            gamma_hh = tl.load(gamma_hh_ptr + cols, mask=j_mask, other=0.0).to(ACC)
+            rstd_ih = tl.load(stat_ih_t + G + cols, mask=j_mask, other=0.0)
+            rstd_hh = tl.load(stat_hh_t + G + cols, mask=j_mask, other=0.0)
+            sum_d = tl.zeros((BLOCK_H,), dtype=ACC)
+            sum_d_ih = tl.zeros((BLOCK_H,), dtype=ACC)
+            sum_d_hh = tl.zeros((BLOCK_H,), dtype=ACC)
+            for b0 in range(0, n, BLOCK_B):
+                rows = b0 + rb
+                r_mask = rows < n
+                d = _load_tile(dpre_ih_t, G, rows, r_mask, cols, j_mask, ACC)
+                sum_d += tl.sum(d, axis=0)
+                sum_d_ih += tl.sum(d * _normalised(xw_t, G, stat_ih_t, G, rows, r_mask, cols,
+                                                   j_mask, ACC), axis=0)
+                sum_d_hh += tl.sum(d * _normalised(hw_t, G, stat_hh_t, G, rows, r_mask, cols,
+                                                   j_mask, ACC), axis=0)
+            dsum_t = dsum_ptr + t64 * 3 * G
+            tl.store(dsum_t + cols, sum_d_ih, mask=j_mask)
+            tl.store(dsum_t + G + cols, sum_d_hh, mask=j_mask)
+            tl.store(dsum_t + 2 * G + cols, sum_d, mask=j_mask)
+            for b0 in range(0, n, BLOCK_B):
+                rows = b0 + rb
+                r_mask = rows < n
+                m2 = r_mask[:, None] & j_mask[None, :]
+                d = _load_tile(dpre_ih_t, G, rows, r_mask, cols, j_mask, ACC)
+                xhat_ih = _normalised(xw_t, G, stat_ih_t, G, rows, r_mask, cols, j_mask, ACC)
+                xhat_hh = _normalised(hw_t, G, stat_hh_t, G, rows, r_mask, cols, j_mask, ACC)
+                d_ih = _bn_backward(gamma_ih[None, :] * d, xhat_ih, rstd_ih, gamma_ih * sum_d,
+                                    gamma_ih * sum_d_ih, n, USE_BATCH)
+                d_hh = _bn_backward(gamma_hh[None, :] * d, xhat_hh, rstd_hh, gamma_hh * sum_d,
+                                    gamma_hh * sum_d_hh, n, USE_BATCH)
+                offs = rows[:, None] * G + cols[None, :]
+                tl.store(dpre_ih_t + offs, d_ih, mask=m2)
+                tl.store(dpre_hh_t + offs, d_hh, mask=m2)
+
+
+class Saved(NamedTuple):
+    """What the backward kernels read (accumulator dtype unless noted): 9H values per step and
+    row, beside the output the Function keeps."""
+
+    xw: Tensor  # (T, B, 4H) x W_ih^T, input dtype
+    hw: Tensor  # (T, B, 4H) raw h_{t-1} W_hh^T
+    cell: Tensor  # (T+1, B, H) c0 then c_t
+    stat_ih: Tensor  # (T, 2, 4H) mean and rstd used at step t
+    stat_hh: Tensor  # (T, 2, 4H)
+    stat_c: Tensor  # (T, 2, H)
+
+
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _kernel_flags(weights: LayerWeights, device: torch.device, acc: torch.dtype) -> dict:
+    """The interpreter (CPU tensors) mis-computes low-precision tl.dot, so operands are upcast
+    there; fp32 products use TF32 only where torch's matmuls are allowed to."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    return dict(HAS_BIAS=weights.bias is not None, UPCAST_DOT=device.type == "cpu",
+                INPUT_PRECISION="tf32" if tf32 else "ieee",
+                ACC=tl.float64 if acc == torch.float64 else tl.float32)
+
+
+def _last_step(batch_sizes: list[int], B: int, device) -> Tensor:
+    """Index of each row's last running step (rows are sorted by decreasing length)."""
+    return torch.tensor([sum(1 for n in batch_sizes if n > b) - 1 for b in range(B)],
+                        device=device)
+
+
+def forward_loop(xw, weights, h0, c0, stats: RunningStats, batch_sizes, training, momentum,
+                 eps, save):
+    """The contract of backends.torch_ops.forward_loop, one fused launch per step."""
+    T, B, G = xw.shape
+    H = G // 4
+    dev = xw.device
+    cfg = pick_config(B, H, dev)
+    acc = _accumulator(xw.dtype)
+    y = xw.new_zeros(T + 1, B, H, dtype=h0.dtype)
+    y[0] = h0
+    cell = torch.empty(T + 1, B, H, device=dev, dtype=acc)
+    cell[0] = c0
+    hw = torch.empty(T, B, G, device=dev, dtype=acc)
+    stat_ih, stat_hh = (torch.empty(T, 2, G, device=dev, dtype=acc) for _ in range(2))
+    stat_c = torch.empty(T, 2, H, device=dev, dtype=acc)
+    plan = step_plan(batch_sizes, stats.max_length, training)
+    factors = update_counts(stats, plan, momentum)
+    w = weights
+    flags = _kernel_flags(w, dev, acc)
+    bias = w.bias if w.bias is not None else w.gamma_ih  # never read without HAS_BIAS
+    grid = (triton.cdiv(H, cfg.block_h),)
+    for t, ((row, use_batch), factor) in enumerate(zip(plan, factors)):
+        _fwd_step_kernel[grid](
+            xw, hw, y, cell, w.weight_hh, w.gamma_ih, w.gamma_hh, bias, w.gamma_c, w.beta_c,
+            *stats[:6], stat_ih, stat_hh, stat_c,
+            t, batch_sizes[t], row, float(factor or 0.0), float(eps), B, H,
+            USE_BATCH=use_batch, **flags, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+        )
+    last = _last_step(batch_sizes, B, dev)
+    rows = torch.arange(B, device=dev)
+    h_n, c_n = y[last + 1, rows], cell[last + 1, rows].to(h0.dtype)
+    saved = Saved(xw, hw, cell, stat_ih, stat_hh, stat_c) if save else None
+    return y[1:], h_n, c_n, saved
+
+
+def backward_loop(saved: Saved, weights, c0, batch_sizes, batch_stats, dy, dh_n, dc_n):
+    """The contract of backends.torch_ops.backward_loop, one fused launch per step."""
+    T, B, G = saved.hw.shape
+    H = G // 4
+    dev = dy.device
+    cfg = pick_config(B, H, dev)
+    w = weights
+    acc = saved.hw.dtype
+    flags = _kernel_flags(w, dev, acc)
+    bias = w.bias if w.bias is not None else w.gamma_ih
+    dpre_ih = torch.zeros(T, B, G, device=dev, dtype=acc)
+    dpre_hh = torch.zeros(T + 1, B, G, device=dev, dtype=acc)  # row T stays zero
+    dh = torch.empty(B, H, device=dev, dtype=acc)
+    dc = dc_n.to(acc).clone()
+    dh_n = dh_n.to(acc).contiguous()
+    dy = dy.contiguous()
+    dsum = torch.empty(T, 3, G, device=dev, dtype=acc)
+    dsum_c = torch.empty(T, 2, H, device=dev, dtype=acc)
+    grid = (triton.cdiv(H, cfg.block_h),)
+    for t in reversed(range(T)):
+        _bwd_step_kernel[grid](
+            saved.xw, saved.hw, saved.cell, w.weight_hh, w.gamma_ih, w.gamma_hh, bias,
+            w.gamma_c, w.beta_c, saved.stat_ih, saved.stat_hh, saved.stat_c, dy, dh_n,
+            dpre_ih, dpre_hh, dh, dc, dsum, dsum_c,
+            t, batch_sizes[t], batch_sizes[t + 1] if t + 1 < T else 0, B, H,
+            USE_BATCH=batch_stats[t], **flags, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+        )
+    dpre_hh = dpre_hh[:T]
+    dh0 = dpre_hh[0] @ w.weight_hh.to(acc)
+    sums, sums_c = dsum.sum(0), dsum_c.sum(0)
+    return (dpre_ih, dpre_hh, dh0, dc, sums[0], sums[1], sums_c[0], sums_c[1], sums[2])
