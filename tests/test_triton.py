@@ -143,3 +143,40 @@ def test_auto_picks_torch_on_cpu_and_triton_needs_a_device_it_supports():
         bnlstm_cuda.backends.resolve("triton", torch.device("meta"))
 
 
+
+
+def test_step_graphs_capture_on_the_second_identical_loop(monkeypatch):
+    """The replay policy, with a recording stand-in for CUDA graph capture."""
+    from bnlstm_cuda.backends import triton_step
+
+    monkeypatch.setattr(triton_step, "graphs_enabled", lambda device: True)
+    events = []
+
+    def capture(launch):
+        events.append("capture")
+        return lambda: events.append("replay")
+
+    graphs = triton_step.StepGraphs(capacity=2, capture=capture)
+    cuda = torch.device("cuda")
+
+    def run(key):
+        graphs.run(key, lambda: events.append("eager"), cuda)
+
+    run("a")
+    run("a")
+    run("a")
+    assert events == ["eager", "capture", "replay", "replay"]
+    events.clear()
+    run("b")
+    run("c")  # evicts "a", the least recently used
+    run("a")
+    assert events == ["eager", "eager", "eager"]
+
+
+def test_step_graphs_only_on_cuda_and_can_be_switched_off(monkeypatch):
+    from bnlstm_cuda.backends.triton_step import graphs_enabled
+
+    assert not graphs_enabled(torch.device("cpu"))
+    assert graphs_enabled(torch.device("cuda"))
+    monkeypatch.setenv("BNLSTM_CUDA_GRAPHS", "0")
+    assert not graphs_enabled(torch.device("cuda"))

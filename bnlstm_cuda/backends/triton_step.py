@@ -17,6 +17,7 @@ Backward step t (reverse): dh_t = dy_t + dpre_hh[t+1] W_hh (or dh_n for rows tha
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from typing import NamedTuple, Optional
 
 import torch
@@ -468,12 +469,69 @@ def _last_step(batch_sizes: list[int], B: int, device) -> Tensor:
                         device=device)
 
 
+class StepGraphs:
+    """Replays a step loop as one CUDA graph, to take Python's per-launch cost off long loops.
+
+    A loop is captured the second time the very same launches come (same tensor addresses and
+    dtypes, same per-step scalars and flags: the key), and replayed from then on; a replay runs
+    exactly the kernels, with exactly the arguments, that eager launching would. In a training
+    loop the caching allocator hands out the same addresses every iteration, so steady state
+    replays; when addresses never repeat nothing is captured. Off on the CPU (interpreter) and
+    with BNLSTM_CUDA_GRAPHS=0. `capture(launch) -> replay` is injectable for tests.
+    """
+
+    def __init__(self, capacity: int = 32, capture=None):
+        self.capacity = capacity
+        self.capture = capture or _capture_cuda_graph
+        self.entries: OrderedDict = OrderedDict()  # key -> None (seen once) or replay callable
+
+    def run(self, key, launch, device: torch.device) -> None:
+        if not graphs_enabled(device):
+            launch()
+            return
+        if key not in self.entries:
+            self.entries[key] = None
+            if len(self.entries) > self.capacity:
+                self.entries.popitem(last=False)
+            launch()
+            return
+        self.entries.move_to_end(key)
+        if self.entries[key] is None:
+            self.entries[key] = self.capture(launch)
+        self.entries[key]()
+
+
+def graphs_enabled(device: torch.device) -> bool:
+    return device.type == "cuda" and os.environ.get("BNLSTM_CUDA_GRAPHS", "1") != "0"
+
+
+def _capture_cuda_graph(launch):
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        launch()
+    return graph.replay
+
+
+GRAPHS = StepGraphs()
+
+
+def _graph_key(tensors, *scalars):
+    return (tuple((t.data_ptr(), t.dtype) for t in tensors), *scalars)
+
+
 def forward_loop(xw, weights, h0, c0, stats: RunningStats, batch_sizes, training, momentum,
                  eps, save):
     """The contract of backends.torch_ops.forward_loop, one fused launch per step."""
+    if not all(t.is_contiguous() for t in stats):  # the kernels update rows in place
+        work = RunningStats(*(t.contiguous() for t in stats))
+        out = forward_loop(xw, weights, h0, c0, work, batch_sizes, training, momentum, eps, save)
+        for t, w in zip(stats, work):
+            t.copy_(w)
+        return out
     T, B, G = xw.shape
     H = G // 4
     dev = xw.device
+    weights = LayerWeights(*(None if t is None else t.contiguous() for t in weights))
     cfg = pick_config(B, H, dev)
     acc = _accumulator(xw.dtype)
     y = xw.new_zeros(T + 1, B, H, dtype=h0.dtype)
@@ -489,14 +547,20 @@ def forward_loop(xw, weights, h0, c0, stats: RunningStats, batch_sizes, training
     flags = _kernel_flags(w, dev, acc)
     bias = w.bias if w.bias is not None else w.gamma_ih  # never read without HAS_BIAS
     grid = (triton.cdiv(H, cfg.block_h),)
-    for t, ((row, use_batch), factor) in enumerate(zip(plan, factors)):
-        _fwd_step_kernel[grid](
-            xw, hw, y, cell, w.weight_hh, w.gamma_ih, w.gamma_hh, bias, w.gamma_c, w.beta_c,
-            *stats[:6], stat_ih, stat_hh, stat_c,
-            t, batch_sizes[t], row, float(factor or 0.0), float(eps), B, H,
-            USE_BATCH=use_batch, **flags, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
-        )
+    tensors = (xw, hw, y, cell, w.weight_hh, w.gamma_ih, w.gamma_hh, bias, w.gamma_c, w.beta_c,
+               *stats[:6], stat_ih, stat_hh, stat_c)
+
+    def launch():
+        for t, ((row, use_batch), factor) in enumerate(zip(plan, factors)):
+            _fwd_step_kernel[grid](
+                *tensors, t, batch_sizes[t], row, float(factor or 0.0), float(eps), B, H,
+                USE_BATCH=use_batch, **flags, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+                BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+            )
+
+    key = _graph_key(tensors, "fwd", tuple(batch_sizes), tuple(plan), tuple(factors), eps,
+                     tuple(flags.items()), cfg)
+    GRAPHS.run(key, launch, dev)
     last = _last_step(batch_sizes, B, dev)
     rows = torch.arange(B, device=dev)
     h_n, c_n = y[last + 1, rows], cell[last + 1, rows].to(h0.dtype)
@@ -510,7 +574,7 @@ def backward_loop(saved: Saved, weights, c0, batch_sizes, batch_stats, dy, dh_n,
     H = G // 4
     dev = dy.device
     cfg = pick_config(B, H, dev)
-    w = weights
+    w = LayerWeights(*(None if t is None else t.contiguous() for t in weights))
     acc = saved.hw.dtype
     flags = _kernel_flags(w, dev, acc)
     bias = w.bias if w.bias is not None else w.gamma_ih
@@ -523,15 +587,21 @@ def backward_loop(saved: Saved, weights, c0, batch_sizes, batch_stats, dy, dh_n,
     dsum = torch.empty(T, 3, G, device=dev, dtype=acc)
     dsum_c = torch.empty(T, 2, H, device=dev, dtype=acc)
     grid = (triton.cdiv(H, cfg.block_h),)
-    for t in reversed(range(T)):
-        _bwd_step_kernel[grid](
-            saved.xw, saved.hw, saved.cell, w.weight_hh, w.gamma_ih, w.gamma_hh, bias,
-            w.gamma_c, w.beta_c, saved.stat_ih, saved.stat_hh, saved.stat_c, dy, dh_n,
-            dpre_ih, dpre_hh, dh, dc, dsum, dsum_c,
-            t, batch_sizes[t], batch_sizes[t + 1] if t + 1 < T else 0, B, H,
-            USE_BATCH=batch_stats[t], **flags, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
-        )
+    tensors = (saved.xw, saved.hw, saved.cell, w.weight_hh, w.gamma_ih, w.gamma_hh, bias,
+               w.gamma_c, w.beta_c, saved.stat_ih, saved.stat_hh, saved.stat_c, dy, dh_n,
+               dpre_ih, dpre_hh, dh, dc, dsum, dsum_c)
+
+    def launch():
+        for t in reversed(range(T)):
+            _bwd_step_kernel[grid](
+                *tensors, t, batch_sizes[t], batch_sizes[t + 1] if t + 1 < T else 0, B, H,
+                USE_BATCH=batch_stats[t], **flags, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+                BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+            )
+
+    key = _graph_key(tensors, "bwd", tuple(batch_sizes), tuple(batch_stats),
+                     tuple(flags.items()), cfg)
+    GRAPHS.run(key, launch, dev)
     dpre_hh = dpre_hh[:T]
     dh0 = dpre_hh[0] @ w.weight_hh.to(acc)
     sums, sums_c = dsum.sum(0), dsum_c.sum(0)
