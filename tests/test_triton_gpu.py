@@ -68,8 +68,8 @@ def test_kernels_against_torch_ops(dtype, B, H, T, packed, training):
 
 
 def test_graph_replays_match_eager_launches():
-    """The same loop three times (eager, capture + replay, replay) gives bitwise the eager
-    result, forwards and backwards."""
+    """The same loop three times (eager, capture + replay, replay: the caching allocator hands
+    back the same addresses) gives bitwise the eager result, forwards and backwards."""
     torch.manual_seed(0)
     B, H, T = 32, 64, 20
     model = BNLSTM(H, H, max_length=T, device=DEVICE)
@@ -88,6 +88,7 @@ def test_graph_replays_match_eager_launches():
         grads = triton_step.backward_loop(saved, weights, c0, batch_sizes, [True] * T, dy,
                                           torch.zeros_like(h), torch.zeros_like(c))
         runs.append([t.clone() for t in (y, h, c, *grads, *stats_copy)])
+        del y, h, c, saved, grads, stats_copy  # free, so the next loop gets the same addresses
     assert any(entry is not None for entry in triton_step.GRAPHS.entries.values())
     for later in runs[1:]:
         for a, b in zip(runs[0], later):
