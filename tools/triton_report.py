@@ -39,6 +39,7 @@ def _signature(fn, constexprs, dtype):
 def compile_one(job):
     """Compile one (kernel, config, dtype, arch); return a report row."""
     import triton
+    import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -47,7 +48,8 @@ def compile_one(job):
     kernel_name, cfg, dtype, arch = job
     fn = getattr(triton_step, kernel_name)
     constexprs = dict(USE_BATCH=True, HAS_BIAS=True, UPCAST_DOT=False, INPUT_PRECISION="ieee",
-                      BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k)
+                      ACC=tl.float32, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+                      BLOCK_K=cfg.block_k)
     src = ASTSource(fn=fn, signature=_signature(fn, constexprs, dtype), constexprs=constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options=dict(num_warps=cfg.num_warps))

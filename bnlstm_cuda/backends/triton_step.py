@@ -104,8 +104,8 @@ if triton is not None:
                         mask=k_mask[:, None] & col_mask[None, :], other=0.0)  # [BK, BN]
             if UPCAST_DOT:
                 acc += tl.dot(a.to(ACC), w.to(ACC))
-            else:
-                acc += tl.dot(a, w.to(a.dtype), input_precision=INPUT_PRECISION)
+            else:  # in the weights' dtype: the backward's fp32 dpre meets bf16 tensor cores
+                acc += tl.dot(a.to(w.dtype), w, input_precision=INPUT_PRECISION)
         return acc
 
     @triton.jit
