@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The prepared GPU check, for a lent GPU machine (its own python3 with torch, triton, nvcc):
+# build the extension, run the GPU tests, run the benchmark. Each stage has a time limit so the
+# whole check stays under 8 minutes; logs and the CSV go to OUT (default benchmarks/results/gpu).
+# Usage from the repository root: COMMIT=<sha> bash tools/gpu_check.sh [OUT]
+set -uo pipefail
+OUT=${1:-${OUT:-benchmarks/results/gpu}}
+mkdir -p "$OUT"
+export BNLSTM_TEST_DEVICE=cuda
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  commit: ${COMMIT:-unknown}"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+'triton', triton.__version__)"
+} 2>&1 | tee "$OUT/env.txt"
+
+stage() {  # stage NAME SECONDS COMMAND...: run with a limit, log to OUT/NAME.log, say how it went
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "$name: rc=$rc in $((SECONDS - start)) s (limit $limit s)" | tee -a "$OUT/env.txt"
+  return 0
+}
+
+stage build 150 env MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps -e .
+stage tests 170 python3 -m pytest -q -rs tests/test_triton.py tests/test_triton_gpu.py \
+  $(ls tests/test_cuda_ext.py tests/test_compile.py 2>/dev/null)
+stage bench 160 python3 -m benchmarks.run --device cuda --csv "$OUT/results.csv"
+
+echo "--- tests (tail)"
+tail -n 15 "$OUT/tests.log"
+echo "--- benchmark (tail)"
+tail -n 45 "$OUT/bench.log"
