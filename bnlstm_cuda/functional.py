@@ -11,6 +11,8 @@ from .function import run_layer
 from .layer_state import LayerWeights, RunningStats
 from .layout import batch_sizes_of, reverse_padded
 from .validation import (
+    check_backend_name,
+    check_bool,
     check_dtype_device,
     check_input,
     check_int,
@@ -108,7 +110,8 @@ def bnlstm(
     check_int("input.shape[0] (T)", T, 1)
     momentum = check_momentum(momentum)
     eps = check_real("eps", eps, 0.0)
-    impl = backends.resolve(backend, input.device)
+    reverse, training = check_bool("reverse", reverse), check_bool("training", training)
+    impl = backends.resolve(check_backend_name(backend, backends.NAMES), input.device)
     if hx is None:
         h0 = c0 = input.new_zeros(B, H)
     else:

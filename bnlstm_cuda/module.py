@@ -3,7 +3,6 @@ argument handling only; the math is in functional.run_direction and the backends
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -14,7 +13,14 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import backends
 from .functional import run_direction
 from .layer_state import LayerWeights, RunningStats
-from .validation import check_input, check_int, check_momentum, check_real, check_tensor
+from .validation import (
+    check_backend_name,
+    check_input,
+    check_int,
+    check_momentum,
+    check_real,
+    check_tensor,
+)
 
 _STAT_NAMES = ("mean_ih", "var_ih", "mean_hh", "var_hh", "mean_c", "var_c")
 
@@ -74,12 +80,8 @@ class BNLSTM(nn.Module):
         self.dropout = check_real("dropout", dropout, 0.0, 1.0)
         self.momentum = check_momentum(momentum)
         self.eps = check_real("eps", eps, 0.0)
-        self.gamma_init = check_real("gamma_init", gamma_init, -math.inf)
-        if not math.isfinite(self.gamma_init):
-            raise ValueError(f"gamma_init: expected a finite number, got {gamma_init}")
-        if backend not in backends.NAMES:
-            raise ValueError(f"backend: expected one of {list(backends.NAMES)}, got {backend!r}")
-        self.backend = backend
+        self.gamma_init = check_real("gamma_init", gamma_init)
+        self.backend = check_backend_name(backend, backends.NAMES)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)

@@ -20,7 +20,10 @@ from bnlstm_cuda import BNLSTM
     (dict(momentum=2), ValueError, "momentum"),
     (dict(eps=-1e-5), ValueError, "eps"),
     (dict(gamma_init=float("nan")), ValueError, "gamma_init"),
+    (dict(gamma_init=float("inf")), ValueError, "gamma_init"),
+    (dict(eps=float("inf")), ValueError, "eps: expected a finite number"),
     (dict(backend="cudnn"), ValueError, "backend"),
+    (dict(backend=None), TypeError, "backend: expected a str"),
 ])
 def test_constructor_arguments(kwargs, error, match):
     args = {"input_size": 3, "hidden_size": 8, **kwargs}
@@ -108,6 +111,14 @@ def test_bad_functional_arguments(layer):
         bnlstm_cuda.bnlstm(x, *weights, stats, backend="nope")
     with pytest.raises(ValueError, match="input: expected a 3-D"):
         bnlstm_cuda.bnlstm(x[0], *weights, stats)
+    with pytest.raises(TypeError, match="training: expected a bool, got str"):
+        bnlstm_cuda.bnlstm(x, *weights, stats, training="no")
+    with pytest.raises(TypeError, match="reverse: expected a bool, got int"):
+        bnlstm_cuda.bnlstm(x, *weights, stats, reverse=1)
+    with pytest.raises(TypeError, match="backend: expected a str"):
+        bnlstm_cuda.bnlstm(x, *weights, stats, backend=["torch"])
+    with pytest.raises(ValueError, match="eps: expected a finite number"):
+        bnlstm_cuda.bnlstm(x, *weights, stats, eps=float("inf"))
 
 
 def test_failed_calls_leave_buffers_untouched(layer):
