@@ -25,6 +25,11 @@ from .validation import (
 _STAT_NAMES = ("mean_ih", "var_ih", "mean_hh", "var_hh", "mean_c", "var_c")
 
 
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Running statistics are float32 for half-precision parameters, as cuDNN keeps them."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 class BNLSTM(nn.Module):
     """Batch-normalised LSTM (Cooijmans et al., 2016, "Recurrent Batch Normalization"), a drop-in
     for nn.LSTM: same constructor arguments, shapes, hx, batch_first and PackedSequence handling.
@@ -51,6 +56,12 @@ class BNLSTM(nn.Module):
     Args beyond nn.LSTM's: max_length (rows of per-step statistics), momentum, eps, gamma_init,
     backend ("auto" or a name from `bnlstm_cuda.available_backends()`).
     Dropout between layers is applied in training, as in nn.LSTM; proj_size is not supported.
+
+    Precision: half-precision layers compute statistics and the cell state in float32 and keep
+    the running statistics in float32 (also after .half() or .to(torch.bfloat16)). Under
+    torch.autocast the layer does what nn.LSTM does: input, states and weights are cast to the
+    autocast dtype, which the outputs and final states come back in; parameter gradients are in
+    the parameters' dtype (see bnlstm_cuda/autocast.py).
     Statistics are per process: under DistributedDataParallel each replica normalises with its
     own batch, as nn.BatchNorm1d does.
     """
@@ -86,6 +97,7 @@ class BNLSTM(nn.Module):
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         factory = {"device": device, "dtype": dtype}
+        stats_dtype = _stats_dtype(dtype or torch.get_default_dtype())
         H, G = hidden_size, 4 * hidden_size
         for k, sfx in self._layer_keys():
             width = input_size if k == 0 else H * self.num_directions
@@ -98,10 +110,22 @@ class BNLSTM(nn.Module):
             for name in _STAT_NAMES:
                 width = H if name.endswith("_c") else G
                 self.register_buffer(f"running_{name}_l{k}{sfx}",
-                                     torch.empty(max_length, width, **factory))
+                                     torch.empty(max_length, width, device=device,
+                                                 dtype=stats_dtype))
             self.register_buffer(f"num_batches_tracked_l{k}{sfx}",
                                  torch.zeros(max_length, dtype=torch.long, device=device))
         self.reset_parameters()
+
+    def _apply(self, fn, recurse=True):
+        """Casting the module to half precision (.half(), .to(torch.bfloat16)) keeps the running
+        statistics in float32, from their float32 values: a variance overflows float16 long
+        before the activations do."""
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, buf in self._buffers.items():
+            if buf.is_floating_point() and buf.dtype != _stats_dtype(buf.dtype):
+                self._buffers[name] = before[name].to(buf.device, _stats_dtype(buf.dtype))
+        return self
 
     @property
     def num_directions(self) -> int:
@@ -137,8 +161,10 @@ class BNLSTM(nn.Module):
         for k, sfx in self._layer_keys():
             w = self.layer_weights(k, bool(sfx))
             for weight in (w.weight_ih, w.weight_hh):
-                for block in weight.split(H, dim=0):
-                    nn.init.orthogonal_(block)
+                for block in weight.split(H, dim=0):  # QR has no half-precision kernels
+                    wide = torch.empty_like(block, dtype=torch.promote_types(block.dtype,
+                                                                             torch.float32))
+                    block.copy_(nn.init.orthogonal_(wide))
             if w.bias is not None:
                 w.bias.zero_()
                 w.bias[H: 2 * H] = 1.0

@@ -9,6 +9,8 @@ from typing import Optional, Sequence
 
 from torch import Tensor
 
+from .autocast import as_autocast
+
 
 def check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral):
@@ -57,7 +59,9 @@ def check_tensor(name: str, t, like: Tensor, shape: Sequence[int]) -> None:
 
 
 def check_dtype_device(name: str, t: Tensor, like: Tensor) -> None:
-    if t.dtype != like.dtype:
+    """Same dtype (as autocast sees it: under autocast float32 input meets bfloat16 weights) and
+    device as `like`."""
+    if as_autocast(t.dtype, t.device) != as_autocast(like.dtype, like.device):
         raise ValueError(f"{name}: expected dtype {like.dtype} (the parameters'), got {t.dtype}")
     if t.device != like.device:
         raise ValueError(f"{name}: expected device {like.device} (the parameters'), "
