@@ -116,6 +116,51 @@ class BNLSTM(nn.Module):
                                  torch.zeros(max_length, dtype=torch.long, device=device))
         self.reset_parameters()
 
+    @classmethod
+    def from_lstm(cls, lstm: nn.LSTM, **overrides) -> BNLSTM:
+        """A BNLSTM with a trained nn.LSTM's weights, shape options, device and dtype, its bias
+        the sum bias_ih + bias_hh. Keyword overrides go to the constructor (max_length,
+        momentum, eps, gamma_init, backend, batch_first, dropout, device, dtype).
+
+        The gammas start at gamma_init (0.1, the paper's), so the result normalises from the
+        start; with gamma_init=1.0, eps=0.0 and fresh statistics it computes in eval exactly what
+        the lstm computes.
+        """
+        if not isinstance(lstm, nn.LSTM):
+            raise TypeError(f"lstm: expected a torch.nn.LSTM, got {type(lstm).__name__}")
+        if lstm.proj_size:
+            raise ValueError(f"lstm: proj_size is not supported, got {lstm.proj_size}")
+        fixed = sorted({"input_size", "hidden_size", "num_layers", "bias", "bidirectional"}
+                       & overrides.keys())
+        if fixed:
+            raise TypeError(f"from_lstm: {fixed} come from the lstm and cannot be overridden")
+        like = lstm.weight_ih_l0
+        kwargs = dict(input_size=lstm.input_size, hidden_size=lstm.hidden_size,
+                      num_layers=lstm.num_layers, bias=lstm.bias, batch_first=lstm.batch_first,
+                      dropout=lstm.dropout, bidirectional=lstm.bidirectional, device=like.device,
+                      dtype=like.dtype)
+        model = cls(**{**kwargs, **overrides})
+        with torch.no_grad():
+            for k, sfx in model._layer_keys():
+                w = model.layer_weights(k, bool(sfx))
+                w.weight_ih.copy_(getattr(lstm, f"weight_ih_l{k}{sfx}"))
+                w.weight_hh.copy_(getattr(lstm, f"weight_hh_l{k}{sfx}"))
+                if w.bias is not None:
+                    w.bias.copy_(getattr(lstm, f"bias_ih_l{k}{sfx}")
+                                 + getattr(lstm, f"bias_hh_l{k}{sfx}"))
+        return model
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        """A checkpoint's running statistics must have max_length rows: fewer would leave rows
+        unset and more would be cut, so either is an error that says what to build."""
+        stats = state_dict.get(f"{prefix}running_mean_ih_l0")
+        if isinstance(stats, Tensor) and stats.dim() == 2 and stats.shape[0] != self.max_length:
+            raise ValueError(f"max_length: the checkpoint holds running statistics for "
+                             f"max_length={stats.shape[0]} steps, this model has "
+                             f"max_length={self.max_length}; build it with "
+                             f"max_length={stats.shape[0]}")
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def _apply(self, fn, recurse=True):
         """Casting the module to half precision (.half(), .to(torch.bfloat16)) keeps the running
         statistics in float32, from their float32 values: a variance overflows float16 long
