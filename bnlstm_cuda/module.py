@@ -63,7 +63,8 @@ class BNLSTM(nn.Module):
     autocast dtype, which the outputs and final states come back in; parameter gradients are in
     the parameters' dtype (see bnlstm_cuda/autocast.py).
     Statistics are per process: under DistributedDataParallel each replica normalises with its
-    own batch, as nn.BatchNorm1d does.
+    own batch, as nn.BatchNorm1d does, and DDP's broadcast_buffers copies rank 0's running
+    statistics to every rank before each forward (README: how to average them over ranks).
     """
 
     def __init__(

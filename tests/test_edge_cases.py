@@ -216,8 +216,9 @@ def live_tensors() -> int:
 
 @pytest.mark.heavy
 def test_no_memory_growth_over_1000_steps(backend):
-    """A training loop holds the same number of live tensors after 1,000 steps as after 10:
-    nothing (saved activations, graphs, statistics) accumulates across calls."""
+    """A training loop holds no more live tensors after 1,000 steps than after 10: nothing
+    (saved activations, graphs, statistics) accumulates across calls. (Fewer is possible:
+    caches of earlier tests in the same process may be freed meanwhile.)"""
     model = BNLSTM(2, 4, max_length=3, backend=backend)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x = packed(torch.randn(4, 3, 2), [4, 2, 3])
@@ -233,4 +234,4 @@ def test_no_memory_growth_over_1000_steps(backend):
     before = live_tensors()
     for _ in range(990):
         step()
-    assert live_tensors() == before
+    assert live_tensors() <= before
