@@ -31,8 +31,7 @@ class Tagger(torch.nn.Module):
 
 
 @pytest.mark.parametrize("compiler,momentum,modes,backward", [
-    pytest.param("aot_eager", 0.1, ("train", "train", "eval"), True, id="aot_eager"),
-    pytest.param("aot_eager", None, ("train",), True, id="aot_eager-cumulative"),
+    pytest.param("aot_eager", None, ("train", "train", "eval"), True, id="aot_eager"),
     pytest.param("inductor", 0.1, ("train", "train"), False, id="inductor-forward",
                  marks=pytest.mark.heavy),
 ])

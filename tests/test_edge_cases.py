@@ -53,7 +53,7 @@ def test_batch_of_one(backend, training):
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_packed_equal_lengths(backend, training):
-    model = BNLSTM(3, 24, bidirectional=True, backend=backend, dtype=D).train(training)
+    model = BNLSTM(3, 8, bidirectional=True, backend=backend, dtype=D).train(training)
 
     def make():
         p = packed(torch.randn(5, 4, 3, dtype=D), [5, 5, 5, 5])

@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import assert_rel_close, assert_within_rounding
 
+import bnlstm_cuda
 from bnlstm_cuda import BNLSTM, reference
 
 HALF = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")]
@@ -119,3 +120,7 @@ def test_autocast_takes_mixed_dtypes_but_not_float64():
         assert y.dtype == h.dtype == c.dtype == torch.bfloat16
         with pytest.raises(ValueError, match="input: expected dtype torch.float32"):
             model(torch.randn(4, 2, 3, dtype=torch.float64))
+        y, (h, c) = bnlstm_cuda.bnlstm(torch.randn(4, 2, 3), *model.layer_weights(0),
+                                       model.running_stats(0), lengths=[4, 1])
+        assert y.dtype == h.dtype == c.dtype == torch.bfloat16
+    assert model.running_mean_ih_l0.dtype == torch.float32
