@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from . import backends
+from .autocast import autocast_dtype, cast
 from .function import run_layer
 from .layer_state import LayerWeights, RunningStats
 from .layout import batch_sizes_of, reverse_padded
 from .validation import (
+    check_backend_name,
+    check_bool,
     check_dtype_device,
     check_input,
     check_int,
@@ -29,8 +34,13 @@ def run_direction(x, lengths, h0, c0, weights, stats, *, reverse, training, mome
     T, B = x.shape[:2]
     if reverse:
         x = reverse_padded(x, lengths)
-    y, h_n, c_n = run_layer(x, h0, c0, weights, stats, batch_sizes_of(lengths, T, B), training,
-                            momentum, eps, backend)
+    amp = autocast_dtype(x.device)
+    if amp is not None:  # the cast autocast would do, then no autocast inside (see autocast.py)
+        x, h0, c0 = cast(x, amp), cast(h0, amp), cast(c0, amp)
+        weights = LayerWeights(*(cast(w, amp) for w in weights))
+    with torch.autocast(x.device.type, enabled=False) if amp is not None else nullcontext():
+        y, h_n, c_n = run_layer(x, h0, c0, weights, stats, batch_sizes_of(lengths, T, B),
+                                training, momentum, eps, backend)
     if reverse:
         y = reverse_padded(y, lengths)
     return y, h_n, c_n
@@ -108,7 +118,8 @@ def bnlstm(
     check_int("input.shape[0] (T)", T, 1)
     momentum = check_momentum(momentum)
     eps = check_real("eps", eps, 0.0)
-    impl = backends.resolve(backend, input.device)
+    reverse, training = check_bool("reverse", reverse), check_bool("training", training)
+    impl = backends.resolve(check_backend_name(backend, backends.NAMES), input.device)
     if hx is None:
         h0 = c0 = input.new_zeros(B, H)
     else:

@@ -47,21 +47,21 @@ def step_plan(batch_sizes: list[int], max_length: int, training: bool) -> list[t
 
 def update_counts(stats: RunningStats, plan: list[tuple[int, bool]], momentum: Optional[float]):
     """Count every update the plan makes, in one op, and return each step's weight for its new
-    statistic (None where it reads its running row): momentum, or 1/count for a cumulative
-    average (momentum None, as nn.BatchNorm), which costs one read of the counts."""
+    statistic (None where it reads its running row): momentum, or for a cumulative average
+    (momentum None, as nn.BatchNorm) 1/count as a 0-dim tensor, so nothing waits on the device
+    and torch.compile can trace it."""
     rows = [row for row, use_batch in plan if use_batch]
     if not rows:
         return [None] * len(plan)
     counts = stats.num_batches_tracked
-    seen = counts.tolist() if momentum is None else None
-    factors = []
+    factors, seen = [], {}
     for row, use_batch in plan:
         if not use_batch:
             factors.append(None)
-        elif seen is None:
+        elif momentum is not None:
             factors.append(momentum)
         else:
-            seen[row] += 1
-            factors.append(1.0 / seen[row])
+            seen[row] = seen.get(row, 0) + 1
+            factors.append(1.0 / (counts[row] + seen[row]).double())
     counts += torch.bincount(torch.tensor(rows), minlength=counts.shape[0]).to(counts.device)
     return factors

@@ -3,7 +3,6 @@ argument handling only; the math is in functional.run_direction and the backends
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -14,9 +13,21 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import backends
 from .functional import run_direction
 from .layer_state import LayerWeights, RunningStats
-from .validation import check_input, check_int, check_momentum, check_real, check_tensor
+from .validation import (
+    check_backend_name,
+    check_input,
+    check_int,
+    check_momentum,
+    check_real,
+    check_tensor,
+)
 
 _STAT_NAMES = ("mean_ih", "var_ih", "mean_hh", "var_hh", "mean_c", "var_c")
+
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Running statistics are float32 for half-precision parameters, as cuDNN keeps them."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 class BNLSTM(nn.Module):
@@ -45,8 +56,15 @@ class BNLSTM(nn.Module):
     Args beyond nn.LSTM's: max_length (rows of per-step statistics), momentum, eps, gamma_init,
     backend ("auto" or a name from `bnlstm_cuda.available_backends()`).
     Dropout between layers is applied in training, as in nn.LSTM; proj_size is not supported.
+
+    Precision: half-precision layers compute statistics and the cell state in float32 and keep
+    the running statistics in float32 (also after .half() or .to(torch.bfloat16)). Under
+    torch.autocast the layer does what nn.LSTM does: input, states and weights are cast to the
+    autocast dtype, which the outputs and final states come back in; parameter gradients are in
+    the parameters' dtype (see bnlstm_cuda/autocast.py).
     Statistics are per process: under DistributedDataParallel each replica normalises with its
-    own batch, as nn.BatchNorm1d does.
+    own batch, as nn.BatchNorm1d does, and DDP's broadcast_buffers copies rank 0's running
+    statistics to every rank before each forward (README: how to average them over ranks).
     """
 
     def __init__(
@@ -74,16 +92,13 @@ class BNLSTM(nn.Module):
         self.dropout = check_real("dropout", dropout, 0.0, 1.0)
         self.momentum = check_momentum(momentum)
         self.eps = check_real("eps", eps, 0.0)
-        self.gamma_init = check_real("gamma_init", gamma_init, -math.inf)
-        if not math.isfinite(self.gamma_init):
-            raise ValueError(f"gamma_init: expected a finite number, got {gamma_init}")
-        if backend not in backends.NAMES:
-            raise ValueError(f"backend: expected one of {list(backends.NAMES)}, got {backend!r}")
-        self.backend = backend
+        self.gamma_init = check_real("gamma_init", gamma_init)
+        self.backend = check_backend_name(backend, backends.NAMES)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         factory = {"device": device, "dtype": dtype}
+        stats_dtype = _stats_dtype(dtype or torch.get_default_dtype())
         H, G = hidden_size, 4 * hidden_size
         for k, sfx in self._layer_keys():
             width = input_size if k == 0 else H * self.num_directions
@@ -96,10 +111,67 @@ class BNLSTM(nn.Module):
             for name in _STAT_NAMES:
                 width = H if name.endswith("_c") else G
                 self.register_buffer(f"running_{name}_l{k}{sfx}",
-                                     torch.empty(max_length, width, **factory))
+                                     torch.empty(max_length, width, device=device,
+                                                 dtype=stats_dtype))
             self.register_buffer(f"num_batches_tracked_l{k}{sfx}",
                                  torch.zeros(max_length, dtype=torch.long, device=device))
         self.reset_parameters()
+
+    @classmethod
+    def from_lstm(cls, lstm: nn.LSTM, **overrides) -> BNLSTM:
+        """A BNLSTM with a trained nn.LSTM's weights, shape options, device and dtype, its bias
+        the sum bias_ih + bias_hh. Keyword overrides go to the constructor (max_length,
+        momentum, eps, gamma_init, backend, batch_first, dropout, device, dtype).
+
+        The gammas start at gamma_init (0.1, the paper's), so the result normalises from the
+        start; with gamma_init=1.0, eps=0.0 and fresh statistics it computes in eval exactly what
+        the lstm computes.
+        """
+        if not isinstance(lstm, nn.LSTM):
+            raise TypeError(f"lstm: expected a torch.nn.LSTM, got {type(lstm).__name__}")
+        if lstm.proj_size:
+            raise ValueError(f"lstm: proj_size is not supported, got {lstm.proj_size}")
+        fixed = sorted({"input_size", "hidden_size", "num_layers", "bias", "bidirectional"}
+                       & overrides.keys())
+        if fixed:
+            raise TypeError(f"from_lstm: {fixed} come from the lstm and cannot be overridden")
+        like = lstm.weight_ih_l0
+        kwargs = dict(input_size=lstm.input_size, hidden_size=lstm.hidden_size,
+                      num_layers=lstm.num_layers, bias=lstm.bias, batch_first=lstm.batch_first,
+                      dropout=lstm.dropout, bidirectional=lstm.bidirectional, device=like.device,
+                      dtype=like.dtype)
+        model = cls(**{**kwargs, **overrides})
+        with torch.no_grad():
+            for k, sfx in model._layer_keys():
+                w = model.layer_weights(k, bool(sfx))
+                w.weight_ih.copy_(getattr(lstm, f"weight_ih_l{k}{sfx}"))
+                w.weight_hh.copy_(getattr(lstm, f"weight_hh_l{k}{sfx}"))
+                if w.bias is not None:
+                    w.bias.copy_(getattr(lstm, f"bias_ih_l{k}{sfx}")
+                                 + getattr(lstm, f"bias_hh_l{k}{sfx}"))
+        return model
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        """A checkpoint's running statistics must have max_length rows: fewer would leave rows
+        unset and more would be cut, so either is an error that says what to build."""
+        stats = state_dict.get(f"{prefix}running_mean_ih_l0")
+        if isinstance(stats, Tensor) and stats.dim() == 2 and stats.shape[0] != self.max_length:
+            raise ValueError(f"max_length: the checkpoint holds running statistics for "
+                             f"max_length={stats.shape[0]} steps, this model has "
+                             f"max_length={self.max_length}; build it with "
+                             f"max_length={stats.shape[0]}")
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def _apply(self, fn, recurse=True):
+        """Casting the module to half precision (.half(), .to(torch.bfloat16)) keeps the running
+        statistics in float32, from their float32 values: a variance overflows float16 long
+        before the activations do."""
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, buf in self._buffers.items():
+            if buf.is_floating_point() and buf.dtype != _stats_dtype(buf.dtype):
+                self._buffers[name] = before[name].to(buf.device, _stats_dtype(buf.dtype))
+        return self
 
     @property
     def num_directions(self) -> int:
@@ -135,8 +207,10 @@ class BNLSTM(nn.Module):
         for k, sfx in self._layer_keys():
             w = self.layer_weights(k, bool(sfx))
             for weight in (w.weight_ih, w.weight_hh):
-                for block in weight.split(H, dim=0):
-                    nn.init.orthogonal_(block)
+                for block in weight.split(H, dim=0):  # QR has no half-precision kernels
+                    wide = torch.empty_like(block, dtype=torch.promote_types(block.dtype,
+                                                                             torch.float32))
+                    block.copy_(nn.init.orthogonal_(wide))
             if w.bias is not None:
                 w.bias.zero_()
                 w.bias[H: 2 * H] = 1.0

@@ -9,6 +9,8 @@ from typing import Optional, Sequence
 
 from torch import Tensor
 
+from .autocast import as_autocast
+
 
 def check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral):
@@ -18,12 +20,29 @@ def check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
-def check_real(name: str, value, low: float, high: float = math.inf) -> float:
+def check_real(name: str, value, low: float = -math.inf, high: float = math.inf) -> float:
+    """A finite number in [low, high]: an infinite eps or gamma would silently zero every
+    normalised value."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    if not (low <= value <= high):
-        raise ValueError(f"{name}: expected a number in [{low}, {high}], got {value}")
+    if not (low <= value <= high and math.isfinite(value)):
+        raise ValueError(f"{name}: expected a finite number in [{low}, {high}], got {value}")
     return float(value)
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return value
+
+
+def check_backend_name(backend, names: Sequence[str]) -> str:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected a str, one of {list(names)}, "
+                        f"got {type(backend).__name__}")
+    if backend not in names:
+        raise ValueError(f"backend: expected one of {list(names)}, got {backend!r}")
+    return backend
 
 
 def check_momentum(momentum) -> Optional[float]:
@@ -40,7 +59,9 @@ def check_tensor(name: str, t, like: Tensor, shape: Sequence[int]) -> None:
 
 
 def check_dtype_device(name: str, t: Tensor, like: Tensor) -> None:
-    if t.dtype != like.dtype:
+    """Same dtype (as autocast sees it: under autocast float32 input meets bfloat16 weights) and
+    device as `like`."""
+    if as_autocast(t.dtype, t.device) != as_autocast(like.dtype, like.device):
         raise ValueError(f"{name}: expected dtype {like.dtype} (the parameters'), got {t.dtype}")
     if t.device != like.device:
         raise ValueError(f"{name}: expected device {like.device} (the parameters'), "

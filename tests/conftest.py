@@ -15,7 +15,20 @@ if DEVICE.type == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
-from bnlstm_cuda import reference  # noqa: E402
+from bnlstm_cuda import available_backends, reference  # noqa: E402
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes `backend` runs once per backend that can run here; one marked `heavy`
+    skips the backends the Triton interpreter would run on the CPU (TRITON_INTERPRET=1)."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    heavy = metafunc.definition.get_closest_marker("heavy") is not None
+    skip = pytest.mark.skip(reason="heavy under the Triton interpreter")
+    params = [pytest.param(name, id=name, marks=[skip] if heavy and interpreted and name != "torch"
+                           else []) for name, (ok, _) in available_backends().items() if ok]
+    metafunc.parametrize("backend", params)
 
 
 def assert_rel_close(actual, expected, tol=1e-10, name=""):
@@ -62,6 +75,17 @@ def run_and_backward(model, forward, input, hx, upstream):
             t.grad = None
     model.zero_grad()
     return y, h_n, c_n, grads
+
+
+def assert_within_rounding(actual, exact, dtype=None, name=""):
+    """Low-precision check, scale-free: the error of `actual` against the float64 `exact` is at
+    most twice the error of rounding `exact` to `dtype` (default actual's), which is the best
+    any implementation that hands back that dtype can do."""
+    assert actual.shape == exact.shape, f"{name}: shape {actual.shape} != {exact.shape}"
+    assert torch.isfinite(actual).all(), f"{name}: not finite"
+    err = (actual.double() - exact).norm().item()
+    floor = (exact.to(dtype or actual.dtype).double() - exact).norm().item()
+    assert err <= 2 * floor + 1e-12 * exact.norm().item(), f"{name}: {err:.3e} > 2 x {floor:.3e}"
 
 
 def compare_with_reference(model, make_input, steps=3, hx_fn=None):

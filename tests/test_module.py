@@ -99,19 +99,12 @@ def test_unbatched_input():
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bidir"])
 @pytest.mark.parametrize("use_packed", [False, True], ids=["padded", "packed"])
-def test_reduces_to_nn_lstm(bidirectional, use_packed):
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_reduces_to_nn_lstm(bidirectional, use_packed, bias):
     """Eval, running mean 0 / var 1, eps 0, gammas 1, beta_c 0: BN is the identity, so BNLSTM
-    is nn.LSTM with bias = bias_ih + bias_hh."""
-    lstm = torch.nn.LSTM(3, 24, num_layers=2, bidirectional=bidirectional, dtype=D)
-    model = BNLSTM(3, 24, num_layers=2, bidirectional=bidirectional, eps=0.0, gamma_init=1.0,
-                   dtype=D).eval()
-    with torch.no_grad():
-        for k in range(2):
-            for sfx in ("", "_reverse")[: 1 + bidirectional]:
-                for name in ("weight_ih", "weight_hh"):
-                    getattr(model, f"{name}_l{k}{sfx}").copy_(getattr(lstm, f"{name}_l{k}{sfx}"))
-                getattr(model, f"bias_l{k}{sfx}").copy_(getattr(lstm, f"bias_ih_l{k}{sfx}")
-                                                        + getattr(lstm, f"bias_hh_l{k}{sfx}"))
+    built by from_lstm (bias = bias_ih + bias_hh) is the nn.LSTM."""
+    lstm = torch.nn.LSTM(3, 24, num_layers=2, bias=bias, bidirectional=bidirectional, dtype=D)
+    model = BNLSTM.from_lstm(lstm, eps=0.0, gamma_init=1.0).eval()
     x = torch.randn(7, 5, 3, dtype=D)
     hx = (torch.randn(2 + 2 * bidirectional, 5, 24, dtype=D),) * 2
     if use_packed:
@@ -123,3 +116,27 @@ def test_reduces_to_nn_lstm(bidirectional, use_packed):
     assert_rel_close(out, out_ref, tol=1e-13, name="output")
     assert_rel_close(h, h_ref, tol=1e-13, name="h_n")
     assert_rel_close(c, c_ref, tol=1e-13, name="c_n")
+
+
+def test_from_lstm_keeps_options_and_takes_overrides():
+    lstm = torch.nn.LSTM(3, 8, num_layers=2, batch_first=True, dropout=0.25, dtype=D)
+    model = BNLSTM.from_lstm(lstm, max_length=7, momentum=None)
+    assert (model.input_size, model.hidden_size, model.num_layers) == (3, 8, 2)
+    assert model.batch_first and model.dropout == 0.25 and not model.bidirectional
+    assert model.max_length == 7 and model.momentum is None
+    assert model.weight_hh_l1.dtype == D and model.weight_hh_l1.requires_grad
+    assert torch.all(model.gamma_c_l1 == 0.1), "the paper's gamma_init unless overridden"
+    assert torch.equal(model.weight_ih_l1, lstm.weight_ih_l1)
+    assert torch.equal(model.bias_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+    assert model.weight_ih_l0.data_ptr() != lstm.weight_ih_l0.data_ptr(), "a copy"
+
+
+@pytest.mark.parametrize("make,overrides,error,match", [
+    (lambda: torch.nn.GRU(3, 8), {}, TypeError, "lstm: expected a torch.nn.LSTM, got GRU"),
+    (lambda: torch.nn.LSTM(3, 8, proj_size=4), {}, ValueError, "proj_size"),
+    (lambda: torch.nn.LSTM(3, 8), dict(hidden_size=16), TypeError, "hidden_size"),
+    (lambda: torch.nn.LSTM(3, 8), dict(max_length=0), ValueError, "max_length"),
+])
+def test_from_lstm_bad_arguments(make, overrides, error, match):
+    with pytest.raises(error, match=match):
+        BNLSTM.from_lstm(make(), **overrides)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
 import bnlstm_cuda
-from bnlstm_cuda import BNLSTM
+from bnlstm_cuda import BNLSTM, backends
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
@@ -20,7 +22,10 @@ from bnlstm_cuda import BNLSTM
     (dict(momentum=2), ValueError, "momentum"),
     (dict(eps=-1e-5), ValueError, "eps"),
     (dict(gamma_init=float("nan")), ValueError, "gamma_init"),
+    (dict(gamma_init=float("inf")), ValueError, "gamma_init"),
+    (dict(eps=float("inf")), ValueError, "eps: expected a finite number"),
     (dict(backend="cudnn"), ValueError, "backend"),
+    (dict(backend=None), TypeError, "backend: expected a str"),
 ])
 def test_constructor_arguments(kwargs, error, match):
     args = {"input_size": 3, "hidden_size": 8, **kwargs}
@@ -42,6 +47,10 @@ def model():
     (lambda: torch.randn(0, 2, 3), ValueError, "input: expected at least one time step"),
     (lambda: [[1.0, 2.0, 3.0]], TypeError, "input: expected a Tensor or PackedSequence"),
     (lambda: torch.randn(4, 2, 3, device="meta"), ValueError, "input: expected device"),
+    (lambda: torch.ones(4, 2, 3, dtype=torch.bool), TypeError, "input: expected a floating"),
+    (lambda: torch.ones(4, 2, 3, dtype=torch.complex64), TypeError, "input: expected a float"),
+    (lambda: torch.nn.utils.rnn.pack_sequence([torch.ones(3, 3, dtype=torch.long)]), TypeError,
+     "input: expected a floating"),
 ])
 def test_bad_input(model, make, error, match):
     with pytest.raises(error, match=match):
@@ -54,6 +63,8 @@ def test_bad_input(model, make, error, match):
     (lambda: (torch.zeros(2, 2, 8), torch.zeros(2, 3, 8)), ValueError, r"hx\[1\].*\(2, 2, 8\)"),
     (lambda: (torch.zeros(2, 2, 7), torch.zeros(2, 2, 8)), ValueError, r"hx\[0\]"),
     (lambda: (torch.zeros(2, 2, 8).double(), torch.zeros(2, 2, 8)), ValueError, "dtype"),
+    (lambda: (torch.zeros(2, 2, 8), torch.zeros(2, 2, 8, device="meta")), ValueError,
+     r"hx\[1\] \(c_0\): expected device cpu"),
 ])
 def test_bad_hx(model, hx, error, match):
     with pytest.raises(error, match=match):
@@ -108,6 +119,14 @@ def test_bad_functional_arguments(layer):
         bnlstm_cuda.bnlstm(x, *weights, stats, backend="nope")
     with pytest.raises(ValueError, match="input: expected a 3-D"):
         bnlstm_cuda.bnlstm(x[0], *weights, stats)
+    with pytest.raises(TypeError, match="training: expected a bool, got str"):
+        bnlstm_cuda.bnlstm(x, *weights, stats, training="no")
+    with pytest.raises(TypeError, match="reverse: expected a bool, got int"):
+        bnlstm_cuda.bnlstm(x, *weights, stats, reverse=1)
+    with pytest.raises(TypeError, match="backend: expected a str"):
+        bnlstm_cuda.bnlstm(x, *weights, stats, backend=["torch"])
+    with pytest.raises(ValueError, match="eps: expected a finite number"):
+        bnlstm_cuda.bnlstm(x, *weights, stats, eps=float("inf"))
 
 
 def test_failed_calls_leave_buffers_untouched(layer):
@@ -116,3 +135,22 @@ def test_failed_calls_leave_buffers_untouched(layer):
     with pytest.raises(ValueError):
         bnlstm_cuda.bnlstm(torch.randn(4, 2, 3), *weights, stats, lengths=[4, 9])
     assert all(torch.equal(a, b) for a, b in zip(before, stats))
+
+
+def test_unavailable_backend_says_why_and_what_runs(monkeypatch):
+    unavailable = types.SimpleNamespace(name="fake", available=lambda: (False, "needs a GPU"))
+    monkeypatch.setitem(backends._REGISTRY, "fake", unavailable)
+    monkeypatch.setattr(backends, "NAMES", (*backends.NAMES, "fake"))
+    model = BNLSTM(3, 8, backend="fake")
+    with pytest.raises(ValueError, match=r"backend 'fake' cannot run on cpu: needs a GPU; "
+                                         r"available here: \[.*'torch'"):
+        model(torch.randn(4, 2, 3))
+
+
+def test_hx_with_grad_and_input_without():
+    model = BNLSTM(3, 8)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    hx = (torch.zeros(1, 2, 8, requires_grad=True), torch.zeros(1, 2, 8, requires_grad=True))
+    model(torch.randn(4, 2, 3), hx)[0].sum().backward()
+    assert hx[0].grad.abs().sum() > 0 and hx[1].grad.abs().sum() > 0

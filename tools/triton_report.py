@@ -30,7 +30,7 @@ def _signature(fn, constexprs, dtype, acc):
         if p in constexprs:
             sig[p] = "constexpr"
         elif p.endswith("_ptr"):
-            sig[p] = f"*{dtype}" if p in IO_POINTERS or p.startswith("run_") else f"*{acc}"
+            sig[p] = f"*{dtype}" if p in IO_POINTERS else f"*{acc}"  # running stats: fp32+
         else:
             sig[p] = "fp32" if p in FLOATS else "i32"
     return sig

@@ -35,6 +35,6 @@ def resolve(name: str, device: torch.device):
         reason = module.supports(device)
     if not ok or reason is not None:
         usable = [n for n, (good, _) in available_backends().items() if good]
-        raise RuntimeError(f"backend {name!r} cannot run on {device}: {reason}; "
+        raise ValueError(f"backend {name!r} cannot run on {device}: {reason}; "
                            f"available here: {usable}")
     return module

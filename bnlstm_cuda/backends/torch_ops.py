@@ -50,8 +50,9 @@ def _normalize(z, mean_buf, var_buf, row, factor, eps):
         mean = z.mean(0)
         var = (z - mean).square().mean(0)  # two-pass: no cancellation for large means
         with torch.no_grad():
-            mean_buf[row].lerp_(mean.to(mean_buf.dtype), factor)
-            var_buf[row].lerp_((var * (n / (n - 1))).to(var_buf.dtype), factor)
+            weight = factor.to(mean_buf.dtype) if isinstance(factor, Tensor) else factor
+            mean_buf[row].lerp_(mean.to(mean_buf.dtype), weight)
+            var_buf[row].lerp_((var * (n / (n - 1))).to(var_buf.dtype), weight)
     rstd = torch.rsqrt(var + eps)
     return (z - mean) * rstd, rstd
 

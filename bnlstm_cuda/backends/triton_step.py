@@ -463,10 +463,18 @@ def _kernel_flags(weights: LayerWeights, device: torch.device, acc: torch.dtype)
                 ACC=tl.float64 if acc == torch.float64 else tl.float32)
 
 
+def _host_factors(factors) -> list[float]:
+    """The update weights as kernel arguments: cumulative-average weights (0-dim tensors) are
+    read in one transfer; steps without an update get 0."""
+    lazy = [f for f in factors if isinstance(f, Tensor)]
+    values = iter(torch.stack(lazy).tolist() if lazy else [])
+    return [next(values) if isinstance(f, Tensor) else float(f or 0.0) for f in factors]
+
+
 def _last_step(batch_sizes: list[int], B: int, device) -> Tensor:
     """Index of each row's last running step (rows are sorted by decreasing length)."""
     return torch.tensor([sum(1 for n in batch_sizes if n > b) - 1 for b in range(B)],
-                        device=device)
+                        dtype=torch.long, device=device)
 
 
 class StepGraphs:
@@ -542,7 +550,7 @@ def forward_loop(xw, weights, h0, c0, stats: RunningStats, batch_sizes, training
     stat_ih, stat_hh = (torch.empty(T, 2, G, device=dev, dtype=acc) for _ in range(2))
     stat_c = torch.empty(T, 2, H, device=dev, dtype=acc)
     plan = step_plan(batch_sizes, stats.max_length, training)
-    factors = update_counts(stats, plan, momentum)
+    factors = _host_factors(update_counts(stats, plan, momentum))
     w = weights
     flags = _kernel_flags(w, dev, acc)
     bias = w.bias if w.bias is not None else w.gamma_ih  # never read without HAS_BIAS
@@ -553,7 +561,7 @@ def forward_loop(xw, weights, h0, c0, stats: RunningStats, batch_sizes, training
     def launch():
         for t, ((row, use_batch), factor) in enumerate(zip(plan, factors)):
             _fwd_step_kernel[grid](
-                *tensors, t, batch_sizes[t], row, float(factor or 0.0), float(eps), B, H,
+                *tensors, t, batch_sizes[t], row, factor, float(eps), B, H,
                 USE_BATCH=use_batch, **flags, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
                 BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
             )
