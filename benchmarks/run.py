@@ -33,7 +33,7 @@ CSV_COLUMNS = (
 )
 DEFAULT_LIMITS = {  # largest T*B the references are timed at: Python loops per sequence per step
     "cpu": {"reference": 3200, "reference+compile": 64},
-    "cuda": {"reference": 20000, "reference+compile": 64},
+    "cuda": {"reference": 8000, "reference+compile": 64},
 }
 
 
