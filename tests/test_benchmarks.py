@@ -1,0 +1,100 @@
+"""The benchmark machinery on a tiny CPU shape: the correctness gate rejects a wrong provider,
+and the CSV rows carry the columns every plot and comparison relies on."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from benchmarks import measure
+from benchmarks.check import check_provider
+from benchmarks.providers import BASELINE, REFERENCE, Built, Provider, providers
+from benchmarks.run import CSV_COLUMNS, append_csv, format_table, make_template, run_shape
+from benchmarks.shapes import Shape
+
+CPU = torch.device("cpu")
+TINY = Shape(5, 4, 3, 6, torch.float32, "test")
+REQUIRED = ("timestamp", "commit", "device", "provider", "mode", "dtype", "T", "B",
+            "input_size", "hidden_size", "ms_p50", "ms_p20", "ms_p80", "peak_mem_mb")
+
+
+def _by_name(name):
+    return next(p for p in providers(CPU) if p.name == name)
+
+
+def _inputs(shape):
+    torch.manual_seed(0)
+    template = make_template(shape, CPU)
+    x = torch.randn(shape.T, shape.B, shape.input_size)
+    dy = torch.randn(shape.T, shape.B, shape.hidden_size)
+    return template, x, dy
+
+
+@pytest.mark.parametrize("name", ["bnlstm[torch]", BASELINE])
+def test_correct_providers_pass_the_check(name):
+    assert check_provider(_by_name(name), *_inputs(TINY)) == []
+
+
+def _skewed(provider, factor):
+    def build(template):
+        module, forward = provider.build(template)
+        return Built(module, lambda m, x: forward(m, x) * factor)
+    return Provider("skewed", provider.family, build, graphs=False)
+
+
+@pytest.mark.parametrize("name", ["bnlstm[torch]", BASELINE])
+def test_a_wrong_provider_fails_the_check(name):
+    failures = check_provider(_skewed(_by_name(name), 1.001), *_inputs(TINY))
+    assert any(f.startswith("eval output") for f in failures), failures
+
+
+def test_a_bnlstm_provider_with_a_wrong_gradient_fails():
+    good = _by_name("bnlstm[torch]")
+
+    def build(template):
+        module, forward = good.build(template)
+        # Output unchanged, gradient of the input doubled: only the gradient check can see it.
+        return Built(module, lambda m, x: forward(m, x + (x - x.detach())))
+    failures = check_provider(Provider("bad grad", "bnlstm", build, graphs=False),
+                              *_inputs(TINY))
+    assert any("grad input" in f for f in failures)
+    assert not any(f.endswith("output") for f in failures)
+
+
+def test_run_shape_rows_csv_and_table(tmp_path):
+    found = [_by_name("bnlstm[torch]"), _by_name(BASELINE), _by_name(REFERENCE),
+             _skewed(_by_name(BASELINE), 2.0)]
+    env = measure.environment(CPU)
+    rows, notes = run_shape(TINY, CPU, found, env, modes=("inference", "fwd_bwd"),
+                            limits={REFERENCE: 1000}, budget_ms=1.0)
+    assert {(r["provider"], r["mode"]) for r in rows} == {
+        (p, m) for p in ("bnlstm[torch]", BASELINE, REFERENCE) for m in ("inference", "fwd_bwd")}
+    assert len(notes) == 1 and notes[0].startswith("skewed: FAILED")
+    for r in rows:
+        assert r["ms_p20"] <= r["ms_p50"] <= r["ms_p80"]
+        assert r["peak_mem_mb"] == "n/a"  # no honest CPU allocator statistics
+    path = tmp_path / "results.csv"
+    append_csv(rows, path)
+    append_csv(rows, path)
+    with path.open() as f:
+        read = list(csv.DictReader(f))
+    assert len(read) == 2 * len(rows)
+    assert set(REQUIRED) <= set(CSV_COLUMNS) == set(read[0])
+    assert all(read[0][c] != "" for c in REQUIRED)
+    table = format_table(TINY, rows, notes, "nn.LSTM")
+    assert "1.00x" in table and "skewed: FAILED" in table
+
+
+def test_references_are_skipped_above_their_limit():
+    rows, notes = run_shape(TINY, CPU, [_by_name(REFERENCE)], measure.environment(CPU),
+                            modes=("inference",), limits={REFERENCE: TINY.tokens - 1},
+                            budget_ms=1.0)
+    assert rows == [] and "skipped (too slow" in notes[0]
+
+
+def test_time_calls_quantiles_are_ordered():
+    timing = measure.time_calls(lambda: torch.ones(100).sum(), CPU, budget_ms=1.0, min_reps=7)
+    assert timing.reps >= 7
+    assert 0 < timing.ms_p20 <= timing.ms_p50 <= timing.ms_p80
