@@ -63,5 +63,6 @@ def update_counts(stats: RunningStats, plan: list[tuple[int, bool]], momentum: O
         else:
             seen[row] = seen.get(row, 0) + 1
             factors.append(1.0 / (counts[row] + seen[row]).double())
-    counts += torch.bincount(torch.tensor(rows), minlength=counts.shape[0]).to(counts.device)
+    index = torch.tensor(rows, device=counts.device)
+    counts.index_add_(0, index, torch.ones_like(index, dtype=counts.dtype))
     return factors
