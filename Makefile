@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.6.0
 
-.PHONY: bench paper demo test lint clean
+.PHONY: bench paper demo test gpu-check clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check bnlstm_cuda tests examples benchmarks tools
 	env -u TRITON_INTERPRET $(PY) tools/triton_report.py
 	$(PY) -m pytest -q tests
+
+# On a lent GPU machine, with its own python3 (no venv, no network).
+gpu-check:
+	COMMIT=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) bash tools/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info
