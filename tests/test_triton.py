@@ -175,6 +175,24 @@ def test_autocast_is_the_half_precision_model(training):
         assert torch.equal(a, b), name
 
 
+def test_torch_compile_runs_the_kernels_eagerly():
+    """Until the launches are custom ops, torch.compile breaks the graph around the Triton loops
+    and runs them as they are: same outputs, gradients and buffers as without compile."""
+    torch._dynamo.reset()
+    model = make_model(hidden=8).float()
+    model.backend = "triton"
+    compiled_model = copy.deepcopy(model)
+    compiled = torch.compile(compiled_model, backend="aot_eager")
+    x = torch.randn(4, 5, 3)
+    results = []
+    for m, run in ((model, model), (compiled_model, compiled)):
+        y, (h, c) = run(x)
+        (y.sum() + c.sum()).backward()
+        results.append([y, c, *(p.grad for p in m.parameters()), *m.buffers()])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 def test_auto_picks_torch_on_cpu_and_triton_needs_a_device_it_supports():
     assert bnlstm_cuda.backends.resolve("auto", torch.device("cpu")).name == "torch"
     with pytest.raises(ValueError, match="backend .triton. cannot run on meta"):

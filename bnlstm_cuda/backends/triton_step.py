@@ -527,6 +527,7 @@ def _graph_key(tensors, *scalars):
     return (tuple((t.data_ptr(), t.dtype) for t in tensors), *scalars)
 
 
+@torch.compiler.disable  # host-side plans and graph replay: torch.compile runs this eagerly
 def forward_loop(xw, weights, h0, c0, stats: RunningStats, batch_sizes, training, momentum,
                  eps, save):
     """The contract of backends.torch_ops.forward_loop, one fused launch per step."""
@@ -576,6 +577,7 @@ def forward_loop(xw, weights, h0, c0, stats: RunningStats, batch_sizes, training
     return y[1:], h_n, c_n, saved
 
 
+@torch.compiler.disable
 def backward_loop(saved: Saved, weights, c0, batch_sizes, batch_stats, dy, dh_n, dc_n):
     """The contract of backends.torch_ops.backward_loop, one fused launch per step."""
     T, B, G = saved.hw.shape
