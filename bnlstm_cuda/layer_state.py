@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-import torch
 from torch import Tensor
 
 
@@ -46,23 +45,26 @@ def step_plan(batch_sizes: list[int], max_length: int, training: bool) -> list[t
 
 
 def update_counts(stats: RunningStats, plan: list[tuple[int, bool]], momentum: Optional[float]):
-    """Count every update the plan makes, in one op, and return each step's weight for its new
-    statistic (None where it reads its running row): momentum, or for a cumulative average
-    (momentum None, as nn.BatchNorm) 1/count as a 0-dim tensor, so nothing waits on the device
-    and torch.compile can trace it."""
-    rows = [row for row, use_batch in plan if use_batch]
-    if not rows:
-        return [None] * len(plan)
+    """Count every update the plan makes and return each step's weight for its new statistic
+    (None where it reads its running row): momentum, or for a cumulative average (momentum
+    None, as nn.BatchNorm) 1/count as a 0-dim tensor. Nothing here waits on the device or copies
+    from the host (the updated rows are a few runs of slices), and torch.compile can trace it."""
     counts = stats.num_batches_tracked
     factors, seen = [], {}
     for row, use_batch in plan:
         if not use_batch:
             factors.append(None)
-        elif momentum is not None:
-            factors.append(momentum)
-        else:
-            seen[row] = seen.get(row, 0) + 1
+            continue
+        seen[row] = seen.get(row, 0) + 1
+        if momentum is None:
             factors.append(1.0 / (counts[row] + seen[row]).double())
-    index = torch.tensor(rows, device=counts.device)
-    counts.index_add_(0, index, torch.ones_like(index, dtype=counts.dtype))
+        else:
+            factors.append(momentum)
+    rows = sorted(seen)
+    start = 0
+    for i, row in enumerate(rows):  # add each run of consecutive rows with equal counts at once
+        last = i + 1 == len(rows)
+        if last or rows[i + 1] != row + 1 or seen[rows[i + 1]] != seen[row]:
+            counts[rows[start]: row + 1] += seen[row]
+            start = i + 1
     return factors

@@ -25,5 +25,7 @@ def reverse_padded(x: Tensor, lengths: Optional[list[int]]) -> Tensor:
     T = x.shape[0]
     t = torch.arange(T).unsqueeze(1)
     n = torch.tensor(lengths).unsqueeze(0)
-    index = torch.where(t < n, n - 1 - t, t).to(x.device)
+    index = torch.where(t < n, n - 1 - t, t)
+    if x.is_cuda:  # from pinned memory the copy does not make the host wait for the device
+        index = index.pin_memory().to(x.device, non_blocking=True)
     return x.gather(0, index.unsqueeze(-1).expand_as(x))

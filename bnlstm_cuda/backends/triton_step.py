@@ -199,7 +199,8 @@ if triton is not None:
         run_mean_c_ptr, run_var_c_ptr,  # [L, H]
         stat_ih_ptr, stat_hh_ptr,  # [T, 2, 4H] ACC out: mean, rstd used at step t
         stat_c_ptr,  # [T, 2, H] ACC out
-        t, n, row, factor, eps, B, H,
+        h_n_ptr, c_n_ptr,  # [B, H] out: rows n_next..n-1 end at this step
+        t, n, n_next, row, factor, eps, B, H,
         USE_BATCH: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST_DOT: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -266,6 +267,8 @@ if triton is not None:
                                       j_mask, HAS_BIAS, ACC))
             c = f * _load_tile(c_prev, H, rows, r_mask, j, j_mask, ACC) + i * gg
             tl.store(c_prev + B * H + rows[:, None] * H + j[None, :], c, mask=m2)
+            tl.store(c_n_ptr + rows[:, None] * H + j[None, :], c.to(c_n_ptr.dtype.element_ty),
+                     mask=m2 & (rows >= n_next)[:, None])
             sum_c += tl.sum(tl.where(m2, c, 0.0), axis=0)
         tl.debug_barrier()
         sq_c = tl.zeros((BLOCK_H,), dtype=ACC)
@@ -291,8 +294,11 @@ if triton is not None:
                                           gamma_hh_ptr, bias_ptr, G, rows, r_mask, 3 * H + j,
                                           j_mask, HAS_BIAS, ACC))
             h = o * _tanh(gamma_c[None, :] * chat + beta_c[None, :])
-            tl.store(h_prev + B * H + rows[:, None] * H + j[None, :], h.to(y_ptr.dtype.element_ty),
-                     mask=r_mask[:, None] & j_mask[None, :])
+            m2 = r_mask[:, None] & j_mask[None, :]
+            offs = rows[:, None] * H + j[None, :]
+            tl.store(h_prev + B * H + offs, h.to(y_ptr.dtype.element_ty), mask=m2)
+            tl.store(h_n_ptr + offs, h.to(h_n_ptr.dtype.element_ty),
+                     mask=m2 & (rows >= n_next)[:, None])
 
     @triton.jit
     def _bn_backward(d, xhat, rstd, sum_d, sum_dx, n, USE_BATCH: tl.constexpr):
@@ -471,12 +477,6 @@ def _host_factors(factors) -> list[float]:
     return [next(values) if isinstance(f, Tensor) else float(f or 0.0) for f in factors]
 
 
-def _last_step(batch_sizes: list[int], B: int, device) -> Tensor:
-    """Index of each row's last running step (rows are sorted by decreasing length)."""
-    return torch.tensor([sum(1 for n in batch_sizes if n > b) - 1 for b in range(B)],
-                        dtype=torch.long, device=device)
-
-
 class StepGraphs:
     """Replays a step loop as one CUDA graph, to take Python's per-launch cost off long loops.
 
@@ -550,6 +550,7 @@ def forward_loop(xw, weights, h0, c0, stats: RunningStats, batch_sizes, training
     hw = torch.empty(T, B, G, device=dev, dtype=acc)
     stat_ih, stat_hh = (torch.empty(T, 2, G, device=dev, dtype=acc) for _ in range(2))
     stat_c = torch.empty(T, 2, H, device=dev, dtype=acc)
+    h_n, c_n = torch.empty_like(h0), torch.empty_like(h0)
     plan = step_plan(batch_sizes, stats.max_length, training)
     factors = _host_factors(update_counts(stats, plan, momentum))
     w = weights
@@ -557,12 +558,13 @@ def forward_loop(xw, weights, h0, c0, stats: RunningStats, batch_sizes, training
     bias = w.bias if w.bias is not None else w.gamma_ih  # never read without HAS_BIAS
     grid = (triton.cdiv(H, cfg.block_h),)
     tensors = (xw, hw, y, cell, w.weight_hh, w.gamma_ih, w.gamma_hh, bias, w.gamma_c, w.beta_c,
-               *stats[:6], stat_ih, stat_hh, stat_c)
+               *stats[:6], stat_ih, stat_hh, stat_c, h_n, c_n)
 
     def launch():
         for t, ((row, use_batch), factor) in enumerate(zip(plan, factors)):
             _fwd_step_kernel[grid](
-                *tensors, t, batch_sizes[t], row, factor, float(eps), B, H,
+                *tensors, t, batch_sizes[t], batch_sizes[t + 1] if t + 1 < T else 0, row,
+                factor, float(eps), B, H,
                 USE_BATCH=use_batch, **flags, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
                 BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
             )
@@ -570,9 +572,6 @@ def forward_loop(xw, weights, h0, c0, stats: RunningStats, batch_sizes, training
     key = _graph_key(tensors, "fwd", tuple(batch_sizes), tuple(plan), tuple(factors), eps,
                      tuple(flags.items()), cfg)
     GRAPHS.run(key, launch, dev)
-    last = _last_step(batch_sizes, B, dev)
-    rows = torch.arange(B, device=dev)
-    h_n, c_n = y[last + 1, rows], cell[last + 1, rows].to(h0.dtype)
     saved = Saved(xw, hw, cell, stat_ih, stat_hh, stat_c) if save else None
     return y[1:], h_n, c_n, saved
 
