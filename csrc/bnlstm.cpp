@@ -99,6 +99,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forwa
     TORCH_CHECK(rows[t] >= 0 && rows[t] < L, op, ": rows[", t, "] = ", rows[t],
                 " is outside the running statistics' ", L, " rows");
     TORCH_CHECK(factors[t] <= 1.0, op, ": factors[", t, "] must be at most 1, got ", factors[t]);
+    TORCH_CHECK(factors[t] < 0.0 || batch_sizes[t] >= 2, op, ": factors[", t,
+                "] asks for batch statistics of ", batch_sizes[t], " row (at least 2 needed)");
   }
   TORCH_CHECK(eps >= 0.0, op, ": eps must be non-negative, got ", eps);
   check_cuda(op, xw);

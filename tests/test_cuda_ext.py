@@ -105,8 +105,9 @@ def test_op_on_cpu_tensors_names_the_problem():
     (7, torch.randn(2, 8), "h0 must have shape"),
     (15, [3, 3, 2, 3, 1], "batch_sizes must be non-increasing"),
     (16, [0, 1, 2, 3, 4], r"rows\[4\] = 4 is outside"),
+    (17, [0.1, 0.1, 0.1, 0.1, 0.1], r"factors\[4\] asks for batch statistics of 1 row"),
     (18, -1.0, "eps must be non-negative"),
-], ids=["weight_hh", "h0", "batch_sizes", "rows", "eps"])
+], ids=["weight_hh", "h0", "batch_sizes", "rows", "factors", "eps"])
 def test_argument_checks_name_the_argument(position, value, message):
     args = list(op_args("cpu"))
     args[position] = value
@@ -230,7 +231,7 @@ def test_setup_builds_only_with_a_cuda_torch_and_a_toolkit(monkeypatch, capsys):
         assert all(os.path.exists(os.path.join(ROOT, s)) for s in ext.sources)
 
 
-# ---- GPU: the kernels
+# GPU only (BNLSTM_TEST_DEVICE=cuda): the kernels themselves
 
 
 def _run(backend, dtype, tensors, stats, batch_sizes, upstream, training):
@@ -333,3 +334,8 @@ def test_opcheck_on_gpu(dtype):
     torch.library.opcheck(torch.ops.bnlstm.forward_loop.default, args)
     out = torch.ops.bnlstm.forward_loop(*op_args(DEVICE, dtype, T=5, B=3, H=40))
     torch.library.opcheck(torch.ops.bnlstm.backward_loop.default, backward_args(args, out))
+
+
+def test_host_factors_read_tensor_weights_and_mark_running_rows():
+    factors = [0.1, None, torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.25)]
+    assert cuda_ext._host_factors(factors) == [0.1, -1.0, 0.5, 0.25]

@@ -18,19 +18,19 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}  # max dynamic shared memory per block
-DTYPES = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
+DTYPES = ("fp32", "bf16", "fp16", "fp64")
 IO_POINTERS = {"xw_ptr", "y_ptr", "w_hh_ptr", "gamma_ih_ptr", "gamma_hh_ptr", "bias_ptr",
-               "gamma_c_ptr", "beta_c_ptr", "dy_ptr"}  # in the layer's dtype; the rest fp32
+               "gamma_c_ptr", "beta_c_ptr", "dy_ptr"}  # the layer's dtype; the rest accumulate
 FLOATS = {"factor", "eps"}
 
 
-def _signature(fn, constexprs, dtype):
+def _signature(fn, constexprs, dtype, acc):
     sig = {}
     for p in inspect.signature(fn.fn).parameters:
         if p in constexprs:
             sig[p] = "constexpr"
         elif p.endswith("_ptr"):
-            sig[p] = f"*{dtype}" if p in IO_POINTERS or p.startswith("run_") else "*fp32"
+            sig[p] = f"*{dtype}" if p in IO_POINTERS else f"*{acc}"  # running stats: fp32+
         else:
             sig[p] = "fp32" if p in FLOATS else "i32"
     return sig
@@ -39,6 +39,7 @@ def _signature(fn, constexprs, dtype):
 def compile_one(job):
     """Compile one (kernel, config, dtype, arch); return a report row."""
     import triton
+    import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -46,9 +47,12 @@ def compile_one(job):
 
     kernel_name, cfg, dtype, arch = job
     fn = getattr(triton_step, kernel_name)
+    acc = "fp64" if dtype == "fp64" else "fp32"
     constexprs = dict(USE_BATCH=True, HAS_BIAS=True, UPCAST_DOT=False, INPUT_PRECISION="ieee",
+                      ACC=getattr(tl, "float64" if acc == "fp64" else "float32"),
                       BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k)
-    src = ASTSource(fn=fn, signature=_signature(fn, constexprs, dtype), constexprs=constexprs)
+    src = ASTSource(fn=fn, signature=_signature(fn, constexprs, dtype, acc),
+                    constexprs=constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options=dict(num_warps=cfg.num_warps))
     bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")

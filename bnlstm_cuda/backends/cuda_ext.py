@@ -70,6 +70,15 @@ def _accumulator(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _host_factors(factors) -> list[float]:
+    """Per-step update weights as the op's float list (-1: normalise with the running row);
+    weights given as 0-dim tensors (a cumulative average) are read in one transfer."""
+    lazy = [f for f in factors if isinstance(f, Tensor)]
+    values = iter(torch.stack(lazy).tolist() if lazy else [])
+    return [-1.0 if f is None else next(values) if isinstance(f, Tensor) else float(f)
+            for f in factors]
+
+
 def forward_loop(xw, weights: LayerWeights, h0, c0, stats: RunningStats, batch_sizes, training,
                  momentum, eps, save):
     """The contract of backends.torch_ops.forward_loop; the steps run in bnlstm::forward_loop."""
@@ -88,7 +97,7 @@ def forward_loop(xw, weights: LayerWeights, h0, c0, stats: RunningStats, batch_s
     y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = torch.ops.bnlstm.forward_loop(
         xw, w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *running,
         list(batch_sizes), [row for row, _ in plan],
-        [-1.0 if f is None else float(f) for f in factors], float(eps),
+        _host_factors(factors), float(eps),
     )
     saved = Saved(xw, hw, cell, stat_ih, stat_hh, stat_c) if save else None
     return y[1:], h_n, c_n, saved
