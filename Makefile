@@ -1,12 +1,20 @@
 # Two commands on a fresh machine: `make bench` (the main job) and `make test`.
 # Each creates .venv on first use; TORCH_SPEC and TRITON_SPEC pick what they install.
+# `make test` also builds the CUDA extension in .venv-cuda (the CUDA build of torch, no GPU
+# needed) and runs its CPU-side tests there; `make gpu-build` builds it on the GPU machine.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.6.0
+CUDA_VENV ?= .venv-cuda
+CUDA_PY := $(CUDA_VENV)/bin/python
+CUDA_TORCH_SPEC ?= torch==2.14.1
+CUDA_HOME ?= /usr/local/cuda
+CI_CUDA_ARCHS ?= 9.0
+EXT_LOG := build/ext-build.log
 
-.PHONY: bench paper demo test gpu-check clean
+.PHONY: bench paper demo test build-ext gpu-build gpu-check clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,17 +34,46 @@ paper: $(VENV)/.bench
 	$(PY) -m benchmarks.paper_fig1
 	$(PY) -m examples.digits
 
+$(CUDA_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_PY) -m pip install -q "$(CUDA_TORCH_SPEC)" "pytest>=7" "numpy<2.4" ninja
+	touch $@
+
+# The toolkit here lacks cuBLAS/cuSPARSE headers: take the CUDA 13 wheels' (shared/CUDA_BUILD.md).
+# Rebuilt whenever a source changes; pip builds in a fresh directory, so every kernel's ptxas
+# report (registers, spills) is in the log each time.
+$(CUDA_VENV)/.ext-built: $(CUDA_VENV)/.installed setup.py $(wildcard csrc/*)
+	mkdir -p build
+	NV=$$($(CUDA_PY) -c "import nvidia, os; print(os.path.join(nvidia.__path__[0], 'cu13'))") && \
+	  CUDA_HOME=$(CUDA_HOME) CPATH=$$NV/include LIBRARY_PATH=$$NV/lib \
+	  BNLSTM_CUDA_ARCHS="$(CI_CUDA_ARCHS)" MAX_JOBS=2 \
+	  $(CUDA_PY) -m pip install -v --no-build-isolation --no-deps -e . > $(EXT_LOG) 2>&1 \
+	  || { grep -v "^WARNING: Location" $(EXT_LOG) | tail -n 80; exit 1; }
+	$(CUDA_PY) -c "import bnlstm_cuda._C, torch; print('bnlstm_cuda._C:', torch.ops.bnlstm.forward_loop)"
+	touch $@
+
+build-ext: $(CUDA_VENV)/.ext-built
+	@echo "ptxas report of the CUDA extension (sm $(CI_CUDA_ARCHS); full log in $(EXT_LOG)):"
+	@grep -E "Compiling entry function|registers|spill stores" $(EXT_LOG) \
+	  | sed -E "s/.*Compiling entry function '([^']*)' for '([^']*)'/\1 \2/; s/^ +//" | c++filt
+
+test: $(VENV)/.installed build-ext
+	$(VENV)/bin/ruff check bnlstm_cuda tests examples benchmarks tools setup.py
+	env -u TRITON_INTERPRET $(PY) tools/triton_report.py
+	$(PY) -m pytest -q tests
+	$(CUDA_PY) -m pytest -q -p no:logging tests/test_cuda_ext.py
+
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py
 
-test: $(VENV)/.installed
-	$(VENV)/bin/ruff check bnlstm_cuda tests examples benchmarks tools
-	env -u TRITON_INTERPRET $(PY) tools/triton_report.py
-	$(PY) -m pytest -q tests
+# On the GPU machine (its own python3 with torch, nvcc, ninja; no internet). Then:
+# BNLSTM_TEST_DEVICE=cuda python3 -m pytest tests/test_cuda_ext.py
+gpu-build:
+	MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps -e .
 
 # On a lent GPU machine, with its own python3 (no venv, no network).
 gpu-check:
 	COMMIT=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) bash tools/gpu_check.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(CUDA_VENV) build *.egg-info bnlstm_cuda/_C*.so

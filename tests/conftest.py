@@ -23,6 +23,10 @@ def pytest_generate_tests(metafunc):
     skips the backends the Triton interpreter would run on the CPU (TRITON_INTERPRET=1)."""
     if "backend" not in metafunc.fixturenames:
         return
+    for mark in metafunc.definition.iter_markers("parametrize"):  # a test may pick its own
+        names = mark.args[0]
+        if "backend" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            return
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     heavy = metafunc.definition.get_closest_marker("heavy") is not None
     skip = pytest.mark.skip(reason="heavy under the Triton interpreter")

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.skipif(DEVICE.type != "cuda", reason="needs BNLSTM_TEST
 
 def _run(backend, dtype, tensors, stats, batch_sizes, upstream, training):
     leaves = [t.detach().to(dtype).requires_grad_() for t in tensors]
-    stats = RunningStats(*(s.clone() if not s.is_floating_point() else s.to(dtype)
+    stats = RunningStats(*(s.clone() if not s.is_floating_point()
+                           else s.to(torch.promote_types(dtype, torch.float32))
                            for s in stats))
     y, h, c = BNLSTMFunction.apply(*leaves, stats, batch_sizes, training, 0.1, 1e-5, backend)
     dy, dh, dc = (u.to(dtype) for u in upstream)

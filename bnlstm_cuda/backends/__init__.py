@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from . import torch_ops, triton_step
+from . import cuda_ext, torch_ops, triton_step
 
-_REGISTRY = {m.name: m for m in (triton_step, torch_ops)}  # "auto" prefers the earlier
+_REGISTRY = {m.name: m for m in (cuda_ext, triton_step, torch_ops)}  # "auto" prefers the earlier
 NAMES = ("auto", *_REGISTRY)
 
 

@@ -1,0 +1,270 @@
+// The bnlstm::forward_loop / bnlstm::backward_loop ops: schemas, argument checks, and the time
+// loops (one kernel launch per step, on the current stream, no Python in between). The
+// hoisted products (input GEMM, weight gradients) stay in bnlstm_cuda/function.py.
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "bnlstm.h"
+
+namespace bnlstm {
+namespace {
+
+using at::Tensor;
+
+template <typename T> struct Tag { using type = T; };
+
+// Calls f(Tag<S>{}) with S the CUDA type of `dtype`.
+template <typename F>
+void dispatch(at::ScalarType dtype, F&& f) {
+  switch (dtype) {
+    case at::kFloat: return f(Tag<float>{});
+    case at::kDouble: return f(Tag<double>{});
+    case at::kHalf: return f(Tag<__half>{});
+    case at::kBFloat16: return f(Tag<__nv_bfloat16>{});
+    default: TORCH_CHECK(false, "bnlstm: unsupported dtype ", dtype);
+  }
+}
+
+at::ScalarType accumulator(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_like(const char* op, const char* name, const Tensor& t, const Tensor& like,
+                at::IntArrayRef shape, bool same_dtype = true) {
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ",
+              t.sizes());
+  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(),
+              ", expected ", like.device(), " like the other tensors");
+  TORCH_CHECK(!same_dtype || t.scalar_type() == like.scalar_type(), op, ": ", name,
+              " has dtype ", t.scalar_type(), ", expected ", like.scalar_type());
+}
+
+// Checked last, so every shape check above it also runs (and is tested) on CPU tensors.
+void check_cuda(const char* op, const Tensor& xw) {
+  TORCH_CHECK(xw.is_cuda(), op, ": the CUDA extension runs on CUDA tensors only, got ",
+              xw.device(), " tensors; use backend=\"torch\" there");
+}
+
+void check_batch_sizes(const char* op, at::IntArrayRef batch_sizes, int64_t T, int64_t B) {
+  TORCH_CHECK(static_cast<int64_t>(batch_sizes.size()) == T, op, ": batch_sizes must have T = ",
+              T, " entries, got ", batch_sizes.size());
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t n = batch_sizes[t], before = t == 0 ? B : batch_sizes[t - 1];
+    TORCH_CHECK(n >= 1 && n <= before, op, ": batch_sizes must be non-increasing within [1, B = ",
+                B, "], got ", n, " at step ", t);
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forward_loop(
+    const Tensor& xw, const Tensor& weight_hh, const std::optional<Tensor>& bias,
+    const Tensor& gamma_ih, const Tensor& gamma_hh, const Tensor& gamma_c, const Tensor& beta_c,
+    const Tensor& h0, const Tensor& c0, Tensor& mean_ih, Tensor& var_ih, Tensor& mean_hh,
+    Tensor& var_hh, Tensor& mean_c, Tensor& var_c, at::IntArrayRef batch_sizes,
+    at::IntArrayRef rows, at::ArrayRef<double> factors, double eps) {
+  const char* op = "bnlstm::forward_loop";
+  TORCH_CHECK(xw.dim() == 3 && xw.size(2) % 4 == 0 && xw.numel() > 0, op,
+              ": xw must be a non-empty (T, B, 4H) tensor, got ", xw.sizes());
+  const int64_t T = xw.size(0), B = xw.size(1), G = xw.size(2), H = G / 4;
+  const int64_t L = mean_ih.dim() == 2 ? mean_ih.size(0) : 0;
+  TORCH_CHECK(L >= 1, op, ": mean_ih must be (max_length, 4H), got ", mean_ih.sizes());
+  check_like(op, "weight_hh", weight_hh, xw, {G, H});
+  if (bias) check_like(op, "bias", *bias, xw, {G});
+  check_like(op, "gamma_ih", gamma_ih, xw, {G});
+  check_like(op, "gamma_hh", gamma_hh, xw, {G});
+  check_like(op, "gamma_c", gamma_c, xw, {H});
+  check_like(op, "beta_c", beta_c, xw, {H});
+  check_like(op, "h0", h0, xw, {B, H});
+  check_like(op, "c0", c0, xw, {B, H});
+  const char* names[] = {"mean_ih", "var_ih", "mean_hh", "var_hh", "mean_c", "var_c"};
+  Tensor* running[] = {&mean_ih, &var_ih, &mean_hh, &var_hh, &mean_c, &var_c};
+  for (int s = 0; s < 6; ++s) {  // in the accumulator dtype, as the module keeps them
+    check_like(op, names[s], *running[s], xw, {L, s < 4 ? G : H}, /*same_dtype=*/false);
+    TORCH_CHECK(running[s]->scalar_type() == accumulator(xw.scalar_type()), op, ": ", names[s],
+                " has dtype ", running[s]->scalar_type(), ", expected ",
+                accumulator(xw.scalar_type()));
+    TORCH_CHECK(running[s]->is_contiguous(), op, ": ", names[s],
+                " must be contiguous (it is updated in place)");
+  }
+  check_batch_sizes(op, batch_sizes, T, B);
+  TORCH_CHECK(static_cast<int64_t>(rows.size()) == T && static_cast<int64_t>(factors.size()) == T,
+              op, ": rows and factors must have T = ", T, " entries, got ", rows.size(), " and ",
+              factors.size());
+  for (int64_t t = 0; t < T; ++t) {
+    TORCH_CHECK(rows[t] >= 0 && rows[t] < L, op, ": rows[", t, "] = ", rows[t],
+                " is outside the running statistics' ", L, " rows");
+    TORCH_CHECK(factors[t] <= 1.0, op, ": factors[", t, "] must be at most 1, got ", factors[t]);
+    TORCH_CHECK(factors[t] < 0.0 || batch_sizes[t] >= 2, op, ": factors[", t,
+                "] asks for batch statistics of ", batch_sizes[t], " row (at least 2 needed)");
+  }
+  TORCH_CHECK(eps >= 0.0, op, ": eps must be non-negative, got ", eps);
+  check_cuda(op, xw);
+
+  const c10::cuda::CUDAGuard guard(xw.device());
+  const auto acc = accumulator(xw.scalar_type());
+  const auto f = xw.options().dtype(acc);
+  const Tensor xw_c = xw.contiguous(), weight_hh_c = weight_hh.contiguous();
+  const Tensor gamma_ih_c = gamma_ih.contiguous(), gamma_hh_c = gamma_hh.contiguous();
+  const Tensor gamma_c_c = gamma_c.contiguous(), beta_c_c = beta_c.contiguous();
+  const Tensor bias_c = bias ? bias->contiguous() : Tensor();
+  Tensor y = at::zeros({T + 1, B, H}, xw.options());  // zero past each sequence's length
+  y[0].copy_(h0);
+  Tensor cell = at::empty({T + 1, B, H}, f);
+  cell[0].copy_(c0);
+  Tensor hw = at::empty({T, B, G}, f);
+  Tensor stat_ih = at::empty({T, 2, G}, f), stat_hh = at::empty({T, 2, G}, f);
+  Tensor stat_c = at::empty({T, 2, H}, f);
+
+  FwdParams p{xw_c.data_ptr(), hw.data_ptr(), y.data_ptr(), cell.data_ptr(),
+              weight_hh_c.data_ptr(), gamma_ih_c.data_ptr(), gamma_hh_c.data_ptr(),
+              bias ? bias_c.data_ptr() : nullptr, gamma_c_c.data_ptr(), beta_c_c.data_ptr(),
+              mean_ih.data_ptr(), var_ih.data_ptr(), mean_hh.data_ptr(), var_hh.data_ptr(),
+              mean_c.data_ptr(), var_c.data_ptr(), stat_ih.data_ptr(), stat_hh.data_ptr(),
+              stat_c.data_ptr(), B, H, eps};
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  dispatch(xw.scalar_type(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    for (int64_t t = 0; t < T; ++t) {
+      launch_fwd_step<S>(p, static_cast<int>(t), static_cast<int>(batch_sizes[t]),
+                         static_cast<int>(rows[t]), factors[t], stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+
+  // each row's final state sits at its last running step: row b runs while batch_sizes[t] > b
+  std::vector<int64_t> last(B);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t steps = 0;
+    while (steps < T && batch_sizes[steps] > b) ++steps;
+    last[b] = steps * B + b;  // flat row of y / cell (step `steps` is 1-based there)
+  }
+  const Tensor at_last = at::tensor(last, at::kLong).to(xw.device());
+  Tensor h_n = y.view({-1, H}).index_select(0, at_last);
+  Tensor c_n = cell.view({-1, H}).index_select(0, at_last).to(xw.scalar_type());
+  return {y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_loop(
+    const Tensor& xw, const Tensor& hw, const Tensor& cell, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias, const Tensor& gamma_ih, const Tensor& gamma_hh,
+    const Tensor& gamma_c, const Tensor& beta_c, const Tensor& stat_ih, const Tensor& stat_hh,
+    const Tensor& stat_c, const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n,
+    at::IntArrayRef batch_sizes, const c10::List<bool>& use_batch) {
+  const char* op = "bnlstm::backward_loop";
+  TORCH_CHECK(xw.dim() == 3 && xw.size(2) % 4 == 0 && xw.numel() > 0, op,
+              ": xw must be a non-empty (T, B, 4H) tensor, got ", xw.sizes());
+  const int64_t T = xw.size(0), B = xw.size(1), G = xw.size(2), H = G / 4;
+  const auto acc = accumulator(xw.scalar_type());
+  TORCH_CHECK(hw.scalar_type() == acc && cell.scalar_type() == acc &&
+                  stat_ih.scalar_type() == acc && stat_hh.scalar_type() == acc &&
+                  stat_c.scalar_type() == acc,
+              op, ": hw, cell and the stat tensors must be ", acc, " as forward_loop made them");
+  check_like(op, "hw", hw, xw, {T, B, G}, false);
+  check_like(op, "cell", cell, xw, {T + 1, B, H}, false);
+  check_like(op, "weight_hh", weight_hh, xw, {G, H});
+  if (bias) check_like(op, "bias", *bias, xw, {G});
+  check_like(op, "gamma_ih", gamma_ih, xw, {G});
+  check_like(op, "gamma_hh", gamma_hh, xw, {G});
+  check_like(op, "gamma_c", gamma_c, xw, {H});
+  check_like(op, "beta_c", beta_c, xw, {H});
+  check_like(op, "stat_ih", stat_ih, xw, {T, 2, G}, false);
+  check_like(op, "stat_hh", stat_hh, xw, {T, 2, G}, false);
+  check_like(op, "stat_c", stat_c, xw, {T, 2, H}, false);
+  check_like(op, "dy", dy, xw, {T, B, H}, false);
+  check_like(op, "dh_n", dh_n, xw, {B, H}, false);
+  check_like(op, "dc_n", dc_n, xw, {B, H}, false);
+  check_batch_sizes(op, batch_sizes, T, B);
+  TORCH_CHECK(static_cast<int64_t>(use_batch.size()) == T, op, ": use_batch must have T = ", T,
+              " entries, got ", use_batch.size());
+  check_cuda(op, xw);
+
+  const c10::cuda::CUDAGuard guard(xw.device());
+  const auto f = xw.options().dtype(acc);
+  const Tensor xw_c = xw.contiguous(), hw_c = hw.contiguous(), cell_c = cell.contiguous();
+  const Tensor weight_hh_c = weight_hh.contiguous();
+  const Tensor gamma_ih_c = gamma_ih.contiguous(), gamma_hh_c = gamma_hh.contiguous();
+  const Tensor gamma_c_c = gamma_c.contiguous(), beta_c_c = beta_c.contiguous();
+  const Tensor bias_c = bias ? bias->contiguous() : Tensor();
+  const Tensor stat_ih_c = stat_ih.contiguous(), stat_hh_c = stat_hh.contiguous();
+  const Tensor stat_c_c = stat_c.contiguous();
+  const Tensor dy_c = dy.to(xw.scalar_type()).contiguous();
+  const Tensor dh_n_c = dh_n.to(acc).contiguous();
+  Tensor dpre_ih = at::zeros({T, B, G}, f);      // zero past each sequence's length
+  Tensor dpre_hh = at::zeros({T + 1, B, G}, f);  // row T stays zero: nothing after the last step
+  Tensor dh = at::empty({B, H}, f);
+  Tensor dc = dc_n.to(acc).contiguous().clone();
+  Tensor dsum = at::zeros({T, 3, G}, f), dsum_c = at::zeros({T, 2, H}, f);
+
+  BwdParams p{xw_c.data_ptr(), hw_c.data_ptr(), cell_c.data_ptr(), weight_hh_c.data_ptr(),
+              gamma_ih_c.data_ptr(), gamma_hh_c.data_ptr(), bias ? bias_c.data_ptr() : nullptr,
+              gamma_c_c.data_ptr(), beta_c_c.data_ptr(), stat_ih_c.data_ptr(),
+              stat_hh_c.data_ptr(), stat_c_c.data_ptr(), dy_c.data_ptr(), dh_n_c.data_ptr(),
+              dpre_ih.data_ptr(), dpre_hh.data_ptr(), dh.data_ptr(), dc.data_ptr(),
+              dsum.data_ptr(), dsum_c.data_ptr(), B, H};
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  dispatch(xw.scalar_type(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t n_next = t + 1 < T ? batch_sizes[t + 1] : 0;
+      launch_bwd_step<S>(p, static_cast<int>(t), static_cast<int>(batch_sizes[t]),
+                         static_cast<int>(n_next), use_batch.get(t), stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+
+  Tensor dpre_hh_steps = dpre_hh.narrow(0, 0, T);
+  Tensor dh0 = at::matmul(dpre_hh_steps[0], weight_hh_c.to(acc));
+  const Tensor sums = dsum.sum(0), sums_c = dsum_c.sum(0);
+  // separate outputs must not share storage (torch.library's aliasing rules)
+  return {dpre_ih, dpre_hh_steps, dh0, dc, sums[0].clone(), sums[1].clone(),
+          sums_c[0].clone(), sums_c[1].clone(), sums[2].clone()};
+}
+
+}  // namespace
+
+// Running-statistics buffers are mutated in place (Tensor(a!) ...): functionalization and
+// torch.compile see the writes. Per-step host data come as lists: batch_sizes (running rows),
+// rows (running-statistics row), factors (weight of the batch statistic; < 0: use the row).
+TORCH_LIBRARY(bnlstm, m) {
+  m.def(
+      "forward_loop(Tensor xw, Tensor weight_hh, Tensor? bias, Tensor gamma_ih, "
+      "Tensor gamma_hh, Tensor gamma_c, Tensor beta_c, Tensor h0, Tensor c0, "
+      "Tensor(a!) mean_ih, Tensor(b!) var_ih, Tensor(c!) mean_hh, Tensor(d!) var_hh, "
+      "Tensor(e!) mean_c, Tensor(f!) var_c, int[] batch_sizes, int[] rows, float[] factors, "
+      "float eps) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor cell, Tensor hw, "
+      "Tensor stat_ih, Tensor stat_hh, Tensor stat_c)");
+  m.def(
+      "backward_loop(Tensor xw, Tensor hw, Tensor cell, Tensor weight_hh, Tensor? bias, "
+      "Tensor gamma_ih, Tensor gamma_hh, Tensor gamma_c, Tensor beta_c, Tensor stat_ih, "
+      "Tensor stat_hh, Tensor stat_c, Tensor dy, Tensor dh_n, Tensor dc_n, int[] batch_sizes, "
+      "bool[] use_batch) -> (Tensor dpre_ih, Tensor dpre_hh, Tensor dh0, Tensor dc0, "
+      "Tensor dgamma_ih, Tensor dgamma_hh, Tensor dgamma_c, Tensor dbeta_c, Tensor dbias)");
+}
+
+TORCH_LIBRARY_IMPL(bnlstm, CUDA, m) {
+  m.impl("forward_loop", &forward_loop);
+  m.impl("backward_loop", &backward_loop);
+}
+
+// The same entry points on the CPU: every argument check runs, then a clear error instead of
+// "could not run with arguments from the CPU backend".
+TORCH_LIBRARY_IMPL(bnlstm, CPU, m) {
+  m.impl("forward_loop", &forward_loop);
+  m.impl("backward_loop", &backward_loop);
+}
+
+}  // namespace bnlstm
+
+// `import bnlstm_cuda._C` runs the registrations above; the module itself holds nothing.
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

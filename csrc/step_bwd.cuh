@@ -1,0 +1,156 @@
+// Backward step t of one layer and direction (the reverse loop), mirroring
+// bnlstm_cuda/backends/triton_step.py's _bwd_step_kernel pass for pass:
+//   1. dh_t = dy_t + dpre_hh[t+1] W_hh (rows still running at t+1) + dh_n (rows ending at t),
+//      and the batch sums through BN(c);
+//   2. through the gates: raw dpre (kept in dpre_ih[t] until the norms are undone), dc carry;
+//   3. per gate, through both batch norms: dpre_ih[t], dpre_hh[t] and the per-step sums that
+//      become the gamma, beta_c and bias gradients.
+#pragma once
+
+#include "step_common.cuh"
+
+namespace bnlstm {
+
+// Gradient through (z - mean) * rstd given d = dL/dxhat; with batch statistics the mean and
+// variance depend on every row (sum_d, sum_dx: batch sums of d and d * xhat).
+template <typename A>
+__device__ __forceinline__ A bn_backward(A d, A xhat, A rstd, A sum_d, A sum_dx, int n,
+                                         bool use_batch) {
+  return use_batch ? rstd * (d - sum_d / A(n) - xhat * (sum_dx / A(n))) : rstd * d;
+}
+
+template <typename S>
+__global__ void __launch_bounds__(kThreads)
+bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
+  using A = typename AccType<S>::type;
+  __shared__ A tile_a[kBlockB][kBlockK + 1];
+  __shared__ A tile_w[kBlockK][kBlockH + 1];
+  __shared__ A scratch[kThreads];
+  __shared__ StepConstants<A> k;
+
+  const int rg = threadIdx.x / kBlockH, col = threadIdx.x % kBlockH;
+  const int64_t H = p.H, G = 4 * H, B = p.B;
+  const int64_t col0 = int64_t(blockIdx.x) * kBlockH, j = col0 + col;
+  const bool j_ok = j < H, writer = j_ok && rg == 0;
+
+  const S* xw_t = static_cast<const S*>(p.xw) + t * B * G;
+  const A* hw_t = static_cast<const A*>(p.hw) + t * B * G;
+  const A* c_prev = static_cast<const A*>(p.cell) + t * B * H;
+  const A* c_t = c_prev + B * H;
+  const A* stat_ih_t = static_cast<const A*>(p.stat_ih) + t * 2 * G;
+  const A* stat_hh_t = static_cast<const A*>(p.stat_hh) + t * 2 * G;
+  const A* stat_c_t = static_cast<const A*>(p.stat_c) + t * 2 * H;
+  const S* dy_t = static_cast<const S*>(p.dy) + t * B * H;
+  const A* dh_n = static_cast<const A*>(p.dh_n);
+  A* dpre_ih_t = static_cast<A*>(p.dpre_ih) + t * B * G;
+  A* dpre_hh_t = static_cast<A*>(p.dpre_hh) + t * B * G;
+  const A* dpre_hh_next = dpre_hh_t + B * G;
+  A* dh = static_cast<A*>(p.dh);
+  A* dc = static_cast<A*>(p.dc);
+  A* dsum_t = static_cast<A*>(p.dsum) + t * 3 * G;
+  A* dsum_c_t = static_cast<A*>(p.dsum_c) + t * 2 * H;
+
+  if (writer) {
+    load_gammas(k, static_cast<const S*>(p.gamma_ih), static_cast<const S*>(p.gamma_hh),
+                static_cast<const S*>(p.bias), static_cast<const S*>(p.gamma_c),
+                static_cast<const S*>(p.beta_c), H, j, col);
+#pragma unroll
+    for (int g = 0; g < 4; ++g) {
+      k.mean_ih[g][col] = stat_ih_t[g * H + j];
+      k.rstd_ih[g][col] = stat_ih_t[G + g * H + j];
+      k.mean_hh[g][col] = stat_hh_t[g * H + j];
+      k.rstd_hh[g][col] = stat_hh_t[G + g * H + j];
+    }
+    k.mean_c[col] = stat_c_t[j];
+    k.rstd_c[col] = stat_c_t[H + j];
+  }
+  __syncthreads();  // k is read by every row group
+
+  // 1. dh_t and the batch sums through the cell norm
+  A sum_dcn = A(0), sum_dcn_chat = A(0);
+  for (int b0 = 0; b0 < n; b0 += kBlockB) {
+    A carried[kRowsPerThread];  // this thread's rows of dpre_hh[t+1] W_hh
+    tile_matmul(dpre_hh_next, G, n_next, b0, G, static_cast<const S*>(p.weight_hh), H, 1, col0,
+                H, carried, tile_a, tile_w);
+#pragma unroll
+    for (int r = 0; r < kRowsPerThread; ++r) {
+      const int64_t b = b0 + rg + r * kRowGroups;
+      if (b < n && j_ok) {
+        const A dh_b = to_acc(dy_t[b * H + j]) + carried[r] + (b >= n_next ? dh_n[b * H + j] : A(0));
+        dh[b * H + j] = dh_b;
+        const A chat = (c_t[b * H + j] - k.mean_c[col]) * k.rstd_c[col];
+        const A o = sigmoid(preactivation(k, xw_t, hw_t, G, H, b, 3, j, col));
+        const A dcn = dh_b * o * sech2(k.gamma_c[col] * chat + k.beta_c[col]);
+        sum_dcn += dcn;
+        sum_dcn_chat += dcn * chat;
+      }
+    }
+  }
+  sum_dcn = column_sum(sum_dcn, scratch);
+  sum_dcn_chat = column_sum(sum_dcn_chat, scratch);
+  if (writer) {
+    dsum_c_t[j] = sum_dcn_chat;
+    dsum_c_t[H + j] = sum_dcn;
+  }
+
+  // 2. through the gates; each thread re-reads only the dh it stored itself (same rows)
+  for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
+    const A dh_b = dh[b * H + j];
+    const A chat = (c_t[b * H + j] - k.mean_c[col]) * k.rstd_c[col];
+    const A i = sigmoid(preactivation(k, xw_t, hw_t, G, H, b, 0, j, col));
+    const A f = sigmoid(preactivation(k, xw_t, hw_t, G, H, b, 1, j, col));
+    const A pre_g = preactivation(k, xw_t, hw_t, G, H, b, 2, j, col);
+    const A gg = tanh_(pre_g);
+    const A o = sigmoid(preactivation(k, xw_t, hw_t, G, H, b, 3, j, col));
+    const A cn = k.gamma_c[col] * chat + k.beta_c[col];
+    const A tanh_cn = tanh_(cn);
+    const A dcn = dh_b * o * sech2(cn);
+    const A dc_b = dc[b * H + j] + k.gamma_c[col] * bn_backward(dcn, chat, k.rstd_c[col], sum_dcn,
+                                                                sum_dcn_chat, n, use_batch);
+    dc[b * H + j] = dc_b * f;
+    A* out = dpre_ih_t + b * G + j;
+    out[0] = dc_b * gg * i * (A(1) - i);
+    out[H] = dc_b * c_prev[b * H + j] * f * (A(1) - f);
+    out[2 * H] = dc_b * i * sech2(pre_g);
+    out[3 * H] = dh_b * tanh_cn * o * (A(1) - o);
+  }
+
+  // 3. through both batch norms, one gate at a time (same rows per thread as pass 2)
+  for (int g = 0; g < 4; ++g) {
+    const int64_t c = g * H + j;
+    A sum_d = A(0), sum_d_ih = A(0), sum_d_hh = A(0);
+    for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
+      const A d = dpre_ih_t[b * G + c];
+      sum_d += d;
+      sum_d_ih += d * (to_acc(xw_t[b * G + c]) - k.mean_ih[g][col]) * k.rstd_ih[g][col];
+      sum_d_hh += d * (hw_t[b * G + c] - k.mean_hh[g][col]) * k.rstd_hh[g][col];
+    }
+    sum_d = column_sum(sum_d, scratch);
+    sum_d_ih = column_sum(sum_d_ih, scratch);
+    sum_d_hh = column_sum(sum_d_hh, scratch);
+    if (writer) {
+      dsum_t[c] = sum_d_ih;
+      dsum_t[G + c] = sum_d_hh;
+      dsum_t[2 * G + c] = sum_d;
+    }
+    const A gamma_ih = k.gamma_ih[g][col], gamma_hh = k.gamma_hh[g][col];
+    for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
+      const A d = dpre_ih_t[b * G + c];
+      const A xhat_ih = (to_acc(xw_t[b * G + c]) - k.mean_ih[g][col]) * k.rstd_ih[g][col];
+      const A xhat_hh = (hw_t[b * G + c] - k.mean_hh[g][col]) * k.rstd_hh[g][col];
+      dpre_ih_t[b * G + c] = bn_backward(gamma_ih * d, xhat_ih, k.rstd_ih[g][col],
+                                         gamma_ih * sum_d, gamma_ih * sum_d_ih, n, use_batch);
+      dpre_hh_t[b * G + c] = bn_backward(gamma_hh * d, xhat_hh, k.rstd_hh[g][col],
+                                         gamma_hh * sum_d, gamma_hh * sum_d_hh, n, use_batch);
+    }
+  }
+}
+
+template <typename S>
+void launch_bwd_step(const BwdParams& p, int t, int n, int n_next, bool use_batch,
+                     cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((p.H + kBlockH - 1) / kBlockH));
+  bwd_step_kernel<S><<<grid, kThreads, 0, stream>>>(p, t, n, n_next, use_batch);
+}
+
+}  // namespace bnlstm

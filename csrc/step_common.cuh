@@ -1,0 +1,152 @@
+// Device helpers both step kernels share: dtype conversion, activations, the tiled recurrent
+// product, per-feature batch sums and the batch-norm statistics of one step.
+//
+// Thread layout of a block: thread (rg, col) = (threadIdx.x / kBlockH, threadIdx.x % kBlockH)
+// owns hidden unit j = blockIdx.x * kBlockH + col and the rows b = rg, rg + kRowGroups, ...;
+// a block therefore owns its hidden units across every running row, so every batch statistic
+// is reduced inside one block and the launch boundary is the only barrier between steps.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "bnlstm.h"
+
+namespace bnlstm {
+
+template <typename S> struct AccType { using type = float; };
+template <> struct AccType<double> { using type = double; };
+
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+__device__ __forceinline__ void store(float* p, float x) { *p = x; }
+__device__ __forceinline__ void store(double* p, double x) { *p = x; }
+__device__ __forceinline__ void store(__half* p, float x) { *p = __float2half_rn(x); }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
+
+__device__ __forceinline__ float exp_(float x) { return expf(x); }
+__device__ __forceinline__ double exp_(double x) { return exp(x); }
+__device__ __forceinline__ float tanh_(float x) { return tanhf(x); }
+__device__ __forceinline__ double tanh_(double x) { return tanh(x); }
+__device__ __forceinline__ float sqrt_(float x) { return sqrtf(x); }
+__device__ __forceinline__ double sqrt_(double x) { return sqrt(x); }
+
+template <typename A>
+__device__ __forceinline__ A sigmoid(A x) { return A(1) / (A(1) + exp_(-x)); }
+
+// 1 - tanh(x)^2 as 4e / (1 + e)^2 with e = exp(-2|x|): no cancellation where tanh saturates.
+template <typename A>
+__device__ __forceinline__ A sech2(A x) {
+  const A e = exp_(A(-2) * fabs(x));
+  return A(4) * e / ((A(1) + e) * (A(1) + e));
+}
+
+// out[r] = sum_k a[b, k] * w[k, col0 + col] for this thread's rows b = b0 + rg + r * kRowGroups;
+// rows >= a_rows and columns >= n_cols read as 0. w is read through its strides, so W_hh serves
+// as [H, G] (forward, one gate's rows) and as [G, H] (backward). Accumulates in A.
+template <typename TA, typename TW, typename A>
+__device__ void tile_matmul(const TA* a, int64_t a_stride, int a_rows, int b0, int64_t K,
+                            const TW* w, int64_t w_k_stride, int64_t w_n_stride, int64_t col0,
+                            int64_t n_cols, A (&out)[kRowsPerThread],
+                            A (*tile_a)[kBlockK + 1], A (*tile_w)[kBlockH + 1]) {
+  const int tid = threadIdx.x, rg = tid / kBlockH, col = tid % kBlockH;
+#pragma unroll
+  for (int r = 0; r < kRowsPerThread; ++r) out[r] = A(0);
+  for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
+    __syncthreads();  // every thread has read the previous tiles
+    for (int idx = tid; idx < kBlockB * kBlockK; idx += kThreads) {
+      const int rr = idx / kBlockK, kk = idx % kBlockK;  // k fastest: rows are contiguous
+      const int64_t b = b0 + rr, k = k0 + kk;
+      tile_a[rr][kk] = (b < a_rows && k < K) ? to_acc(a[b * a_stride + k]) : A(0);
+    }
+    for (int idx = tid; idx < kBlockK * kBlockH; idx += kThreads) {
+      // walk the contiguous direction of w fastest
+      const int kk = w_k_stride == 1 ? idx % kBlockK : idx / kBlockH;
+      const int cc = w_k_stride == 1 ? idx / kBlockK : idx % kBlockH;
+      const int64_t k = k0 + kk, c = col0 + cc;
+      tile_w[kk][cc] = (k < K && c < n_cols) ? to_acc(w[k * w_k_stride + c * w_n_stride]) : A(0);
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int kk = 0; kk < kBlockK; ++kk) {
+      const A wv = tile_w[kk][col];
+#pragma unroll
+      for (int r = 0; r < kRowsPerThread; ++r) out[r] += tile_a[rg + r * kRowGroups][kk] * wv;
+    }
+  }
+}
+
+// Sum over the block's row groups of each thread's partial v; every thread of a column gets the
+// same total (fixed order: deterministic). `scratch` holds kThreads values.
+template <typename A>
+__device__ A column_sum(A v, A* scratch) {
+  __syncthreads();  // every thread has read the previous sum
+  scratch[threadIdx.x] = v;
+  __syncthreads();
+  const int col = threadIdx.x % kBlockH;
+  A total = A(0);
+#pragma unroll
+  for (int r = 0; r < kRowGroups; ++r) total += scratch[r * kBlockH + col];
+  return total;
+}
+
+// Mean and 1/std of feature c at this step: the batch's (two-pass: total = sum, centred = sum of
+// centred squares over the n running rows) when factor >= 0, moving the running row by factor
+// towards them (unbiased variance) from the writer thread; else the running row as it is.
+template <typename S, typename A>
+__device__ void statistics(A total, A centred, int n, A factor, A eps, S* run_mean, S* run_var,
+                           int64_t c, bool writer, A& mean, A& rstd) {
+  A var;
+  if (factor >= A(0)) {
+    mean = total / A(n);
+    var = centred / A(n);
+    if (writer) {
+      const A old_mean = to_acc(run_mean[c]), old_var = to_acc(run_var[c]);
+      store(run_mean + c, old_mean + factor * (mean - old_mean));
+      store(run_var + c, old_var + factor * (var * A(n) / A(n - 1) - old_var));
+    }
+  } else {
+    mean = to_acc(run_mean[c]);
+    var = to_acc(run_var[c]);
+  }
+  rstd = A(1) / sqrt_(var + eps);
+}
+
+// Per-feature constants of the block's hidden units at this step, in shared memory.
+template <typename A>
+struct StepConstants {
+  A gamma_ih[4][kBlockH], gamma_hh[4][kBlockH], bias[4][kBlockH];
+  A mean_ih[4][kBlockH], rstd_ih[4][kBlockH], mean_hh[4][kBlockH], rstd_hh[4][kBlockH];
+  A gamma_c[kBlockH], beta_c[kBlockH], mean_c[kBlockH], rstd_c[kBlockH];
+};
+
+// Loads the learnable per-feature constants of column col (hidden unit j) into k.
+template <typename S, typename A>
+__device__ void load_gammas(StepConstants<A>& k, const S* gamma_ih, const S* gamma_hh,
+                            const S* bias, const S* gamma_c, const S* beta_c, int64_t H,
+                            int64_t j, int col) {
+#pragma unroll
+  for (int g = 0; g < 4; ++g) {
+    k.gamma_ih[g][col] = to_acc(gamma_ih[g * H + j]);
+    k.gamma_hh[g][col] = to_acc(gamma_hh[g * H + j]);
+    k.bias[g][col] = bias != nullptr ? to_acc(bias[g * H + j]) : A(0);
+  }
+  k.gamma_c[col] = to_acc(gamma_c[j]);
+  k.beta_c[col] = to_acc(beta_c[j]);
+}
+
+// Pre-activation of gate g, row b, hidden unit j: gamma_ih BN(xw) + gamma_hh BN(hw) + bias.
+template <typename S, typename A>
+__device__ __forceinline__ A preactivation(const StepConstants<A>& k, const S* xw_t,
+                                           const A* hw_t, int64_t G, int64_t H, int64_t b,
+                                           int g, int64_t j, int col) {
+  const int64_t at = b * G + g * H + j;
+  const A xhat_ih = (to_acc(xw_t[at]) - k.mean_ih[g][col]) * k.rstd_ih[g][col];
+  const A xhat_hh = (hw_t[at] - k.mean_hh[g][col]) * k.rstd_hh[g][col];
+  return k.gamma_ih[g][col] * xhat_ih + k.gamma_hh[g][col] * xhat_hh + k.bias[g][col];
+}
+
+}  // namespace bnlstm

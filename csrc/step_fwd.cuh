@@ -1,0 +1,140 @@
+// Forward step t of one layer and direction (rows b < n = batch_sizes[t]), mirroring
+// bnlstm_cuda/backends/triton_step.py's _fwd_step_kernel pass for pass:
+//   per gate: hw = h_{t-1} W_hh^T (stored), batch sums of xw and hw, then centred squares,
+//             statistics and the running-row update;
+//   c_t = f c_{t-1} + i g (stored), its statistics; h_t = o tanh(BN(c_t)) (stored).
+#pragma once
+
+#include "step_common.cuh"
+
+namespace bnlstm {
+
+template <typename S>
+__global__ void __launch_bounds__(kThreads)
+fwd_step_kernel(FwdParams p, int t, int n, int row, double factor_arg) {
+  using A = typename AccType<S>::type;
+  __shared__ A tile_a[kBlockB][kBlockK + 1];
+  __shared__ A tile_w[kBlockK][kBlockH + 1];
+  __shared__ A scratch[kThreads];
+  __shared__ StepConstants<A> k;
+
+  const int rg = threadIdx.x / kBlockH, col = threadIdx.x % kBlockH;
+  const int64_t H = p.H, G = 4 * H, B = p.B;
+  const int64_t col0 = int64_t(blockIdx.x) * kBlockH, j = col0 + col;
+  const bool j_ok = j < H, writer = j_ok && rg == 0;
+  const A factor = A(factor_arg), eps = A(p.eps);
+  const bool use_batch = factor_arg >= 0;
+
+  const S* xw_t = static_cast<const S*>(p.xw) + t * B * G;
+  A* hw_t = static_cast<A*>(p.hw) + t * B * G;
+  const S* h_prev = static_cast<const S*>(p.y) + t * B * H;
+  S* h_next = static_cast<S*>(p.y) + (t + 1) * B * H;
+  const A* c_prev = static_cast<const A*>(p.cell) + t * B * H;
+  A* c_next = static_cast<A*>(p.cell) + (t + 1) * B * H;
+  A* stat_ih_t = static_cast<A*>(p.stat_ih) + t * 2 * G;
+  A* stat_hh_t = static_cast<A*>(p.stat_hh) + t * 2 * G;
+  A* stat_c_t = static_cast<A*>(p.stat_c) + t * 2 * H;
+  const S* weight_hh = static_cast<const S*>(p.weight_hh);
+
+  if (writer) {
+    load_gammas(k, static_cast<const S*>(p.gamma_ih), static_cast<const S*>(p.gamma_hh),
+                static_cast<const S*>(p.bias), static_cast<const S*>(p.gamma_c),
+                static_cast<const S*>(p.beta_c), H, j, col);
+  }
+
+  for (int g = 0; g < 4; ++g) {
+    const int64_t c = g * H + j;
+    A sum_x = A(0), sum_h = A(0);
+    for (int b0 = 0; b0 < n; b0 += kBlockB) {
+      A hw[kRowsPerThread];  // this thread's rows of h_{t-1} W_hh[gate g]^T
+      tile_matmul(h_prev, H, n, b0, H, weight_hh + g * H * H, 1, H, col0, H, hw, tile_a, tile_w);
+#pragma unroll
+      for (int r = 0; r < kRowsPerThread; ++r) {
+        const int64_t b = b0 + rg + r * kRowGroups;
+        if (b < n && j_ok) {
+          hw_t[b * G + c] = hw[r];
+          sum_h += hw[r];
+          sum_x += to_acc(xw_t[b * G + c]);
+        }
+      }
+    }
+    sum_x = column_sum(sum_x, scratch);
+    sum_h = column_sum(sum_h, scratch);
+    A sq_x = A(0), sq_h = A(0);
+    if (use_batch) {
+      // each thread re-reads only the hw it stored itself: same rows, no barrier needed
+      for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
+        const A dx = to_acc(xw_t[b * G + c]) - sum_x / A(n);
+        const A dh = hw_t[b * G + c] - sum_h / A(n);
+        sq_x += dx * dx;
+        sq_h += dh * dh;
+      }
+      sq_x = column_sum(sq_x, scratch);
+      sq_h = column_sum(sq_h, scratch);
+    }
+    if (j_ok) {
+      A mean_ih, rstd_ih, mean_hh, rstd_hh;
+      statistics(sum_x, sq_x, n, factor, eps, static_cast<A*>(p.run_mean_ih) + row * G,
+                 static_cast<A*>(p.run_var_ih) + row * G, c, writer, mean_ih, rstd_ih);
+      statistics(sum_h, sq_h, n, factor, eps, static_cast<A*>(p.run_mean_hh) + row * G,
+                 static_cast<A*>(p.run_var_hh) + row * G, c, writer, mean_hh, rstd_hh);
+      if (writer) {
+        stat_ih_t[c] = mean_ih;
+        stat_ih_t[G + c] = rstd_ih;
+        stat_hh_t[c] = mean_hh;
+        stat_hh_t[G + c] = rstd_hh;
+        k.mean_ih[g][col] = mean_ih;
+        k.rstd_ih[g][col] = rstd_ih;
+        k.mean_hh[g][col] = mean_hh;
+        k.rstd_hh[g][col] = rstd_hh;
+      }
+    }
+  }
+  __syncthreads();  // the writers' statistics in k are read by every row group
+
+  A sum_c = A(0);
+  for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
+    const A i = sigmoid(preactivation(k, xw_t, hw_t, G, H, b, 0, j, col));
+    const A f = sigmoid(preactivation(k, xw_t, hw_t, G, H, b, 1, j, col));
+    const A gg = tanh_(preactivation(k, xw_t, hw_t, G, H, b, 2, j, col));
+    const A c = f * c_prev[b * H + j] + i * gg;
+    c_next[b * H + j] = c;
+    sum_c += c;
+  }
+  sum_c = column_sum(sum_c, scratch);
+  A sq_c = A(0);
+  if (use_batch) {
+    for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
+      const A d = c_next[b * H + j] - sum_c / A(n);
+      sq_c += d * d;
+    }
+    sq_c = column_sum(sq_c, scratch);
+  }
+  if (j_ok) {
+    A mean_c, rstd_c;
+    statistics(sum_c, sq_c, n, factor, eps, static_cast<A*>(p.run_mean_c) + row * H,
+               static_cast<A*>(p.run_var_c) + row * H, j, writer, mean_c, rstd_c);
+    if (writer) {
+      stat_c_t[j] = mean_c;
+      stat_c_t[H + j] = rstd_c;
+      k.mean_c[col] = mean_c;
+      k.rstd_c[col] = rstd_c;
+    }
+  }
+  __syncthreads();  // the cell statistics in k
+
+  for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
+    const A chat = (c_next[b * H + j] - k.mean_c[col]) * k.rstd_c[col];
+    const A o = sigmoid(preactivation(k, xw_t, hw_t, G, H, b, 3, j, col));
+    store(h_next + b * H + j, o * tanh_(k.gamma_c[col] * chat + k.beta_c[col]));
+  }
+}
+
+template <typename S>
+void launch_fwd_step(const FwdParams& p, int t, int n, int row, double factor,
+                     cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((p.H + kBlockH - 1) / kBlockH));
+  fwd_step_kernel<S><<<grid, kThreads, 0, stream>>>(p, t, n, row, factor);
+}
+
+}  // namespace bnlstm

@@ -1,0 +1,344 @@
+"""The CUDA extension (bnlstm_cuda._C, csrc/): registration, schemas, fake kernels, argument
+checks and the setup.py decisions run on any machine where it is built (CI: the .venv-cuda with
+the CUDA build of torch, no GPU); the kernels themselves run with BNLSTM_TEST_DEVICE=cuda.
+
+GPU checks, through the autograd Function (the backend contract): float64 kernels against the
+torch backend in float64 to 1e-10 (the math), and fp32/bf16/fp16 within the rule of
+test_triton.py (error against the float64 oracle at most RULE_K times that of the torch backend
+run in the same dtype); then the module against the reference, torch.compile(fullgraph=True)
+and the full torch.library.opcheck.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import runpy
+
+import pytest
+import torch
+from conftest import DEVICE, assert_rel_close, compare_with_reference
+from test_triton import RULE_K
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from bnlstm_cuda import BNLSTM, backends
+from bnlstm_cuda.backends import cuda_ext, torch_ops
+from bnlstm_cuda.function import BNLSTMFunction, run_layer
+from bnlstm_cuda.layer_state import RunningStats
+from bnlstm_cuda.layout import batch_sizes_of
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+built, why_not_built = cuda_ext.built()
+needs_ext = pytest.mark.skipif(not built, reason=why_not_built)
+needs_gpu = pytest.mark.skipif(DEVICE.type != "cuda" or not built,
+                               reason="needs BNLSTM_TEST_DEVICE=cuda and the built extension")
+MUTATED = ["mean_ih", "var_ih", "mean_hh", "var_hh", "mean_c", "var_c"]
+
+
+def op_args(device, dtype=torch.float32, T=5, B=3, H=8, L=4, bias=True):
+    """Valid forward_loop arguments: batch_sizes [3, 3, 2, 2, 1], rows clamped to L-1, the last
+    step (one sequence) normalised with its running row."""
+    G = 4 * H
+
+    def r(*shape, dtype=dtype):
+        return torch.randn(*shape, device=device, dtype=dtype)
+
+    acc = torch.float64 if dtype == torch.float64 else torch.float32  # the running statistics'
+    running = [r(L, G, dtype=acc), r(L, G, dtype=acc).abs(), r(L, G, dtype=acc),
+               r(L, G, dtype=acc).abs(), r(L, H, dtype=acc), r(L, H, dtype=acc).abs()]
+    return (r(T, B, G), r(G, H), r(G) if bias else None, r(G), r(G), r(H), r(H), r(B, H), r(B, H),
+            *running, [3, 3, 2, 2, 1][:T], [min(t, L - 1) for t in range(T)],
+            [0.1, 0.1, 0.1, 0.1, -1.0][:T], 1e-5)
+
+
+def backward_args(fwd_args, outputs):
+    """backward_loop arguments matching a forward_loop call and its outputs."""
+    xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c = fwd_args[:7]
+    y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = outputs
+    T, B = xw.shape[:2]
+    H = weight_hh.shape[1]
+    dy = torch.randn(T, B, H, device=xw.device, dtype=xw.dtype)
+    acc = cell.dtype
+    dh_n, dc_n = (torch.randn(B, H, device=xw.device, dtype=acc) for _ in range(2))
+    use_batch = [f >= 0 for f in fwd_args[17]]
+    return (xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, stat_ih, stat_hh,
+            stat_c, dy, dh_n, dc_n, fwd_args[15], use_batch)
+
+
+def test_registry_prefers_cuda_and_says_why_it_cannot_run():
+    assert list(backends._REGISTRY)[0] == "cuda"
+    ok, reason = backends.available_backends()["cuda"]
+    if not built:
+        assert not ok and "not built" in reason
+    elif not torch.cuda.is_available():
+        assert not ok and reason == "no CUDA device"
+    assert "CUDA tensors only" in cuda_ext.supports(torch.device("cpu"))
+    assert cuda_ext.supports(torch.device("cuda")) is None
+
+
+def test_auto_picks_cuda_for_cuda_tensors_when_available(monkeypatch):
+    monkeypatch.setattr(cuda_ext, "available", lambda: (True, "stub"))
+    assert backends.resolve("auto", torch.device("cuda")) is cuda_ext
+    assert backends.resolve("auto", torch.device("cpu")) is torch_ops
+
+
+def test_cpu_tensors_get_a_clear_error(monkeypatch):
+    monkeypatch.setattr(cuda_ext, "available", lambda: (True, "as on a GPU machine"))
+    with pytest.raises(ValueError, match="backend 'cuda' cannot run on cpu: .*CUDA tensors"):
+        BNLSTM(3, 8, backend="cuda")(torch.randn(4, 2, 3))
+
+
+@needs_ext
+def test_op_on_cpu_tensors_names_the_problem():
+    args = op_args("cpu")
+    with pytest.raises(RuntimeError, match="CUDA tensors only, got cpu tensors"):
+        torch.ops.bnlstm.forward_loop(*args)
+    T, B, H = 5, 3, 8
+    outputs = [torch.zeros(*shape) for shape in ((T + 1, B, H), (B, H), (B, H), (T + 1, B, H),
+                                                 (T, B, 4 * H), (T, 2, 4 * H), (T, 2, 4 * H),
+                                                 (T, 2, H))]
+    with pytest.raises(RuntimeError, match="CUDA tensors only, got cpu tensors"):
+        torch.ops.bnlstm.backward_loop(*backward_args(args, outputs))
+
+
+@needs_ext
+@pytest.mark.parametrize("position,value,message", [
+    (1, torch.randn(32, 7), "weight_hh must have shape"),
+    (7, torch.randn(2, 8), "h0 must have shape"),
+    (15, [3, 3, 2, 3, 1], "batch_sizes must be non-increasing"),
+    (16, [0, 1, 2, 3, 4], r"rows\[4\] = 4 is outside"),
+    (17, [0.1, 0.1, 0.1, 0.1, 0.1], r"factors\[4\] asks for batch statistics of 1 row"),
+    (18, -1.0, "eps must be non-negative"),
+], ids=["weight_hh", "h0", "batch_sizes", "rows", "factors", "eps"])
+def test_argument_checks_name_the_argument(position, value, message):
+    args = list(op_args("cpu"))
+    args[position] = value
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.bnlstm.forward_loop(*args)
+
+
+@needs_ext
+def test_schemas_mark_exactly_the_running_statistics_as_mutated():
+    forward = torch.ops.bnlstm.forward_loop.default._schema
+    backward = torch.ops.bnlstm.backward_loop.default._schema
+    written = [a.name for a in forward.arguments if a.alias_info and a.alias_info.is_write]
+    assert written == MUTATED
+    assert not any(a.alias_info for a in backward.arguments)
+    assert not any(r.alias_info for r in (*forward.returns, *backward.returns))
+
+
+def _fake_forward(dtype, **kwargs):
+    with FakeTensorMode():
+        return torch.ops.bnlstm.forward_loop(*op_args("cuda", dtype, **kwargs))
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_fake_kernels_give_shapes_and_dtypes_without_running(dtype):
+    T, B, H = 5, 3, 8
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    with FakeTensorMode():
+        args = op_args("cuda", dtype, T=T, B=B, H=H)
+        out = torch.ops.bnlstm.forward_loop(*args)
+        grads = torch.ops.bnlstm.backward_loop(*backward_args(args, out))
+    want = [((T + 1, B, H), dtype), ((B, H), dtype), ((B, H), dtype), ((T + 1, B, H), acc),
+            ((T, B, 4 * H), acc), ((T, 2, 4 * H), acc), ((T, 2, 4 * H), acc), ((T, 2, H), acc)]
+    assert [(tuple(t.shape), t.dtype) for t in out] == want
+    assert all(t.device.type == "cuda" for t in out)
+    want = [(T, B, 4 * H), (T, B, 4 * H), (B, H), (B, H), (4 * H,), (4 * H,), (H,), (H,),
+            (4 * H,)]
+    assert [tuple(t.shape) for t in grads] == want
+    assert all(t.dtype == acc for t in grads)
+
+
+@needs_ext
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_opcheck_on_meta_tensors(bias):
+    """What opcheck can do without running a kernel: on meta tensors the fake kernel serves as
+    the meta kernel, so the schema, autograd-registration, fake-tensor and AOT-dispatch checks
+    run against it (the full check against the CUDA kernels is test_opcheck_on_gpu)."""
+    args = op_args("meta", bias=bias)
+    torch.library.opcheck(torch.ops.bnlstm.forward_loop.default, args)
+    fwd_out = torch.ops.bnlstm.forward_loop(*op_args("meta", bias=bias))
+    torch.library.opcheck(torch.ops.bnlstm.backward_loop.default, backward_args(args, fwd_out))
+
+
+@needs_ext
+def test_function_runs_forward_and_backward_on_meta_tensors():
+    """The whole layer (hoisted GEMMs, both loops, the handwritten backward) with the cuda
+    backend on meta tensors, where the fake kernels serve: every output and gradient shape.
+    (Fake CUDA tensors work for the forward, but the autograd engine wants a CUDA device.)"""
+    T, B, H, input_size = 6, 4, 8, 3
+    model = BNLSTM(input_size, H, max_length=4, device="meta").eval()
+    weights, stats = model.layer_weights(0), model.running_stats(0)
+    x = torch.randn(T, B, input_size, device="meta", requires_grad=True)
+    h0 = torch.zeros(B, H, device="meta", requires_grad=True)
+    c0 = torch.zeros(B, H, device="meta")
+    y, h_n, c_n = run_layer(x, h0, c0, weights, stats, [4, 4, 3, 2, 2, 1], False, 0.1, 1e-5,
+                            cuda_ext)
+    (y.sum() + h_n.sum() + c_n.sum()).backward()
+    assert y.shape == (T, B, H) and h_n.shape == c_n.shape == (B, H)
+    assert x.grad.shape == x.shape and h0.grad.shape == h0.shape
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters())
+
+
+@needs_ext
+def test_compile_fullgraph_traces_the_ops_on_meta_tensors():
+    """torch.compile(fullgraph=True) through the layer with the cuda backend, forwards and
+    backwards, on meta tensors (aot_eager: no GPU needed); evaluation mode, where the step
+    plan needs no running count."""
+    T, B, H = 5, 3, 8
+    model = BNLSTM(H, H, max_length=4, device="meta").eval()
+    weights, stats = model.layer_weights(0), model.running_stats(0)
+    x = torch.randn(T, B, H, device="meta", requires_grad=True)
+    h0, c0 = torch.zeros(B, H, device="meta"), torch.zeros(B, H, device="meta")
+
+    def layer(x):
+        y, h, c = run_layer(x, h0, c0, weights, stats, [3, 3, 2, 2, 1], False, 0.1, 1e-5,
+                            cuda_ext)
+        return y.sum() + h.sum() + c.sum()
+
+    torch._dynamo.reset()
+    torch.compile(layer, fullgraph=True, backend="aot_eager")(x).backward()
+    assert x.grad.shape == x.shape
+
+
+def _load_setup():
+    return runpy.run_path(os.path.join(ROOT, "setup.py"), run_name="bnlstm_setup")
+
+
+def test_setup_skips_the_extension_when_asked(monkeypatch, capsys):
+    monkeypatch.setenv("BNLSTM_SKIP_CUDA_BUILD", "1")
+    assert _load_setup()["extension_build"]() == ([], {})
+    assert "BNLSTM_SKIP_CUDA_BUILD is set" in capsys.readouterr().err
+
+
+def test_setup_builds_only_with_a_cuda_torch_and_a_toolkit(monkeypatch, capsys):
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    monkeypatch.delenv("BNLSTM_SKIP_CUDA_BUILD", raising=False)
+    monkeypatch.setenv("BNLSTM_CUDA_ARCHS", "9.0")
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "7.5")  # ours takes precedence
+    ext_modules, cmdclass = _load_setup()["extension_build"]()
+    err = capsys.readouterr().err
+    if torch.version.cuda is None:
+        assert ext_modules == [] and "is a CPU build" in err
+    elif CUDA_HOME is None:
+        assert ext_modules == [] and "no CUDA toolkit" in err
+    else:
+        (ext,) = ext_modules
+        assert ext.name == "bnlstm_cuda._C" and "build_ext" in cmdclass
+        assert "-Xptxas=-v" in ext.extra_compile_args["nvcc"]
+        assert os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0"
+        assert all(os.path.exists(os.path.join(ROOT, s)) for s in ext.sources)
+
+
+# GPU only (BNLSTM_TEST_DEVICE=cuda): the kernels themselves
+
+
+def _run(backend, dtype, tensors, stats, batch_sizes, upstream, training):
+    leaves = [t.detach().to(dtype).requires_grad_() if t is not None else None for t in tensors]
+    stats = RunningStats(*(s.clone() if not s.is_floating_point()
+                           else s.to(torch.promote_types(dtype, torch.float32))
+                           for s in stats))
+    y, h, c = BNLSTMFunction.apply(*leaves, stats, batch_sizes, training, 0.1, 1e-5, backend)
+    dy, dh, dc = (u.to(dtype) for u in upstream)
+    ((y * dy).sum() + (h * dh).sum() + (c * dc).sum()).backward()
+    return [y, h, c, *(t.grad for t in leaves if t is not None), *stats[:6]]
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
+                         ids=["fp64", "fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("B,H,T,packed,bias", [
+    pytest.param(256, 1024, 64, False, True, id="B256-H1024-T64"),
+    pytest.param(64, 1024, 512, False, True, id="B64-H1024-T512"),
+    pytest.param(256, 256, 512, True, True, id="B256-H256-T512-packed"),
+    pytest.param(100, 100, 784, True, False, id="B100-H100-T784-packed-nobias"),
+    pytest.param(5, 24, 100, True, True, id="B5-H24-T100-packed"),
+    pytest.param(33, 40, 1, False, True, id="B33-H40-T1"),
+])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_kernels_against_torch_ops(dtype, B, H, T, packed, bias, training):
+    torch.manual_seed(0)
+    model = BNLSTM(H, H, max_length=T, bias=bias, dtype=torch.float64, device=DEVICE)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        for s in model.running_stats(0)[:6]:  # running rows away from 0 and 1
+            s.add_(0.5 * torch.rand_like(s))
+    lengths = sorted(torch.randint(1, T + 1, (B,)).tolist(), reverse=True) if packed else None
+    x = torch.randn(T, B, H, dtype=torch.float64, device=DEVICE)
+    hx = [torch.randn(B, H, dtype=torch.float64, device=DEVICE) for _ in range(2)]
+    tensors = [x, *hx, *model.layer_weights(0)]
+    stats = model.running_stats(0)
+    batch_sizes = batch_sizes_of(lengths, T, B)
+    upstream = [torch.randn_like(t) for t in (x[..., :H], hx[0], hx[1])]
+    oracle = _run(torch_ops, torch.float64, tensors, stats, batch_sizes, upstream, training)
+    kernel = _run(cuda_ext, dtype, tensors, stats, batch_sizes, upstream, training)
+    names = ["output", "h_n", "c_n", "input", "h0", "c0", "weight_ih", "weight_hh",
+             *(["bias"] if bias else []), "gamma_ih", "gamma_hh", "gamma_c", "beta_c", *MUTATED]
+    assert len(kernel) == len(oracle) == len(names)
+    if dtype == torch.float64:
+        for name, want, got in zip(names, oracle, kernel):
+            assert_rel_close(got, want, name=name)
+        return
+    plain = _run(torch_ops, dtype, tensors, stats, batch_sizes, upstream, training)
+    floor = torch.finfo(dtype).eps
+    for name, want, base, got in zip(names, oracle, plain, kernel):
+        scale = want.double().norm().item() or 1.0
+        err = (got.double() - want).norm().item() / scale
+        bound = RULE_K * max((base.double() - want).norm().item() / scale, floor)
+        assert err <= bound, f"{dtype} {name}: kernel error {err:.2e} > {bound:.2e}"
+
+
+@needs_gpu
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_module_against_reference_float64(training):
+    """Packed, unsorted, bidirectional, two layers, beyond max_length, cumulative momentum:
+    the module on the cuda backend against the oracle, three SGD steps."""
+    from conftest import packed
+
+    model = BNLSTM(3, 24, num_layers=2, bidirectional=True, max_length=4, momentum=None,
+                   backend="cuda", dtype=torch.float64, device=DEVICE).train(training)
+    lengths = [3, 7, 1, 5, 6]
+
+    def make_input():
+        x = torch.randn(7, 5, 3, dtype=torch.float64, device=DEVICE)
+        return packed(x, lengths)
+
+    compare_with_reference(model, make_input)
+
+
+@needs_gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_compile_fullgraph_matches_eager(backend, training):
+    torch.manual_seed(0)
+    model = BNLSTM(16, 32, num_layers=2, max_length=10, backend=backend,
+                   device=DEVICE).train(training)
+    x = torch.randn(10, 8, 16, device=DEVICE)
+    compiled_model = copy.deepcopy(model)
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_model, fullgraph=True)
+    results = []
+    for m, run in ((model, model), (compiled_model, compiled)):
+        y, (h, c) = run(x)
+        (y.square().sum() + h.sum() + c.sum()).backward()
+        results.append([y, h, c, *(p.grad for p in m.parameters()), *m.buffers()])
+    for a, b in zip(*results):
+        assert_rel_close(b, a, tol=1e-5)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_opcheck_on_gpu(dtype):
+    args = op_args(DEVICE, dtype, T=5, B=3, H=40)
+    torch.library.opcheck(torch.ops.bnlstm.forward_loop.default, args)
+    out = torch.ops.bnlstm.forward_loop(*op_args(DEVICE, dtype, T=5, B=3, H=40))
+    torch.library.opcheck(torch.ops.bnlstm.backward_loop.default, backward_args(args, out))
+
+
+def test_host_factors_read_tensor_weights_and_mark_running_rows():
+    factors = [0.1, None, torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.25)]
+    assert cuda_ext._host_factors(factors) == [0.1, -1.0, 0.5, 0.25]
