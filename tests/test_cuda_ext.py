@@ -22,7 +22,7 @@ from test_triton import RULE_K
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from bnlstm_cuda import BNLSTM, backends
-from bnlstm_cuda.backends import cuda_ext, torch_ops
+from bnlstm_cuda.backends import cuda_ext, torch_ops, triton_step
 from bnlstm_cuda.function import BNLSTMFunction, run_layer
 from bnlstm_cuda.layer_state import RunningStats
 from bnlstm_cuda.layout import batch_sizes_of
@@ -65,8 +65,8 @@ def backward_args(fwd_args, outputs):
             stat_c, dy, dh_n, dc_n, fwd_args[15], use_batch)
 
 
-def test_registry_prefers_cuda_and_says_why_it_cannot_run():
-    assert list(backends._REGISTRY)[0] == "cuda"
+def test_registry_lists_cuda_after_triton_and_says_why_it_cannot_run():
+    assert list(backends._REGISTRY)[:2] == ["triton", "cuda"]
     ok, reason = backends.available_backends()["cuda"]
     if not built:
         assert not ok and "not built" in reason
@@ -76,8 +76,9 @@ def test_registry_prefers_cuda_and_says_why_it_cannot_run():
     assert cuda_ext.supports(torch.device("cuda")) is None
 
 
-def test_auto_picks_cuda_for_cuda_tensors_when_available(monkeypatch):
+def test_auto_picks_cuda_for_cuda_tensors_when_triton_cannot(monkeypatch):
     monkeypatch.setattr(cuda_ext, "available", lambda: (True, "stub"))
+    monkeypatch.setattr(triton_step, "available", lambda: (False, "stub"))
     assert backends.resolve("auto", torch.device("cuda")) is cuda_ext
     assert backends.resolve("auto", torch.device("cpu")) is torch_ops
 
