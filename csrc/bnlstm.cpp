@@ -48,6 +48,19 @@ void check_like(const char* op, const char* name, const Tensor& t, const Tensor&
               " has dtype ", t.scalar_type(), ", expected ", like.scalar_type());
 }
 
+// The layer's weights: the shapes of a (T, B, 4H) xw, its device and dtype.
+void check_weights(const char* op, const Tensor& xw, const Tensor& weight_hh,
+                   const std::optional<Tensor>& bias, const Tensor& gamma_ih,
+                   const Tensor& gamma_hh, const Tensor& gamma_c, const Tensor& beta_c) {
+  const int64_t G = xw.size(2), H = G / 4;
+  check_like(op, "weight_hh", weight_hh, xw, {G, H});
+  if (bias) check_like(op, "bias", *bias, xw, {G});
+  check_like(op, "gamma_ih", gamma_ih, xw, {G});
+  check_like(op, "gamma_hh", gamma_hh, xw, {G});
+  check_like(op, "gamma_c", gamma_c, xw, {H});
+  check_like(op, "beta_c", beta_c, xw, {H});
+}
+
 // Checked last, so every shape check above it also runs (and is tested) on CPU tensors.
 void check_cuda(const char* op, const Tensor& xw) {
   TORCH_CHECK(xw.is_cuda(), op, ": the CUDA extension runs on CUDA tensors only, got ",
@@ -76,12 +89,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forwa
   const int64_t T = xw.size(0), B = xw.size(1), G = xw.size(2), H = G / 4;
   const int64_t L = mean_ih.dim() == 2 ? mean_ih.size(0) : 0;
   TORCH_CHECK(L >= 1, op, ": mean_ih must be (max_length, 4H), got ", mean_ih.sizes());
-  check_like(op, "weight_hh", weight_hh, xw, {G, H});
-  if (bias) check_like(op, "bias", *bias, xw, {G});
-  check_like(op, "gamma_ih", gamma_ih, xw, {G});
-  check_like(op, "gamma_hh", gamma_hh, xw, {G});
-  check_like(op, "gamma_c", gamma_c, xw, {H});
-  check_like(op, "beta_c", beta_c, xw, {H});
+  check_weights(op, xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c);
   check_like(op, "h0", h0, xw, {B, H});
   check_like(op, "c0", c0, xw, {B, H});
   const char* names[] = {"mean_ih", "var_ih", "mean_hh", "var_hh", "mean_c", "var_c"};
@@ -169,12 +177,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
               op, ": hw, cell and the stat tensors must be ", acc, " as forward_loop made them");
   check_like(op, "hw", hw, xw, {T, B, G}, false);
   check_like(op, "cell", cell, xw, {T + 1, B, H}, false);
-  check_like(op, "weight_hh", weight_hh, xw, {G, H});
-  if (bias) check_like(op, "bias", *bias, xw, {G});
-  check_like(op, "gamma_ih", gamma_ih, xw, {G});
-  check_like(op, "gamma_hh", gamma_hh, xw, {G});
-  check_like(op, "gamma_c", gamma_c, xw, {H});
-  check_like(op, "beta_c", beta_c, xw, {H});
+  check_weights(op, xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c);
   check_like(op, "stat_ih", stat_ih, xw, {T, 2, G}, false);
   check_like(op, "stat_hh", stat_hh, xw, {T, 2, G}, false);
   check_like(op, "stat_c", stat_c, xw, {T, 2, H}, false);

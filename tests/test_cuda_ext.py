@@ -18,21 +18,18 @@ import runpy
 import pytest
 import torch
 from conftest import DEVICE, assert_rel_close, compare_with_reference
-from test_triton import RULE_K
+from gpu_contract import CASES, DTYPES, MUTATED, check_against_torch_ops
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from bnlstm_cuda import BNLSTM, backends
-from bnlstm_cuda.backends import cuda_ext, torch_ops, triton_step
-from bnlstm_cuda.function import BNLSTMFunction, run_layer
-from bnlstm_cuda.layer_state import RunningStats
-from bnlstm_cuda.layout import batch_sizes_of
+from bnlstm_cuda.backends import cuda_ext, fused, torch_ops, triton_step
+from bnlstm_cuda.function import run_layer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 built, why_not_built = cuda_ext.built()
 needs_ext = pytest.mark.skipif(not built, reason=why_not_built)
 needs_gpu = pytest.mark.skipif(DEVICE.type != "cuda" or not built,
                                reason="needs BNLSTM_TEST_DEVICE=cuda and the built extension")
-MUTATED = ["mean_ih", "var_ih", "mean_hh", "var_hh", "mean_c", "var_c"]
 
 
 def op_args(device, dtype=torch.float32, T=5, B=3, H=8, L=4, bias=True):
@@ -237,60 +234,12 @@ def test_setup_builds_only_with_a_cuda_torch_and_a_toolkit(monkeypatch, capsys):
 # GPU only (BNLSTM_TEST_DEVICE=cuda): the kernels themselves
 
 
-def _run(backend, dtype, tensors, stats, batch_sizes, upstream, training):
-    leaves = [t.detach().to(dtype).requires_grad_() if t is not None else None for t in tensors]
-    stats = RunningStats(*(s.clone() if not s.is_floating_point()
-                           else s.to(torch.promote_types(dtype, torch.float32))
-                           for s in stats))
-    y, h, c = BNLSTMFunction.apply(*leaves, stats, batch_sizes, training, 0.1, 1e-5, backend)
-    dy, dh, dc = (u.to(dtype) for u in upstream)
-    ((y * dy).sum() + (h * dh).sum() + (c * dc).sum()).backward()
-    return [y, h, c, *(t.grad for t in leaves if t is not None), *stats[:6]]
-
-
 @needs_gpu
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
-                         ids=["fp64", "fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("B,H,T,packed,bias", [
-    pytest.param(256, 1024, 64, False, True, id="B256-H1024-T64"),
-    pytest.param(64, 1024, 512, False, True, id="B64-H1024-T512"),
-    pytest.param(256, 256, 512, True, True, id="B256-H256-T512-packed"),
-    pytest.param(100, 100, 784, True, False, id="B100-H100-T784-packed-nobias"),
-    pytest.param(5, 24, 100, True, True, id="B5-H24-T100-packed"),
-    pytest.param(33, 40, 1, False, True, id="B33-H40-T1"),
-])
+@DTYPES
+@CASES
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_kernels_against_torch_ops(dtype, B, H, T, packed, bias, training):
-    torch.manual_seed(0)
-    model = BNLSTM(H, H, max_length=T, bias=bias, dtype=torch.float64, device=DEVICE)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        for s in model.running_stats(0)[:6]:  # running rows away from 0 and 1
-            s.add_(0.5 * torch.rand_like(s))
-    lengths = sorted(torch.randint(1, T + 1, (B,)).tolist(), reverse=True) if packed else None
-    x = torch.randn(T, B, H, dtype=torch.float64, device=DEVICE)
-    hx = [torch.randn(B, H, dtype=torch.float64, device=DEVICE) for _ in range(2)]
-    tensors = [x, *hx, *model.layer_weights(0)]
-    stats = model.running_stats(0)
-    batch_sizes = batch_sizes_of(lengths, T, B)
-    upstream = [torch.randn_like(t) for t in (x[..., :H], hx[0], hx[1])]
-    oracle = _run(torch_ops, torch.float64, tensors, stats, batch_sizes, upstream, training)
-    kernel = _run(cuda_ext, dtype, tensors, stats, batch_sizes, upstream, training)
-    names = ["output", "h_n", "c_n", "input", "h0", "c0", "weight_ih", "weight_hh",
-             *(["bias"] if bias else []), "gamma_ih", "gamma_hh", "gamma_c", "beta_c", *MUTATED]
-    assert len(kernel) == len(oracle) == len(names)
-    if dtype == torch.float64:
-        for name, want, got in zip(names, oracle, kernel):
-            assert_rel_close(got, want, name=name)
-        return
-    plain = _run(torch_ops, dtype, tensors, stats, batch_sizes, upstream, training)
-    floor = torch.finfo(dtype).eps
-    for name, want, base, got in zip(names, oracle, plain, kernel):
-        scale = want.double().norm().item() or 1.0
-        err = (got.double() - want).norm().item() / scale
-        bound = RULE_K * max((base.double() - want).norm().item() / scale, floor)
-        assert err <= bound, f"{dtype} {name}: kernel error {err:.2e} > {bound:.2e}"
+    check_against_torch_ops(cuda_ext, dtype, B, H, T, packed, bias, training)
 
 
 @needs_gpu
@@ -342,4 +291,4 @@ def test_opcheck_on_gpu(dtype):
 
 def test_host_factors_read_tensor_weights_and_mark_running_rows():
     factors = [0.1, None, torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.25)]
-    assert cuda_ext._host_factors(factors) == [0.1, -1.0, 0.5, 0.25]
+    assert fused.host_factors(factors) == [0.1, -1.0, 0.5, 0.25]

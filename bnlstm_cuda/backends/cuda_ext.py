@@ -10,12 +10,12 @@ backward of function.BNLSTMFunction, which calls backward_loop.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
-from torch import Tensor
 
 from ..layer_state import LayerWeights, RunningStats, step_plan, update_counts
+from .fused import Saved, accumulator, host_factors
 
 try:
     from .. import _C  # noqa: F401  (registers torch.ops.bnlstm.*)
@@ -55,35 +55,11 @@ def supports(device: torch.device) -> Optional[str]:
     return None
 
 
-class Saved(NamedTuple):
-    """What the backward kernels read (accumulator dtype unless noted), as in triton_step."""
-
-    xw: Tensor  # (T, B, 4H) x W_ih^T, input dtype
-    hw: Tensor  # (T, B, 4H) raw h_{t-1} W_hh^T
-    cell: Tensor  # (T+1, B, H) c0 then c_t
-    stat_ih: Tensor  # (T, 2, 4H) mean and rstd used at step t
-    stat_hh: Tensor  # (T, 2, 4H)
-    stat_c: Tensor  # (T, 2, H)
-
-
-def _accumulator(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _host_factors(factors) -> list[float]:
-    """Per-step update weights as the op's float list (-1: normalise with the running row);
-    weights given as 0-dim tensors (a cumulative average) are read in one transfer."""
-    lazy = [f for f in factors if isinstance(f, Tensor)]
-    values = iter(torch.stack(lazy).tolist() if lazy else [])
-    return [-1.0 if f is None else next(values) if isinstance(f, Tensor) else float(f)
-            for f in factors]
-
-
 def forward_loop(xw, weights: LayerWeights, h0, c0, stats: RunningStats, batch_sizes, training,
                  momentum, eps, save):
     """The contract of backends.torch_ops.forward_loop; the steps run in bnlstm::forward_loop."""
     running = stats[:6]
-    acc = _accumulator(xw.dtype)
+    acc = accumulator(xw.dtype)
     if not all(t.is_contiguous() and t.dtype == acc for t in running):
         # the kernels update rows in place, in the accumulator dtype (the module's): work on
         # copies, write back
@@ -99,7 +75,7 @@ def forward_loop(xw, weights: LayerWeights, h0, c0, stats: RunningStats, batch_s
     y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = torch.ops.bnlstm.forward_loop(
         xw, w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *running,
         list(batch_sizes), [row for row, _ in plan],
-        _host_factors(factors), float(eps),
+        host_factors(factors), float(eps),
     )
     saved = Saved(xw, hw, cell, stat_ih, stat_hh, stat_c) if save else None
     return y[1:], h_n, c_n, saved
@@ -125,7 +101,7 @@ if _IMPORT_ERROR is None:
                            factors, eps):
         T, B, G = xw.shape
         H = G // 4
-        acc = _accumulator(xw.dtype)
+        acc = accumulator(xw.dtype)
         return (xw.new_empty(T + 1, B, H), xw.new_empty(B, H), xw.new_empty(B, H),
                 xw.new_empty(T + 1, B, H, dtype=acc), xw.new_empty(T, B, G, dtype=acc),
                 xw.new_empty(T, 2, G, dtype=acc), xw.new_empty(T, 2, G, dtype=acc),
@@ -136,7 +112,7 @@ if _IMPORT_ERROR is None:
                             stat_ih, stat_hh, stat_c, dy, dh_n, dc_n, batch_sizes, use_batch):
         T, B, G = xw.shape
         H = G // 4
-        acc = _accumulator(xw.dtype)
+        acc = accumulator(xw.dtype)
         return (xw.new_empty(T, B, G, dtype=acc), xw.new_empty(T, B, G, dtype=acc),
                 xw.new_empty(B, H, dtype=acc), xw.new_empty(B, H, dtype=acc),
                 xw.new_empty(G, dtype=acc), xw.new_empty(G, dtype=acc),

@@ -21,9 +21,9 @@ from collections import OrderedDict
 from typing import NamedTuple, Optional
 
 import torch
-from torch import Tensor
 
 from ..layer_state import LayerWeights, RunningStats, step_plan, update_counts
+from .fused import Saved, accumulator, host_factors
 
 try:
     import triton
@@ -444,22 +444,6 @@ if triton is not None:
                 tl.store(dpre_hh_t + offs, d_hh, mask=m2)
 
 
-class Saved(NamedTuple):
-    """What the backward kernels read (accumulator dtype unless noted): 9H values per step and
-    row, beside the output the Function keeps."""
-
-    xw: Tensor  # (T, B, 4H) x W_ih^T, input dtype
-    hw: Tensor  # (T, B, 4H) raw h_{t-1} W_hh^T
-    cell: Tensor  # (T+1, B, H) c0 then c_t
-    stat_ih: Tensor  # (T, 2, 4H) mean and rstd used at step t
-    stat_hh: Tensor  # (T, 2, 4H)
-    stat_c: Tensor  # (T, 2, H)
-
-
-def _accumulator(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _kernel_flags(weights: LayerWeights, device: torch.device, acc: torch.dtype) -> dict:
     """The interpreter (CPU tensors) mis-computes low-precision tl.dot, so operands are upcast
     there; fp32 products use TF32 only where torch's matmuls are allowed to."""
@@ -467,14 +451,6 @@ def _kernel_flags(weights: LayerWeights, device: torch.device, acc: torch.dtype)
     return dict(HAS_BIAS=weights.bias is not None, UPCAST_DOT=device.type == "cpu",
                 INPUT_PRECISION="tf32" if tf32 else "ieee",
                 ACC=tl.float64 if acc == torch.float64 else tl.float32)
-
-
-def _host_factors(factors) -> list[float]:
-    """The update weights as kernel arguments: cumulative-average weights (0-dim tensors) are
-    read in one transfer; steps without an update get 0."""
-    lazy = [f for f in factors if isinstance(f, Tensor)]
-    values = iter(torch.stack(lazy).tolist() if lazy else [])
-    return [next(values) if isinstance(f, Tensor) else float(f or 0.0) for f in factors]
 
 
 class StepGraphs:
@@ -542,7 +518,7 @@ def forward_loop(xw, weights, h0, c0, stats: RunningStats, batch_sizes, training
     dev = xw.device
     weights = LayerWeights(*(None if t is None else t.contiguous() for t in weights))
     cfg = pick_config(B, H, dev)
-    acc = _accumulator(xw.dtype)
+    acc = accumulator(xw.dtype)
     y = xw.new_zeros(T + 1, B, H, dtype=h0.dtype)
     y[0] = h0
     cell = torch.empty(T + 1, B, H, device=dev, dtype=acc)
@@ -552,7 +528,7 @@ def forward_loop(xw, weights, h0, c0, stats: RunningStats, batch_sizes, training
     stat_c = torch.empty(T, 2, H, device=dev, dtype=acc)
     h_n, c_n = torch.empty_like(h0), torch.empty_like(h0)
     plan = step_plan(batch_sizes, stats.max_length, training)
-    factors = _host_factors(update_counts(stats, plan, momentum))
+    factors = host_factors(update_counts(stats, plan, momentum))
     w = weights
     flags = _kernel_flags(w, dev, acc)
     bias = w.bias if w.bias is not None else w.gamma_ih  # never read without HAS_BIAS
