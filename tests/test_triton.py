@@ -175,22 +175,45 @@ def test_autocast_is_the_half_precision_model(training):
         assert torch.equal(a, b), name
 
 
-def test_torch_compile_runs_the_kernels_eagerly():
-    """Until the launches are custom ops, torch.compile breaks the graph around the Triton loops
-    and runs them as they are: same outputs, gradients and buffers as without compile."""
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_torch_compile_fullgraph(training):
+    """The launches are custom ops (bnlstm_triton::*), so torch.compile takes the whole model as
+    one graph and gives what eager gives: outputs, gradients and buffers, two steps running."""
     torch._dynamo.reset()
-    model = make_model(hidden=8).float()
+    model = make_model(hidden=8, bidirectional=True).float().train(training)
     model.backend = "triton"
     compiled_model = copy.deepcopy(model)
-    compiled = torch.compile(compiled_model, backend="aot_eager")
-    x = torch.randn(4, 5, 3)
-    results = []
-    for m, run in ((model, model), (compiled_model, compiled)):
-        y, (h, c) = run(x)
-        (y.sum() + c.sum()).backward()
-        results.append([y, c, *(p.grad for p in m.parameters()), *m.buffers()])
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
+    compiled = torch.compile(compiled_model, backend="aot_eager", fullgraph=True)
+    for _ in range(2):
+        x = torch.randn(4, 5, 3)
+        results = []
+        for m, run in ((model, model), (compiled_model, compiled)):
+            y, (h, c) = run(x)
+            (y.sum() + c.sum()).backward()
+            results.append([y, c, *(p.grad for p in m.parameters()), *m.buffers()])
+            m.zero_grad()
+        for a, b in zip(*results):
+            assert torch.equal(a, b)
+
+
+def test_custom_ops_pass_opcheck():
+    """Schema, fake kernels and mutation annotations of the two ops, as torch.library checks
+    them (running the kernels in the interpreter). Every row runs every step: rows past a
+    sequence's end are left unwritten in cell and hw, which opcheck would compare."""
+    model = make_model(hidden=8, max_length=3).float()
+    w, stats = model.layer_weights(0), model.running_stats(0)
+    T, B = 3, 4
+    xw = torch.randn(T, B, 32)
+    h0, c0 = torch.randn(B, 8), torch.randn(B, 8)
+    fwd_args = (xw, w.weight_hh.detach(), w.bias.detach(), w.gamma_ih.detach(),
+                w.gamma_hh.detach(), w.gamma_c.detach(), w.beta_c.detach(), h0, c0,
+                *(t.clone() for t in stats[:6]), [4, 4, 4], [0, 1, 2], [0.1, 0.1, -1.0], 1e-5)
+    torch.library.opcheck(torch.ops.bnlstm_triton.forward_loop, fwd_args)
+    y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = torch.ops.bnlstm_triton.forward_loop(
+        *fwd_args)
+    bwd_args = (xw, hw, cell, *fwd_args[1:7], stat_ih, stat_hh, stat_c, torch.randn(T, B, 8),
+                torch.randn(B, 8), torch.randn(B, 8), [4, 4, 4], [True, True, False])
+    torch.library.opcheck(torch.ops.bnlstm_triton.backward_loop, bwd_args)
 
 
 def test_auto_picks_torch_on_cpu_and_triton_needs_a_device_it_supports():

@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from ..layer_state import LayerWeights, RunningStats, step_plan, update_counts
+from . import fused
 from .fused import Saved, accumulator, host_factors
 
 try:
@@ -94,27 +95,5 @@ def backward_loop(saved: Saved, weights: LayerWeights, c0, batch_sizes, batch_st
 
 
 if _IMPORT_ERROR is None:
-
-    @torch.library.register_fake("bnlstm::forward_loop")
-    def _forward_loop_fake(xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, h0, c0,
-                           mean_ih, var_ih, mean_hh, var_hh, mean_c, var_c, batch_sizes, rows,
-                           factors, eps):
-        T, B, G = xw.shape
-        H = G // 4
-        acc = accumulator(xw.dtype)
-        return (xw.new_empty(T + 1, B, H), xw.new_empty(B, H), xw.new_empty(B, H),
-                xw.new_empty(T + 1, B, H, dtype=acc), xw.new_empty(T, B, G, dtype=acc),
-                xw.new_empty(T, 2, G, dtype=acc), xw.new_empty(T, 2, G, dtype=acc),
-                xw.new_empty(T, 2, H, dtype=acc))
-
-    @torch.library.register_fake("bnlstm::backward_loop")
-    def _backward_loop_fake(xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c,
-                            stat_ih, stat_hh, stat_c, dy, dh_n, dc_n, batch_sizes, use_batch):
-        T, B, G = xw.shape
-        H = G // 4
-        acc = accumulator(xw.dtype)
-        return (xw.new_empty(T, B, G, dtype=acc), xw.new_empty(T, B, G, dtype=acc),
-                xw.new_empty(B, H, dtype=acc), xw.new_empty(B, H, dtype=acc),
-                xw.new_empty(G, dtype=acc), xw.new_empty(G, dtype=acc),
-                xw.new_empty(H, dtype=acc), xw.new_empty(H, dtype=acc),
-                xw.new_empty(G, dtype=acc))
+    torch.library.register_fake("bnlstm::forward_loop")(fused.forward_loop_fake)
+    torch.library.register_fake("bnlstm::backward_loop")(fused.backward_loop_fake)

@@ -34,3 +34,45 @@ def host_factors(factors) -> list[float]:
     values = iter(torch.stack(lazy).tolist() if lazy else [])
     return [-1.0 if f is None else next(values) if isinstance(f, Tensor) else float(f)
             for f in factors]
+
+
+# The ops both fused backends register (bnlstm::* in C++, bnlstm_triton::* in Python), with one
+# schema: per-step host data as lists, the running statistics mutated in place.
+MUTATED = ("mean_ih", "var_ih", "mean_hh", "var_hh", "mean_c", "var_c")
+FORWARD_SCHEMA = (
+    "(Tensor xw, Tensor weight_hh, Tensor? bias, Tensor gamma_ih, Tensor gamma_hh, "
+    "Tensor gamma_c, Tensor beta_c, Tensor h0, Tensor c0, Tensor(a!) mean_ih, Tensor(b!) var_ih, "
+    "Tensor(c!) mean_hh, Tensor(d!) var_hh, Tensor(e!) mean_c, Tensor(f!) var_c, "
+    "int[] batch_sizes, int[] rows, float[] factors, float eps) -> (Tensor y, Tensor h_n, "
+    "Tensor c_n, Tensor cell, Tensor hw, Tensor stat_ih, Tensor stat_hh, Tensor stat_c)")
+BACKWARD_SCHEMA = (
+    "(Tensor xw, Tensor hw, Tensor cell, Tensor weight_hh, Tensor? bias, Tensor gamma_ih, "
+    "Tensor gamma_hh, Tensor gamma_c, Tensor beta_c, Tensor stat_ih, Tensor stat_hh, "
+    "Tensor stat_c, Tensor dy, Tensor dh_n, Tensor dc_n, int[] batch_sizes, bool[] use_batch) "
+    "-> (Tensor dpre_ih, Tensor dpre_hh, Tensor dh0, Tensor dc0, Tensor dgamma_ih, "
+    "Tensor dgamma_hh, Tensor dgamma_c, Tensor dbeta_c, Tensor dbias)")
+
+
+def forward_loop_fake(xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, h0, c0, mean_ih,
+                      var_ih, mean_hh, var_hh, mean_c, var_c, batch_sizes, rows, factors, eps):
+    """Shapes and dtypes of the forward op's results, for FakeTensor and torch.compile: y (with
+    h0 as row 0), h_n, c_n in the layer's dtype; cell, hw and statistics accumulate."""
+    T, B, G = xw.shape
+    H = G // 4
+    acc = accumulator(xw.dtype)
+    return (xw.new_empty(T + 1, B, H), xw.new_empty(B, H), xw.new_empty(B, H),
+            xw.new_empty(T + 1, B, H, dtype=acc), xw.new_empty(T, B, G, dtype=acc),
+            xw.new_empty(T, 2, G, dtype=acc), xw.new_empty(T, 2, G, dtype=acc),
+            xw.new_empty(T, 2, H, dtype=acc))
+
+
+def backward_loop_fake(xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c,
+                       stat_ih, stat_hh, stat_c, dy, dh_n, dc_n, batch_sizes, use_batch):
+    """Shapes and dtypes of the backward op's results (all in the accumulator dtype)."""
+    T, B, G = xw.shape
+    H = G // 4
+    acc = accumulator(xw.dtype)
+    return (xw.new_empty(T, B, G, dtype=acc), xw.new_empty(T, B, G, dtype=acc),
+            xw.new_empty(B, H, dtype=acc), xw.new_empty(B, H, dtype=acc),
+            xw.new_empty(G, dtype=acc), xw.new_empty(G, dtype=acc), xw.new_empty(H, dtype=acc),
+            xw.new_empty(H, dtype=acc), xw.new_empty(G, dtype=acc))

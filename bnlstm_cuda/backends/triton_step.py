@@ -23,6 +23,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from ..layer_state import LayerWeights, RunningStats, step_plan, update_counts
+from . import fused
 from .fused import Saved, accumulator, host_factors
 
 try:
@@ -503,23 +504,49 @@ def _graph_key(tensors, *scalars):
     return (tuple((t.data_ptr(), t.dtype) for t in tensors), *scalars)
 
 
-@torch.compiler.disable  # host-side plans and graph replay: torch.compile runs this eagerly
 def forward_loop(xw, weights, h0, c0, stats: RunningStats, batch_sizes, training, momentum,
                  eps, save):
-    """The contract of backends.torch_ops.forward_loop, one fused launch per step."""
+    """The contract of backends.torch_ops.forward_loop; the steps run in the custom op
+    bnlstm_triton::forward_loop, which torch.compile keeps whole (fullgraph)."""
     if not all(t.is_contiguous() for t in stats):  # the kernels update rows in place
         work = RunningStats(*(t.contiguous() for t in stats))
         out = forward_loop(xw, weights, h0, c0, work, batch_sizes, training, momentum, eps, save)
         for t, w in zip(stats, work):
             t.copy_(w)
         return out
+    plan = step_plan(batch_sizes, stats.max_length, training)
+    factors = host_factors(update_counts(stats, plan, momentum))
+    w = weights
+    y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = torch.ops.bnlstm_triton.forward_loop(
+        xw, w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *stats[:6],
+        list(batch_sizes), [row for row, _ in plan], factors, float(eps))
+    saved = Saved(xw, hw, cell, stat_ih, stat_hh, stat_c) if save else None
+    return y[1:], h_n, c_n, saved
+
+
+def backward_loop(saved: Saved, weights, c0, batch_sizes, batch_stats, dy, dh_n, dc_n):
+    """The contract of backends.torch_ops.backward_loop; the steps run in the custom op
+    bnlstm_triton::backward_loop (c0 is saved.cell[0] there)."""
+    w = weights
+    return tuple(torch.ops.bnlstm_triton.backward_loop(
+        saved.xw, saved.hw, saved.cell, w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c,
+        w.beta_c, saved.stat_ih, saved.stat_hh, saved.stat_c, dy, dh_n, dc_n, list(batch_sizes),
+        [bool(u) for u in batch_stats]))
+
+
+@torch.library.custom_op("bnlstm_triton::forward_loop", mutates_args=fused.MUTATED,
+                         schema=fused.FORWARD_SCHEMA)
+def _forward_op(xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, h0, c0, mean_ih,
+                var_ih, mean_hh, var_hh, mean_c, var_c, batch_sizes, rows, factors, eps):
+    """One fused launch per step; factors[t] < 0: step t normalises with its running row."""
     T, B, G = xw.shape
     H = G // 4
     dev = xw.device
-    weights = LayerWeights(*(None if t is None else t.contiguous() for t in weights))
+    w = LayerWeights(*(None if t is None else t.contiguous()
+                       for t in (None, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c)))
     cfg = pick_config(B, H, dev)
     acc = accumulator(xw.dtype)
-    y = xw.new_zeros(T + 1, B, H, dtype=h0.dtype)
+    y = xw.new_zeros(T + 1, B, H)
     y[0] = h0
     cell = torch.empty(T + 1, B, H, device=dev, dtype=acc)
     cell[0] = c0
@@ -527,67 +554,69 @@ def forward_loop(xw, weights, h0, c0, stats: RunningStats, batch_sizes, training
     stat_ih, stat_hh = (torch.empty(T, 2, G, device=dev, dtype=acc) for _ in range(2))
     stat_c = torch.empty(T, 2, H, device=dev, dtype=acc)
     h_n, c_n = torch.empty_like(h0), torch.empty_like(h0)
-    plan = step_plan(batch_sizes, stats.max_length, training)
-    factors = host_factors(update_counts(stats, plan, momentum))
-    w = weights
     flags = _kernel_flags(w, dev, acc)
     bias = w.bias if w.bias is not None else w.gamma_ih  # never read without HAS_BIAS
     grid = (triton.cdiv(H, cfg.block_h),)
-    tensors = (xw, hw, y, cell, w.weight_hh, w.gamma_ih, w.gamma_hh, bias, w.gamma_c, w.beta_c,
-               *stats[:6], stat_ih, stat_hh, stat_c, h_n, c_n)
+    tensors = (xw.contiguous(), hw, y, cell, w.weight_hh, w.gamma_ih, w.gamma_hh, bias,
+               w.gamma_c, w.beta_c, mean_ih, var_ih, mean_hh, var_hh, mean_c, var_c, stat_ih,
+               stat_hh, stat_c, h_n, c_n)
 
     def launch():
-        for t, ((row, use_batch), factor) in enumerate(zip(plan, factors)):
+        for t in range(T):
             _fwd_step_kernel[grid](
-                *tensors, t, batch_sizes[t], batch_sizes[t + 1] if t + 1 < T else 0, row,
-                factor, float(eps), B, H,
-                USE_BATCH=use_batch, **flags, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+                *tensors, t, batch_sizes[t], batch_sizes[t + 1] if t + 1 < T else 0, rows[t],
+                factors[t], float(eps), B, H,
+                USE_BATCH=factors[t] >= 0, **flags, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
                 BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
             )
 
-    key = _graph_key(tensors, "fwd", tuple(batch_sizes), tuple(plan), tuple(factors), eps,
+    key = _graph_key(tensors, "fwd", tuple(batch_sizes), tuple(rows), tuple(factors), eps,
                      tuple(flags.items()), cfg)
     GRAPHS.run(key, launch, dev)
-    saved = Saved(xw, hw, cell, stat_ih, stat_hh, stat_c) if save else None
-    return y[1:], h_n, c_n, saved
+    return y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c
 
 
-@torch.compiler.disable
-def backward_loop(saved: Saved, weights, c0, batch_sizes, batch_stats, dy, dh_n, dc_n):
-    """The contract of backends.torch_ops.backward_loop, one fused launch per step."""
-    T, B, G = saved.hw.shape
+@torch.library.custom_op("bnlstm_triton::backward_loop", mutates_args=(),
+                         schema=fused.BACKWARD_SCHEMA)
+def _backward_op(xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, stat_ih,
+                 stat_hh, stat_c, dy, dh_n, dc_n, batch_sizes, use_batch):
+    """One fused launch per step in reverse, then dh0 and the per-feature sums over steps."""
+    T, B, G = hw.shape
     H = G // 4
     dev = dy.device
     cfg = pick_config(B, H, dev)
-    w = LayerWeights(*(None if t is None else t.contiguous() for t in weights))
-    acc = saved.hw.dtype
+    w = LayerWeights(*(None if t is None else t.contiguous()
+                       for t in (None, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c)))
+    acc = hw.dtype
     flags = _kernel_flags(w, dev, acc)
     bias = w.bias if w.bias is not None else w.gamma_ih
     dpre_ih = torch.zeros(T, B, G, device=dev, dtype=acc)
-    dpre_hh = torch.zeros(T + 1, B, G, device=dev, dtype=acc)  # row T stays zero
+    dpre_hh = torch.zeros(T, B, G, device=dev, dtype=acc)  # step T-1 reads no row past it
     dh = torch.empty(B, H, device=dev, dtype=acc)
     dc = dc_n.to(acc).clone()
-    dh_n = dh_n.to(acc).contiguous()
-    dy = dy.contiguous()
     dsum = torch.empty(T, 3, G, device=dev, dtype=acc)
     dsum_c = torch.empty(T, 2, H, device=dev, dtype=acc)
     grid = (triton.cdiv(H, cfg.block_h),)
-    tensors = (saved.xw, saved.hw, saved.cell, w.weight_hh, w.gamma_ih, w.gamma_hh, bias,
-               w.gamma_c, w.beta_c, saved.stat_ih, saved.stat_hh, saved.stat_c, dy, dh_n,
-               dpre_ih, dpre_hh, dh, dc, dsum, dsum_c)
+    tensors = (xw, hw, cell, w.weight_hh, w.gamma_ih, w.gamma_hh, bias, w.gamma_c, w.beta_c,
+               stat_ih, stat_hh, stat_c, dy.contiguous(), dh_n.to(acc).contiguous(), dpre_ih,
+               dpre_hh, dh, dc, dsum, dsum_c)
 
     def launch():
         for t in reversed(range(T)):
             _bwd_step_kernel[grid](
                 *tensors, t, batch_sizes[t], batch_sizes[t + 1] if t + 1 < T else 0, B, H,
-                USE_BATCH=batch_stats[t], **flags, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+                USE_BATCH=use_batch[t], **flags, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
                 BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
             )
 
-    key = _graph_key(tensors, "bwd", tuple(batch_sizes), tuple(batch_stats),
+    key = _graph_key(tensors, "bwd", tuple(batch_sizes), tuple(use_batch),
                      tuple(flags.items()), cfg)
     GRAPHS.run(key, launch, dev)
-    dpre_hh = dpre_hh[:T]
     dh0 = dpre_hh[0] @ w.weight_hh.to(acc)
-    sums, sums_c = dsum.sum(0), dsum_c.sum(0)
-    return (dpre_ih, dpre_hh, dh0, dc, sums[0], sums[1], sums_c[0], sums_c[1], sums[2])
+    dgamma_ih, dgamma_hh, dbias = (dsum[:, k].sum(0) for k in range(3))  # outputs may not alias
+    dgamma_c, dbeta_c = (dsum_c[:, k].sum(0) for k in range(2))
+    return dpre_ih, dpre_hh, dh0, dc, dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias
+
+
+_forward_op.register_fake(fused.forward_loop_fake)
+_backward_op.register_fake(fused.backward_loop_fake)
