@@ -17,6 +17,7 @@ from torch import nn
 
 import bnlstm_cuda
 from bnlstm_cuda import reference
+from bnlstm_cuda.backends import triton_step
 
 BASELINE = "nn.LSTM"  # cuDNN on a GPU: the row every ratio is against
 REFERENCE = "reference"
@@ -35,6 +36,9 @@ class Provider(NamedTuple):
     family: str
     build: Callable[[bnlstm_cuda.BNLSTM], Built]
     graphs: bool  # whether to try a CUDA-graph capture (the reference syncs with the host)
+    # further timings as (launch label, context manager factory), e.g. the Triton backend with
+    # every step launched from Python beside its default steady-state graph replay
+    variants: tuple = ()
 
 
 def _backend_provider(backend: str) -> Provider:
@@ -45,7 +49,8 @@ def _backend_provider(backend: str) -> Provider:
                                     dtype=template.weight_ih_l0.dtype)
         module.load_state_dict(template.state_dict())
         return Built(module, lambda m, x: m(x)[0])
-    return Provider(f"bnlstm[{backend}]", "bnlstm", build, graphs=True)
+    variants = (("per_step", triton_step.launches_from_python),) if backend == "triton" else ()
+    return Provider(f"bnlstm[{backend}]", "bnlstm", build, graphs=True, variants=variants)
 
 
 def _reference_build(template):

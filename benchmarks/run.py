@@ -107,6 +107,11 @@ def run_shape(shape: Shape, device: torch.device, found: list[Provider], env: di
             timing = measure.time_calls(call, device, budget_ms=budget_ms)
             rows.append(_row(env, shape, provider.name, mode, "eager", timing,
                              measure.peak_memory_mb(call, device)))
+            for label, context in provider.variants if device.type == "cuda" else ():
+                with context():
+                    timing = measure.time_calls(call, device, budget_ms=budget_ms)
+                rows.append(_row(env, shape, provider.name, mode, label, timing,
+                                 measure.peak_memory_mb(call, device)))
             if graphs and provider.graphs and device.type == "cuda":
                 try:
                     replay = measure.cuda_graph_replay(call)

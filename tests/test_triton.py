@@ -236,6 +236,7 @@ def test_step_graphs_capture_on_the_second_identical_loop(monkeypatch):
         return lambda: events.append("replay")
 
     graphs = triton_step.StepGraphs(capacity=2, capture=capture)
+    monkeypatch.setattr(triton_step, "GRAPHS", graphs)
     cuda = torch.device("cuda")
 
     def run(key):
@@ -250,6 +251,11 @@ def test_step_graphs_capture_on_the_second_identical_loop(monkeypatch):
     run("c")  # evicts "a", the least recently used
     run("a")
     assert events == ["eager", "eager", "eager"]
+    events.clear()
+    with triton_step.launches_from_python():
+        run("a")
+    run("a")
+    assert events == ["eager", "capture", "replay"]
 
 
 def test_step_graphs_only_on_cuda_and_can_be_switched_off(monkeypatch):

@@ -16,6 +16,7 @@ Backward step t (reverse): dh_t = dy_t + dpre_hh[t+1] W_hh (or dh_n for rows tha
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
 from typing import NamedTuple, Optional
@@ -469,10 +470,11 @@ class StepGraphs:
         self.capacity = capacity
         self.capture = capture or _capture_cuda_graph
         self.entries: OrderedDict = OrderedDict()  # key -> None (seen once) or replay callable
+        self.enabled = True  # see launches_from_python()
 
     def run(self, key, launch, device: torch.device) -> None:
-        if not graphs_enabled(device):
-            launch()
+        if not (self.enabled and graphs_enabled(device)) or _capturing():
+            launch()  # inside someone else's capture the launches are simply recorded there
             return
         if key not in self.entries:
             self.entries[key] = None
@@ -484,6 +486,20 @@ class StepGraphs:
         if self.entries[key] is None:
             self.entries[key] = self.capture(launch)
         self.entries[key]()
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+@contextlib.contextmanager
+def launches_from_python():
+    """Launch every step from Python, replaying nothing: what the replay saves, measured."""
+    GRAPHS.enabled = False
+    try:
+        yield
+    finally:
+        GRAPHS.enabled = True
 
 
 def graphs_enabled(device: torch.device) -> bool:
