@@ -100,6 +100,12 @@ class BNLSTM(nn.Module):
         factory = {"device": device, "dtype": dtype}
         stats_dtype = _stats_dtype(dtype or torch.get_default_dtype())
         H, G = hidden_size, 4 * hidden_size
+        width = max(input_size, H * self.num_directions)
+        for what, rows, cols in (("weight_ih", G, width), ("running statistics", max_length, G)):
+            if rows * cols >= 2**60:  # no device holds it; torch would fail with its own words
+                raise ValueError(f"input_size={input_size}, hidden_size={hidden_size}, "
+                                 f"max_length={max_length}: {what} would need {rows} x {cols} "
+                                 f"elements, more than any device can hold")
         for k, sfx in self._layer_keys():
             width = input_size if k == 0 else H * self.num_directions
             shapes = {"weight_ih": (G, width), "weight_hh": (G, H), "bias": (G,),

@@ -154,3 +154,13 @@ def test_hx_with_grad_and_input_without():
     hx = (torch.zeros(1, 2, 8, requires_grad=True), torch.zeros(1, 2, 8, requires_grad=True))
     model(torch.randn(4, 2, 3), hx)[0].sum().backward()
     assert hx[0].grad.abs().sum() > 0 and hx[1].grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(hidden_size=2**40), "hidden_size=1099511627776"),
+    (dict(input_size=2**60), "input_size=1152921504606846976"),
+    (dict(max_length=2**60), "max_length=1152921504606846976"),
+])
+def test_sizes_no_device_can_hold_are_refused_by_name(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BNLSTM(**{"input_size": 3, "hidden_size": 8, **kwargs})
