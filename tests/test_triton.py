@@ -104,7 +104,7 @@ def make_model(input_size=3, hidden=8, training=True, max_length=8, **kwargs):
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
         model(torch.randn(max_length, 6, input_size, dtype=torch.float64))
-    return model.train(training)
+    return model.train(training).to(DEVICE)
 
 
 def _x(T, B, input_size=3):
@@ -162,8 +162,8 @@ def test_autocast_is_the_half_precision_model(training):
     model = make_model(hidden=8, bidirectional=True).float().train(training)
     model.backend = "triton"
     half = copy.deepcopy(model).to(torch.bfloat16)
-    x, dy = torch.randn(5, 4, 3), torch.randn(5, 4, 16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    x, dy = torch.randn(5, 4, 3, device=DEVICE), torch.randn(5, 4, 16, device=DEVICE)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         y, _ = model(x)
     y_half, _ = half(x.to(torch.bfloat16))
     assert y.dtype == torch.bfloat16 and torch.equal(y, y_half)
@@ -185,7 +185,7 @@ def test_torch_compile_fullgraph(training):
     compiled_model = copy.deepcopy(model)
     compiled = torch.compile(compiled_model, backend="aot_eager", fullgraph=True)
     for _ in range(2):
-        x = torch.randn(4, 5, 3)
+        x = torch.randn(4, 5, 3, device=DEVICE)
         results = []
         for m, run in ((model, model), (compiled_model, compiled)):
             y, (h, c) = run(x)
@@ -203,16 +203,17 @@ def test_custom_ops_pass_opcheck():
     model = make_model(hidden=8, max_length=3).float()
     w, stats = model.layer_weights(0), model.running_stats(0)
     T, B = 3, 4
-    xw = torch.randn(T, B, 32)
-    h0, c0 = torch.randn(B, 8), torch.randn(B, 8)
+    xw = torch.randn(T, B, 32, device=DEVICE)
+    h0, c0 = torch.randn(B, 8, device=DEVICE), torch.randn(B, 8, device=DEVICE)
     fwd_args = (xw, w.weight_hh.detach(), w.bias.detach(), w.gamma_ih.detach(),
                 w.gamma_hh.detach(), w.gamma_c.detach(), w.beta_c.detach(), h0, c0,
                 *(t.clone() for t in stats[:6]), [4, 4, 4], [0, 1, 2], [0.1, 0.1, -1.0], 1e-5)
     torch.library.opcheck(torch.ops.bnlstm_triton.forward_loop, fwd_args)
     y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = torch.ops.bnlstm_triton.forward_loop(
         *fwd_args)
-    bwd_args = (xw, hw, cell, *fwd_args[1:7], stat_ih, stat_hh, stat_c, torch.randn(T, B, 8),
-                torch.randn(B, 8), torch.randn(B, 8), [4, 4, 4], [True, True, False])
+    dy, dh_n, dc_n = (torch.randn(*shape, device=DEVICE) for shape in ((T, B, 8), (B, 8), (B, 8)))
+    bwd_args = (xw, hw, cell, *fwd_args[1:7], stat_ih, stat_hh, stat_c, dy, dh_n, dc_n,
+                [4, 4, 4], [True, True, False])
     torch.library.opcheck(torch.ops.bnlstm_triton.backward_loop, bwd_args)
 
 
