@@ -217,16 +217,14 @@ def main(argv=None) -> None:
           f"{env['threads']} | commit {env['commit']} | {env['timestamp']}")
     print("backends:", {n: r for n, (_, r) in bnlstm_cuda.available_backends().items()})
     tick, close = _progress(len(shapes) * len(found) * len(args.modes))
-    blocks = []
     baseline_label = "cuDNN" if cuda else "nn.LSTM"
-    for shape in shapes:
+    for shape in shapes:  # each shape's table and CSV rows as soon as it is measured
         rows, notes = run_shape(shape, device, found, env, modes=args.modes,
                                 budget_ms=args.budget_ms, graphs=not args.no_graphs, tick=tick)
-        blocks.append(format_table(shape, rows, notes, baseline_label))
+        print("\n" + format_table(shape, rows, notes, baseline_label), flush=True)
         if not args.no_csv:
             append_csv(rows, args.csv)
     close()
-    print("\n\n".join(blocks))
     print(f"\nx {baseline_label}: time over {BASELINE}'s in the same run (lower is better); "
           "vs reference: the eager reference's time over this row's.")
     if not args.no_csv:

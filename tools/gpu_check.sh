@@ -26,9 +26,10 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a limit, log to OUT/NAME.lo
 }
 
 stage build 150 env MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps -e .
-stage tests 170 python3 -m pytest -q -rs tests/test_triton.py tests/test_triton_gpu.py \
-  tests/test_cuda_ext.py
-stage bench 160 python3 -m benchmarks.run --device cuda --csv "$OUT/results.csv"
+# most telling first: the contract checks at GPU sizes, then the small oracle checks on the GPU
+stage tests 170 python3 -m pytest -q -rs --durations=15 tests/test_triton_gpu.py \
+  tests/test_cuda_ext.py tests/test_triton.py
+stage bench 160 python3 -m benchmarks.run --device cuda --budget-ms 150 --csv "$OUT/results.csv"
 
 echo "--- tests (tail)"
 tail -n 15 "$OUT/tests.log"
