@@ -11,10 +11,18 @@ from torch import Tensor
 
 
 def batch_sizes_of(lengths: Optional[list[int]], T: int, B: int) -> list[int]:
-    """Number of running sequences at each step, for lengths sorted in decreasing order."""
+    """Number of running sequences at each step, in O(T + B): it runs on every layer and
+    direction of every call (lengths in [1, T])."""
     if lengths is None:
         return [B] * T
-    return [sum(1 for n in lengths if n > t) for t in range(T)]
+    ending = [0] * (T + 1)  # ending[t]: sequences whose last step is t - 1
+    for n in lengths:
+        ending[n] += 1
+    sizes, running = [], len(lengths)
+    for t in range(T):
+        running -= ending[t]
+        sizes.append(running)
+    return sizes
 
 
 def reverse_padded(x: Tensor, lengths: Optional[list[int]]) -> Tensor:
