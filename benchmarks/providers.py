@@ -36,12 +36,13 @@ class Provider(NamedTuple):
     family: str
     build: Callable[[bnlstm_cuda.BNLSTM], Built]
     graphs: bool  # whether to try a CUDA-graph capture (the reference syncs with the host)
-    # further timings as (launch label, context manager factory), e.g. the Triton backend with
-    # every step launched from Python beside its default steady-state graph replay
+    # further timings as (launch label, context manager factory), each checked like the
+    # default: e.g. the Triton backend with every step launched from Python beside its default
+    # steady-state graph replay, and with the input product fused into its step launches
     variants: tuple = ()
 
 
-def _backend_provider(backend: str) -> Provider:
+def _backend_provider(backend: str, device: torch.device) -> Provider:
     def build(template):
         module = bnlstm_cuda.BNLSTM(template.input_size, template.hidden_size,
                                     max_length=template.max_length, backend=backend,
@@ -49,7 +50,11 @@ def _backend_provider(backend: str) -> Provider:
                                     dtype=template.weight_ih_l0.dtype)
         module.load_state_dict(template.state_dict())
         return Built(module, lambda m, x: m(x)[0])
-    variants = (("per_step", triton_step.launches_from_python),) if backend == "triton" else ()
+    variants = ()
+    if backend == "triton" and device.type == "cuda":
+        # every step launched from Python; the input product inside each step's launch
+        variants = (("per_step", triton_step.launches_from_python),
+                    ("fused_input", lambda: triton_step.use_input_product("fused")))
     return Provider(f"bnlstm[{backend}]", "bnlstm", build, graphs=True, variants=variants)
 
 
@@ -108,7 +113,7 @@ def providers(device: torch.device) -> list[Provider]:
     """Every provider that can run on `device`: each bnlstm backend the registry reports
     available, nn.LSTM (cuDNN on a GPU), FlashRNN where installed (GPU only), the eager
     reference and the reference under torch.compile."""
-    found = [_backend_provider(name) for name, (ok, _) in
+    found = [_backend_provider(name, device) for name, (ok, _) in
              bnlstm_cuda.available_backends().items() if ok]
     found.append(Provider(BASELINE, "lstm", _lstm_build, graphs=True))
     if device.type == "cuda" and importlib.util.find_spec("flashrnn") is not None:

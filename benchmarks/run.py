@@ -9,6 +9,7 @@ Without a CUDA device it runs the CPU suite.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import sys
 from pathlib import Path
@@ -93,26 +94,29 @@ def run_shape(shape: Shape, device: torch.device, found: list[Provider], env: di
                          f"{limits[provider.name]})")
             tick(len(modes))
             continue
-        try:
-            failures = check_provider(provider, template, x, dy)
-        except Exception as error:  # a backend that cannot run this shape says why, and is out
-            failures = [f"raised {type(error).__name__}: {error}"]
-        if failures:
-            notes.append(f"{provider.name}: FAILED the check against the reference, not timed: "
-                         + "; ".join(failures[:3]))
+        launches = [("eager", contextlib.nullcontext), *provider.variants]
+        checked = []
+        for label, context in launches:  # every variant passes the check before it is timed
+            with context():
+                failures = _check(provider, template, x, dy)
+            if failures:
+                name = provider.name + ("" if label == "eager" else f" ({label})")
+                notes.append(f"{name}: FAILED the check against the reference, not timed: "
+                             + "; ".join(failures[:3]))
+            else:
+                checked.append((label, context))
+        if not checked:
             tick(len(modes))
             continue
         for mode in modes:
             call = make_call(provider.build(template), x, dy, mode)
-            timing = measure.time_calls(call, device, budget_ms=budget_ms)
-            rows.append(_row(env, shape, provider.name, mode, "eager", timing,
-                             measure.peak_memory_mb(call, device)))
-            for label, context in provider.variants if device.type == "cuda" else ():
+            for label, context in checked:
                 with context():
                     timing = measure.time_calls(call, device, budget_ms=budget_ms)
-                rows.append(_row(env, shape, provider.name, mode, label, timing,
-                                 measure.peak_memory_mb(call, device)))
-            if graphs and provider.graphs and device.type == "cuda":
+                    peak = measure.peak_memory_mb(call, device)
+                rows.append(_row(env, shape, provider.name, mode, label, timing, peak))
+            eager = checked[0][0] == "eager"
+            if eager and graphs and provider.graphs and device.type == "cuda":
                 try:
                     replay = measure.cuda_graph_replay(call)
                 except Exception as error:  # capture refuses host syncs: say so, keep eager
@@ -123,6 +127,14 @@ def run_shape(shape: Shape, device: torch.device, found: list[Provider], env: di
                                      measure.peak_memory_mb(replay, device)))
             tick(1)
     return rows, notes
+
+
+def _check(provider, template, x, dy) -> list[str]:
+    """check_provider's failures; a backend that cannot run this shape says why, and is out."""
+    try:
+        return check_provider(provider, template, x, dy)
+    except Exception as error:
+        return [f"raised {type(error).__name__}: {error}"]
 
 
 def _ratio(rows, row, provider):

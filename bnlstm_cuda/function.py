@@ -1,8 +1,9 @@
 """The autograd Function for one layer and direction, with a handwritten backward.
 
-The work every backend shares lives here: the input product of all steps as one GEMM before the
-loop, and after the reverse loop the input and weight gradients as single GEMMs over all steps.
-A backend supplies only the per-step loops (`forward_loop`, `backward_loop`).
+The work every backend shares lives here: after the reverse loop the input and weight gradients
+as single GEMMs over all steps. A backend supplies the per-step loops (`forward_loop`,
+`backward_loop`); the forward loop gets x and computes the input product of all steps as one
+GEMM ahead of its loop (layer_state.input_product), or inside its step kernel.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ class BNLSTMFunction(torch.autograd.Function):
     def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c,
                 stats, batch_sizes, training, momentum, eps, backend):
         weights = LayerWeights(weight_ih, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c)
-        xw = x @ weight_ih.t()
         y, h_n, c_n, saved = backend.forward_loop(
-            xw, weights, h0, c0, stats, batch_sizes, training, momentum, eps, save=True
+            x, weights, h0, c0, stats, batch_sizes, training, momentum, eps, save=True
         )
         ctx.save_for_backward(x, h0, c0, *weights, y, *saved)
         ctx.saved_type = type(saved)
@@ -85,8 +85,7 @@ def run_layer(
             x, h0, c0, *weights, stats, batch_sizes, training, momentum, eps, backend
         )
     else:
-        xw = x @ weights.weight_ih.t()
         y, h_n, c_n, _ = backend.forward_loop(
-            xw, weights, h0, c0, stats, batch_sizes, training, momentum, eps, save=False
+            x, weights, h0, c0, stats, batch_sizes, training, momentum, eps, save=False
         )
     return y.to(dtype), h_n.to(dtype), c_n.to(dtype)

@@ -37,6 +37,12 @@ class RunningStats(NamedTuple):
         return self.mean_ih.shape[0]
 
 
+def input_product(x: Tensor, weights: LayerWeights) -> Tensor:
+    """x W_ih^T of every step as one GEMM ahead of the loop (T, B, 4H): the hoisted input
+    product, which only the step's batch norm needs, not the recurrence."""
+    return x @ weights.weight_ih.t()
+
+
 def step_plan(batch_sizes: list[int], max_length: int, training: bool) -> list[tuple[int, bool]]:
     """For each step: the running-statistics row it reads or updates, and whether it normalises
     with batch statistics (training with at least 2 running sequences; one sample has no batch

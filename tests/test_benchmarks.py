@@ -3,6 +3,7 @@ and the CSV rows carry the columns every plot and comparison relies on."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 
 import pytest
@@ -85,6 +86,30 @@ def test_run_shape_rows_csv_and_table(tmp_path):
     assert all(read[0][c] != "" for c in REQUIRED)
     table = format_table(TINY, rows, notes, "nn.LSTM")
     assert "1.00x" in table and "skewed: FAILED" in table
+
+
+def test_every_variant_is_checked_before_it_is_timed():
+    """A variant (a launch mode or an algorithm switch, entered as a context) that computes a
+    wrong result is left out with a note; a correct one gets rows labelled with its name."""
+    state = {"factor": 1.0}
+
+    @contextlib.contextmanager
+    def skew():
+        state["factor"] = 2.0
+        yield
+        state["factor"] = 1.0
+
+    good = _by_name("bnlstm[torch]")
+
+    def build(template):
+        module, forward = good.build(template)
+        return Built(module, lambda m, x: forward(m, x) * state["factor"])
+    provider = Provider("varied", "bnlstm", build, graphs=False,
+                        variants=(("same", contextlib.nullcontext), ("skewed", skew)))
+    rows, notes = run_shape(TINY, CPU, [provider], measure.environment(CPU),
+                            modes=("inference",), budget_ms=1.0)
+    assert [r["launch"] for r in rows] == ["eager", "same"]
+    assert len(notes) == 1 and notes[0].startswith("varied (skewed): FAILED")
 
 
 def test_references_are_skipped_above_their_limit():

@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 import bnlstm_cuda
 from bnlstm_cuda import BNLSTM, reference
-from bnlstm_cuda.backends import torch_ops
+from bnlstm_cuda.backends import torch_ops, triton_step
 
 RULE_K = 8.0
 triton_ok, why = bnlstm_cuda.available_backends()["triton"]
@@ -197,7 +197,7 @@ def test_torch_compile_fullgraph(training):
 
 
 def test_custom_ops_pass_opcheck():
-    """Schema, fake kernels and mutation annotations of the two ops, as torch.library checks
+    """Schema, fake kernels and mutation annotations of the three ops, as torch.library checks
     them (running the kernels in the interpreter). Every row runs every step: rows past a
     sequence's end are left unwritten in cell and hw, which opcheck would compare."""
     model = make_model(hidden=8, max_length=3).float()
@@ -215,6 +215,38 @@ def test_custom_ops_pass_opcheck():
     bwd_args = (xw, hw, cell, *fwd_args[1:7], stat_ih, stat_hh, stat_c, dy, dh_n, dc_n,
                 [4, 4, 4], [True, True, False])
     torch.library.opcheck(torch.ops.bnlstm_triton.backward_loop, bwd_args)
+    x = torch.randn(T, B, 3, device=DEVICE)
+    torch.library.opcheck(torch.ops.bnlstm_triton.forward_loop_fused_input,
+                          (x, w.weight_ih.detach(), *fwd_args[1:]))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_fused_input_product(training, monkeypatch):
+    """The variant whose step launches compute x_t W_ih^T themselves (input 40 spans three
+    reduction blocks, 17 rows two chunks), float64 exact and float32 by the rule; the hoisted
+    GEMM is never called."""
+    def no_hoisting(*args):
+        raise AssertionError("the hoisted input product ran")
+    monkeypatch.setattr(triton_step, "input_product", no_hoisting)
+    lengths = [6, 2, 7, 7, 1, 4, 7, 3, 5, 6, 7, 2, 7, 4, 4, 1, 7]
+    with triton_step.use_input_product("fused"):
+        check_rule(make_model(input_size=40, hidden=24, bidirectional=True,
+                              training=training), packed(_x(7, 17, 40), lengths))
+
+
+def test_fused_input_product_half_precision():
+    with triton_step.use_input_product("fused"):
+        check_rule(make_model(hidden=24), _x(5, 5), dtypes=(torch.bfloat16,))
+
+
+def test_input_product_switch_is_checked(monkeypatch):
+    with pytest.raises(ValueError, match="mode: expected one of"):
+        triton_step.use_input_product("inside").__enter__()
+    monkeypatch.setattr(triton_step.SETTINGS, "input_product", "Fused")
+    model = make_model().float()
+    model.backend = "triton"
+    with pytest.raises(ValueError, match="BNLSTM_TRITON_INPUT_PRODUCT: expected one of"):
+        model(torch.randn(3, 2, 3, device=DEVICE))
 
 
 def test_auto_picks_torch_on_cpu_and_triton_needs_a_device_it_supports():
@@ -227,7 +259,6 @@ def test_auto_picks_torch_on_cpu_and_triton_needs_a_device_it_supports():
 
 def test_step_graphs_capture_on_the_second_identical_loop(monkeypatch):
     """The replay policy, with a recording stand-in for CUDA graph capture."""
-    from bnlstm_cuda.backends import triton_step
 
     monkeypatch.setattr(triton_step, "graphs_enabled", lambda device: True)
     events = []

@@ -23,6 +23,14 @@ def test_kernels_against_torch_ops(dtype, B, H, T, packed, bias, training):
     check_against_torch_ops(triton_step, dtype, B, H, T, packed, bias, training)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
+@pytest.mark.parametrize("B,H,T,packed", [(256, 1024, 64, False), (100, 100, 784, True)],
+                         ids=["B256-H1024-T64", "B100-H100-T784-packed"])
+def test_fused_input_product_against_torch_ops(dtype, B, H, T, packed):
+    with triton_step.use_input_product("fused"):
+        check_against_torch_ops(triton_step, dtype, B, H, T, packed, True, True)
+
+
 def test_graph_replays_match_eager_launches():
     """The same loop three times (eager, capture + replay, replay: the caching allocator hands
     back the same addresses) gives bitwise the eager result, forwards and backwards."""
@@ -31,7 +39,6 @@ def test_graph_replays_match_eager_launches():
     model = BNLSTM(H, H, max_length=T, device=DEVICE)
     weights, stats = model.layer_weights(0), model.running_stats(0)
     x = torch.randn(T, B, H, device=DEVICE)
-    xw = x @ weights.weight_ih.t()
     h0, c0 = torch.zeros(B, H, device=DEVICE), torch.zeros(B, H, device=DEVICE)
     dy = torch.randn(T, B, H, device=DEVICE)
     lengths = sorted(torch.randint(1, T + 1, (B,)).tolist(), reverse=True)
@@ -39,7 +46,7 @@ def test_graph_replays_match_eager_launches():
     runs = []
     for _ in range(3):
         stats_copy = RunningStats(*(s.clone() for s in stats))
-        y, h, c, saved = triton_step.forward_loop(xw, weights, h0, c0, stats_copy, batch_sizes,
+        y, h, c, saved = triton_step.forward_loop(x, weights, h0, c0, stats_copy, batch_sizes,
                                                   True, 0.1, 1e-5, True)
         grads = triton_step.backward_loop(saved, weights, c0, batch_sizes, [True] * T, dy,
                                           torch.zeros_like(h), torch.zeros_like(c))

@@ -19,8 +19,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}  # max dynamic shared memory per block
 DTYPES = ("fp32", "bf16", "fp16", "fp64")
-IO_POINTERS = {"xw_ptr", "y_ptr", "w_hh_ptr", "gamma_ih_ptr", "gamma_hh_ptr", "bias_ptr",
-               "gamma_c_ptr", "beta_c_ptr", "dy_ptr"}  # the layer's dtype; the rest accumulate
+IO_POINTERS = {"x_ptr", "w_ih_ptr", "xw_ptr", "y_ptr", "w_hh_ptr", "gamma_ih_ptr",
+               "gamma_hh_ptr", "bias_ptr", "gamma_c_ptr", "beta_c_ptr",
+               "dy_ptr"}  # the layer's dtype; the rest accumulate
 FLOATS = {"factor", "eps"}
 
 
@@ -37,7 +38,7 @@ def _signature(fn, constexprs, dtype, acc):
 
 
 def compile_one(job):
-    """Compile one (kernel, config, dtype, arch); return a report row."""
+    """Compile one (kernel, variant, config, dtype, arch); return a report row."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -45,12 +46,16 @@ def compile_one(job):
 
     from bnlstm_cuda.backends import triton_step
 
-    kernel_name, cfg, dtype, arch = job
+    kernel_name, variant, cfg, dtype, arch = job
     fn = getattr(triton_step, kernel_name)
     acc = "fp64" if dtype == "fp64" else "fp32"
     constexprs = dict(USE_BATCH=True, HAS_BIAS=True, UPCAST_DOT=False, INPUT_PRECISION="ieee",
                       ACC=getattr(tl, "float64" if acc == "fp64" else "float32"),
                       BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k)
+    if variant:
+        constexprs[variant] = True
+    if "FUSED_INPUT" in inspect.signature(fn.fn).parameters:
+        constexprs.setdefault("FUSED_INPUT", False)
     src = ASTSource(fn=fn, signature=_signature(fn, constexprs, dtype, acc),
                     constexprs=constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
@@ -67,7 +72,8 @@ def compile_one(job):
     mma = "wgmma" if "wgmma" in ptx else ("mma" if "mma.sync" in ptx else "none")
     shared = compiled.metadata.shared
     ok = local == 0 and shared <= SHARED_LIMIT[arch]
-    return (kernel_name, tuple(cfg), dtype, arch, regs, local, shared, mma, ok)
+    name = kernel_name + (f"+{variant}" if variant else "")
+    return (name, tuple(cfg), dtype, arch, regs, local, shared, mma, ok)
 
 
 def main() -> int:
@@ -81,14 +87,16 @@ def main() -> int:
         return 2
     from bnlstm_cuda.backends import triton_step
 
-    jobs = list(itertools.product(("_fwd_step_kernel", "_bwd_step_kernel"), triton_step.CONFIGS,
-                                  args.dtype, args.arch))
+    kernels = (("_fwd_step_kernel", None), ("_fwd_step_kernel", "FUSED_INPUT"),
+               ("_bwd_step_kernel", None))
+    jobs = [(name, variant, *rest) for (name, variant), *rest in
+            itertools.product(kernels, triton_step.CONFIGS, args.dtype, args.arch)]
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(compile_one, jobs))
-    print(f"{'kernel':18} {'config (B,H,K,warps)':22} {'dtype':5} {'sm':>3} {'regs':>5} "
+    print(f"{'kernel':30} {'config (B,H,K,warps)':22} {'dtype':5} {'sm':>3} {'regs':>5} "
           f"{'local':>6} {'shared':>7} {'mma':>6}  ok")
     for kernel, cfg, dtype, arch, regs, local, shared, mma, ok in rows:
-        print(f"{kernel:18} {str(cfg):22} {dtype:5} {arch:>3} {regs:>5} {local:>6} {shared:>7} "
+        print(f"{kernel:30} {str(cfg):22} {dtype:5} {arch:>3} {regs:>5} {local:>6} {shared:>7} "
               f"{mma:>6}  {'yes' if ok else 'NO'}")
     bad = [r for r in rows if not r[-1]]
     print(f"{len(rows)} compiled, {len(bad)} over a limit (local-memory spills or shared memory)")

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ..layer_state import LayerWeights, RunningStats, step_plan, update_counts
+from ..layer_state import LayerWeights, RunningStats, input_product, step_plan, update_counts
 from . import fused
 from .fused import Saved, accumulator, host_factors
 
@@ -56,23 +56,24 @@ def supports(device: torch.device) -> Optional[str]:
     return None
 
 
-def forward_loop(xw, weights: LayerWeights, h0, c0, stats: RunningStats, batch_sizes, training,
+def forward_loop(x, weights: LayerWeights, h0, c0, stats: RunningStats, batch_sizes, training,
                  momentum, eps, save):
     """The contract of backends.torch_ops.forward_loop; the steps run in bnlstm::forward_loop."""
     running = stats[:6]
-    acc = accumulator(xw.dtype)
+    acc = accumulator(x.dtype)
     if not all(t.is_contiguous() and t.dtype == acc for t in running):
         # the kernels update rows in place, in the accumulator dtype (the module's): work on
         # copies, write back
         work = RunningStats(*(t.to(acc).contiguous() for t in running),
                             stats.num_batches_tracked)
-        out = forward_loop(xw, weights, h0, c0, work, batch_sizes, training, momentum, eps, save)
+        out = forward_loop(x, weights, h0, c0, work, batch_sizes, training, momentum, eps, save)
         for t, w in zip(running, work):
             t.copy_(w)
         return out
     plan = step_plan(batch_sizes, stats.max_length, training)
     factors = update_counts(stats, plan, momentum)
     w = weights
+    xw = input_product(x, weights)
     y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = torch.ops.bnlstm.forward_loop(
         xw, w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *running,
         list(batch_sizes), [row for row, _ in plan],

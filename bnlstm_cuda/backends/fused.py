@@ -51,6 +51,9 @@ BACKWARD_SCHEMA = (
     "Tensor stat_c, Tensor dy, Tensor dh_n, Tensor dc_n, int[] batch_sizes, bool[] use_batch) "
     "-> (Tensor dpre_ih, Tensor dpre_hh, Tensor dh0, Tensor dc0, Tensor dgamma_ih, "
     "Tensor dgamma_hh, Tensor dgamma_c, Tensor dbeta_c, Tensor dbias)")
+# Triton's variant that computes x_t W_ih^T in each step's launch and returns it last
+FUSED_INPUT_SCHEMA = FORWARD_SCHEMA.replace("(Tensor xw,", "(Tensor x, Tensor weight_ih,").replace(
+    "Tensor stat_c)", "Tensor stat_c, Tensor xw)")
 
 
 def forward_loop_fake(xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, h0, c0, mean_ih,
@@ -64,6 +67,12 @@ def forward_loop_fake(xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, 
             xw.new_empty(T + 1, B, H, dtype=acc), xw.new_empty(T, B, G, dtype=acc),
             xw.new_empty(T, 2, G, dtype=acc), xw.new_empty(T, 2, G, dtype=acc),
             xw.new_empty(T, 2, H, dtype=acc))
+
+
+def forward_loop_fused_input_fake(x, weight_ih, *args):
+    """forward_loop_fake's results and xw (T, B, 4H) in the layer's dtype."""
+    xw = x.new_empty(*x.shape[:2], weight_ih.shape[0])
+    return (*forward_loop_fake(xw, *args), xw.new_empty(xw.shape))
 
 
 def backward_loop_fake(xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c,

@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ..layer_state import LayerWeights, RunningStats, step_plan, update_counts
+from ..layer_state import LayerWeights, RunningStats, input_product, step_plan, update_counts
 
 name = "torch"
 dtypes = (torch.float32, torch.float64)  # others run in float32
@@ -58,7 +58,7 @@ def _normalize(z, mean_buf, var_buf, row, factor, eps):
 
 
 def forward_loop(
-    xw: Tensor,
+    x: Tensor,
     weights: LayerWeights,
     h0: Tensor,
     c0: Tensor,
@@ -69,7 +69,8 @@ def forward_loop(
     eps: float,
     save: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Optional[Saved]]:
-    """Run the steps given xw = x W_ih^T (T, B, 4H); return y (T, B, H), h_n, c_n, Saved|None."""
+    """Run the steps over x (T, B, input_size); return y (T, B, H), h_n, c_n, Saved|None."""
+    xw = input_product(x, weights)
     T, B, G = xw.shape
     H = G // 4
     y = xw.new_zeros(T, B, H)

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import types
 from collections import OrderedDict
 from typing import NamedTuple, Optional
 
 import torch
 
-from ..layer_state import LayerWeights, RunningStats, step_plan, update_counts
+from ..layer_state import LayerWeights, RunningStats, input_product, step_plan, update_counts
 from . import fused
 from .fused import Saved, accumulator, host_factors
 
@@ -190,7 +191,9 @@ if triton is not None:
 
     @triton.jit
     def _fwd_step_kernel(
-        xw_ptr,  # [T, B, 4H] x_t W_ih^T (input dtype)
+        x_ptr,  # [T, B, K_in] the layer's input (read only with FUSED_INPUT)
+        w_ih_ptr,  # [4H, K_in] (read only with FUSED_INPUT)
+        xw_ptr,  # [T, B, 4H] x_t W_ih^T (input dtype): read, or with FUSED_INPUT written
         hw_ptr,  # [T, B, 4H] ACC out: raw h_{t-1} W_hh^T
         y_ptr,  # [T+1, B, H] row 0 = h0, row t+1 = h_t (out)
         cell_ptr,  # [T+1, B, H] ACC: row 0 = c0, row t+1 = c_t (out)
@@ -202,9 +205,9 @@ if triton is not None:
         stat_ih_ptr, stat_hh_ptr,  # [T, 2, 4H] ACC out: mean, rstd used at step t
         stat_c_ptr,  # [T, 2, H] ACC out
         h_n_ptr, c_n_ptr,  # [B, H] out: rows n_next..n-1 end at this step
-        t, n, n_next, row, factor, eps, B, H,
+        t, n, n_next, row, factor, eps, B, H, K_in,
         USE_BATCH: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST_DOT: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr, FUSED_INPUT: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         G = 4 * H
@@ -231,14 +234,22 @@ if triton is not None:
                 hw = _tile_matmul(h_prev, H, rows, r_mask, H, w_hh_ptr + g * H * H, 1, H, j,
                                   j_mask, BLOCK_B, BLOCK_H, BLOCK_K, UPCAST_DOT,
                                   INPUT_PRECISION, ACC)  # [BB, BH]
-                tl.store(hw_t + rows[:, None] * G + cols[None, :], hw,
-                         mask=r_mask[:, None] & j_mask[None, :])
+                m2 = r_mask[:, None] & j_mask[None, :]
+                tl.store(hw_t + rows[:, None] * G + cols[None, :], hw, mask=m2)
                 sum_h += tl.sum(hw, axis=0)
-                sum_x += tl.sum(_load_tile(xw_t, G, rows, r_mask, cols, j_mask, ACC), axis=0)
+                if FUSED_INPUT:  # rounded to the layer's dtype, as the hoisted GEMM's result
+                    xw = _tile_matmul(x_ptr + t64 * B * K_in, K_in, rows, r_mask, K_in,
+                                      w_ih_ptr + g * H * K_in, 1, K_in, j, j_mask, BLOCK_B, BLOCK_H,
+                                      BLOCK_K, UPCAST_DOT, INPUT_PRECISION, ACC)
+                    xw = xw.to(xw_ptr.dtype.element_ty)
+                    tl.store(xw_t + rows[:, None] * G + cols[None, :], xw, mask=m2)
+                    sum_x += tl.sum(xw.to(ACC), axis=0)
+                else:
+                    sum_x += tl.sum(_load_tile(xw_t, G, rows, r_mask, cols, j_mask, ACC), axis=0)
             sq_x = tl.zeros((BLOCK_H,), dtype=ACC)
             sq_h = tl.zeros((BLOCK_H,), dtype=ACC)
             if USE_BATCH:
-                tl.debug_barrier()  # hw chunks were stored by other threads' layout
+                tl.debug_barrier()  # hw (xw) chunks were stored by other threads' layout
                 for b0 in range(0, n, BLOCK_B):
                     rows = b0 + rb
                     r_mask = rows < n
@@ -520,22 +531,54 @@ def _graph_key(tensors, *scalars):
     return (tuple((t.data_ptr(), t.dtype) for t in tensors), *scalars)
 
 
-def forward_loop(xw, weights, h0, c0, stats: RunningStats, batch_sizes, training, momentum,
-                 eps, save):
+INPUT_PRODUCTS = ("hoisted", "fused")
+# How the forward gets x W_ih^T: "hoisted", one GEMM over all steps ahead of the loop (the
+# default), or "fused", each step's launch computes its own beside h W_hh^T (the design card's
+# first plan). The benchmark times both (variant "input=fused"); the default follows its numbers.
+SETTINGS = types.SimpleNamespace(input_product=os.environ.get("BNLSTM_TRITON_INPUT_PRODUCT",
+                                                              "hoisted"))
+
+
+@contextlib.contextmanager
+def use_input_product(mode: str):
+    """Run forwards inside the block with the input product `mode` (one of INPUT_PRODUCTS)."""
+    _check_input_product(mode, "mode")
+    before, SETTINGS.input_product = SETTINGS.input_product, mode
+    try:
+        yield
+    finally:
+        SETTINGS.input_product = before
+
+
+def _check_input_product(mode, what: str) -> None:
+    if mode not in INPUT_PRODUCTS:
+        raise ValueError(f"{what}: expected one of {INPUT_PRODUCTS}, got {mode!r}")
+
+
+def forward_loop(x, weights, h0, c0, stats: RunningStats, batch_sizes, training, momentum, eps,
+                 save):
     """The contract of backends.torch_ops.forward_loop; the steps run in the custom op
-    bnlstm_triton::forward_loop, which torch.compile keeps whole (fullgraph)."""
+    bnlstm_triton::forward_loop (or forward_loop_fused_input), which torch.compile keeps whole
+    (fullgraph)."""
     if not all(t.is_contiguous() for t in stats):  # the kernels update rows in place
         work = RunningStats(*(t.contiguous() for t in stats))
-        out = forward_loop(xw, weights, h0, c0, work, batch_sizes, training, momentum, eps, save)
+        out = forward_loop(x, weights, h0, c0, work, batch_sizes, training, momentum, eps, save)
         for t, w in zip(stats, work):
             t.copy_(w)
         return out
+    _check_input_product(SETTINGS.input_product, "BNLSTM_TRITON_INPUT_PRODUCT")
     plan = step_plan(batch_sizes, stats.max_length, training)
-    factors = host_factors(update_counts(stats, plan, momentum))
+    steps = (list(batch_sizes), [row for row, _ in plan],
+             host_factors(update_counts(stats, plan, momentum)), float(eps))
     w = weights
-    y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = torch.ops.bnlstm_triton.forward_loop(
-        xw, w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *stats[:6],
-        list(batch_sizes), [row for row, _ in plan], factors, float(eps))
+    layer = (w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *stats[:6])
+    if SETTINGS.input_product == "fused":
+        *out, xw = torch.ops.bnlstm_triton.forward_loop_fused_input(x, w.weight_ih, *layer,
+                                                                     *steps)
+    else:
+        xw = input_product(x, weights)
+        out = torch.ops.bnlstm_triton.forward_loop(xw, *layer, *steps)
+    y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = out
     saved = Saved(xw, hw, cell, stat_ih, stat_hh, stat_c) if save else None
     return y[1:], h_n, c_n, saved
 
@@ -550,16 +593,17 @@ def backward_loop(saved: Saved, weights, c0, batch_sizes, batch_stats, dy, dh_n,
         [bool(u) for u in batch_stats]))
 
 
-@torch.library.custom_op("bnlstm_triton::forward_loop", mutates_args=fused.MUTATED,
-                         schema=fused.FORWARD_SCHEMA)
-def _forward_op(xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, h0, c0, mean_ih,
-                var_ih, mean_hh, var_hh, mean_c, var_c, batch_sizes, rows, factors, eps):
-    """One fused launch per step; factors[t] < 0: step t normalises with its running row."""
+def _launch_forward(x, weight_ih, xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, h0,
+                    c0, mean_ih, var_ih, mean_hh, var_hh, mean_c, var_c, batch_sizes, rows,
+                    factors, eps):
+    """One fused launch per step; factors[t] < 0: step t normalises with its running row. With
+    x and weight_ih given the launches also compute x_t W_ih^T into xw, else they read it."""
     T, B, G = xw.shape
     H = G // 4
     dev = xw.device
+    fused_input = x is not None
     w = LayerWeights(*(None if t is None else t.contiguous()
-                       for t in (None, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c)))
+                       for t in (weight_ih, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c)))
     cfg = pick_config(B, H, dev)
     acc = accumulator(xw.dtype)
     y = xw.new_zeros(T + 1, B, H)
@@ -573,23 +617,42 @@ def _forward_op(xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, h0, c0
     flags = _kernel_flags(w, dev, acc)
     bias = w.bias if w.bias is not None else w.gamma_ih  # never read without HAS_BIAS
     grid = (triton.cdiv(H, cfg.block_h),)
-    tensors = (xw.contiguous(), hw, y, cell, w.weight_hh, w.gamma_ih, w.gamma_hh, bias,
-               w.gamma_c, w.beta_c, mean_ih, var_ih, mean_hh, var_hh, mean_c, var_c, stat_ih,
-               stat_hh, stat_c, h_n, c_n)
+    x = x.contiguous() if fused_input else xw  # never read without FUSED_INPUT
+    k_in = x.shape[-1] if fused_input else 1  # input size
+    tensors = (x, w.weight_ih if fused_input else xw, xw, hw, y, cell, w.weight_hh, w.gamma_ih,
+               w.gamma_hh, bias, w.gamma_c, w.beta_c, mean_ih, var_ih, mean_hh, var_hh, mean_c,
+               var_c, stat_ih, stat_hh, stat_c, h_n, c_n)
 
     def launch():
         for t in range(T):
             _fwd_step_kernel[grid](
                 *tensors, t, batch_sizes[t], batch_sizes[t + 1] if t + 1 < T else 0, rows[t],
-                factors[t], float(eps), B, H,
-                USE_BATCH=factors[t] >= 0, **flags, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-                BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+                factors[t], float(eps), B, H, k_in,
+                USE_BATCH=factors[t] >= 0, **flags, FUSED_INPUT=fused_input,
+                BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
+                num_warps=cfg.num_warps,
             )
 
     key = _graph_key(tensors, "fwd", tuple(batch_sizes), tuple(rows), tuple(factors), eps,
-                     tuple(flags.items()), cfg)
+                     tuple(flags.items()), fused_input, cfg)
     GRAPHS.run(key, launch, dev)
     return y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c
+
+
+@torch.library.custom_op("bnlstm_triton::forward_loop", mutates_args=fused.MUTATED,
+                         schema=fused.FORWARD_SCHEMA)
+def _forward_op(xw, *args):
+    """The step loop given the hoisted input product xw."""
+    return _launch_forward(None, None, xw.contiguous(), *args)
+
+
+@torch.library.custom_op("bnlstm_triton::forward_loop_fused_input", mutates_args=fused.MUTATED,
+                         schema=fused.FUSED_INPUT_SCHEMA)
+def _forward_fused_input_op(x, weight_ih, *args):
+    """The step loop computing each step's input product in its launch; xw is returned last."""
+    T, B, _ = x.shape
+    xw = x.new_empty(T, B, weight_ih.shape[0])
+    return (*_launch_forward(x, weight_ih, xw, *args), xw)
 
 
 @torch.library.custom_op("bnlstm_triton::backward_loop", mutates_args=(),
@@ -635,4 +698,5 @@ def _backward_op(xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, bet
 
 
 _forward_op.register_fake(fused.forward_loop_fake)
+_forward_fused_input_op.register_fake(fused.forward_loop_fused_input_fake)
 _backward_op.register_fake(fused.backward_loop_fake)
