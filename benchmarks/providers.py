@@ -42,7 +42,7 @@ class Provider(NamedTuple):
     variants: tuple = ()
 
 
-def _backend_provider(backend: str, device: torch.device) -> Provider:
+def backend_provider(backend: str, device: torch.device) -> Provider:
     def build(template):
         module = bnlstm_cuda.BNLSTM(template.input_size, template.hidden_size,
                                     max_length=template.max_length, backend=backend,
@@ -113,7 +113,7 @@ def providers(device: torch.device) -> list[Provider]:
     """Every provider that can run on `device`: each bnlstm backend the registry reports
     available, nn.LSTM (cuDNN on a GPU), FlashRNN where installed (GPU only), the eager
     reference and the reference under torch.compile."""
-    found = [_backend_provider(name, device) for name, (ok, _) in
+    found = [backend_provider(name, device) for name, (ok, _) in
              bnlstm_cuda.available_backends().items() if ok]
     found.append(Provider(BASELINE, "lstm", _lstm_build, graphs=True))
     if device.type == "cuda" and importlib.util.find_spec("flashrnn") is not None:

@@ -33,6 +33,7 @@ FP32, BF16 = torch.float32, torch.bfloat16
 
 GPU_DEFAULT = (
     Shape(100, 64, 512, 512, FP32, "fastrnns default"),
+    Shape(100, 64, 512, 512, BF16, "fastrnns default"),  # the Triton issue's targets: both
     Shape(1024, 16, 768, 768, BF16, "FlashRNN default"),
     # The paper's tasks; PTB and text8 feed one-hot characters (50 and 27 symbols).
     Shape(784, 100, 1, 100, FP32, "paper sequential MNIST"),

@@ -14,6 +14,7 @@ from benchmarks.check import check_provider
 from benchmarks.providers import BASELINE, REFERENCE, Built, Provider, providers
 from benchmarks.run import CSV_COLUMNS, append_csv, format_table, make_template, run_shape
 from benchmarks.shapes import Shape
+from bnlstm_cuda import available_backends
 
 CPU = torch.device("cpu")
 TINY = Shape(5, 4, 3, 6, torch.float32, "test")
@@ -123,3 +124,20 @@ def test_time_calls_quantiles_are_ordered():
     timing = measure.time_calls(lambda: torch.ones(100).sum(), CPU, budget_ms=1.0, min_reps=7)
     assert timing.reps >= 7
     assert 0 < timing.ms_p20 <= timing.ms_p50 <= timing.ms_p80
+
+
+def test_tune_times_every_candidate_and_reports_the_ones_that_fail():
+    """The configuration sweep (benchmarks/tune.py) on a tiny shape through the interpreter:
+    the launcher's pick first, a valid tile timed beside it, an impossible one reported."""
+    from benchmarks.tune import tune_shape
+    from bnlstm_cuda.backends.triton_step import Config
+    if not available_backends()["triton"][0]:
+        pytest.skip("the Triton backend cannot run here")
+    shape = Shape(3, 5, 3, 8, torch.float32, "tune test")
+    lines = tune_shape(shape, CPU, budget_ms=1.0,
+                       candidates=(Config(32, 16, 32, 4), Config(16, 12, 16, 4)))
+    assert len(lines) == 2 + 3
+    assert "(picked)" in lines[2] and float(lines[2].split()[-2]) > 0
+    assert lines[2].split()[-1] == "0.0e+00"  # its own reference
+    assert float(lines[3].split()[-1]) < 1e-5  # another tiling: rounding only
+    assert "failed" in lines[4]

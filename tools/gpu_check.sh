@@ -25,13 +25,17 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a limit, log to OUT/NAME.lo
   return 0
 }
 
-stage build 150 env MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps -e .
+stage build 140 env MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps -e .
 # most telling first: the contract checks at GPU sizes, then the small oracle checks on the GPU
-stage tests 170 python3 -m pytest -q -rs --durations=15 tests/test_triton_gpu.py \
+stage tests 160 python3 -m pytest -q -rs --durations=15 tests/test_triton_gpu.py \
   tests/test_cuda_ext.py tests/test_triton.py
-stage bench 160 python3 -m benchmarks.run --device cuda --budget-ms 150 --csv "$OUT/results.csv"
+stage bench 120 python3 -m benchmarks.run --device cuda --budget-ms 150 --csv "$OUT/results.csv"
+# which tiles pick_config should choose at the target shape (fp32, bf16)
+stage tune 60 python3 -m benchmarks.tune --budget-ms 80
 
 echo "--- tests (tail)"
 tail -n 15 "$OUT/tests.log"
+echo "--- tile sweep"
+tail -n 24 "$OUT/tune.log"
 echo "--- benchmark (tail)"
 tail -n 45 "$OUT/bench.log"
