@@ -48,6 +48,12 @@ void check_like(const char* op, const char* name, const Tensor& t, const Tensor&
               " has dtype ", t.scalar_type(), ", expected ", like.scalar_type());
 }
 
+// A tensor the kernels read or write in the accumulator dtype of xw's.
+void check_accumulator(const char* op, const char* name, const Tensor& t, const Tensor& xw) {
+  TORCH_CHECK(t.scalar_type() == accumulator(xw.scalar_type()), op, ": ", name, " has dtype ",
+              t.scalar_type(), ", expected ", accumulator(xw.scalar_type()));
+}
+
 // The layer's weights: the shapes of a (T, B, 4H) xw, its device and dtype.
 void check_weights(const char* op, const Tensor& xw, const Tensor& weight_hh,
                    const std::optional<Tensor>& bias, const Tensor& gamma_ih,
@@ -82,7 +88,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forwa
     const Tensor& gamma_ih, const Tensor& gamma_hh, const Tensor& gamma_c, const Tensor& beta_c,
     const Tensor& h0, const Tensor& c0, Tensor& mean_ih, Tensor& var_ih, Tensor& mean_hh,
     Tensor& var_hh, Tensor& mean_c, Tensor& var_c, at::IntArrayRef batch_sizes,
-    at::IntArrayRef rows, at::ArrayRef<double> factors, double eps) {
+    at::IntArrayRef rows, at::ArrayRef<double> factors,
+    const std::optional<Tensor>& factor_values, double eps) {
   const char* op = "bnlstm::forward_loop";
   TORCH_CHECK(xw.dim() == 3 && xw.size(2) % 4 == 0 && xw.numel() > 0, op,
               ": xw must be a non-empty (T, B, 4H) tensor, got ", xw.sizes());
@@ -96,9 +103,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forwa
   Tensor* running[] = {&mean_ih, &var_ih, &mean_hh, &var_hh, &mean_c, &var_c};
   for (int s = 0; s < 6; ++s) {  // in the accumulator dtype, as the module keeps them
     check_like(op, names[s], *running[s], xw, {L, s < 4 ? G : H}, /*same_dtype=*/false);
-    TORCH_CHECK(running[s]->scalar_type() == accumulator(xw.scalar_type()), op, ": ", names[s],
-                " has dtype ", running[s]->scalar_type(), ", expected ",
-                accumulator(xw.scalar_type()));
+    check_accumulator(op, names[s], *running[s], xw);
     TORCH_CHECK(running[s]->is_contiguous(), op, ": ", names[s],
                 " must be contiguous (it is updated in place)");
   }
@@ -113,6 +118,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forwa
     TORCH_CHECK(factors[t] < 0.0 || batch_sizes[t] >= 2, op, ": factors[", t,
                 "] asks for batch statistics of ", batch_sizes[t], " row (at least 2 needed)");
   }
+  if (factor_values) {
+    check_like(op, "factor_values", *factor_values, xw, {T}, /*same_dtype=*/false);
+    check_accumulator(op, "factor_values", *factor_values, xw);
+  }
   TORCH_CHECK(eps >= 0.0, op, ": eps must be non-negative, got ", eps);
   check_cuda(op, xw);
 
@@ -123,6 +132,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forwa
   const Tensor gamma_ih_c = gamma_ih.contiguous(), gamma_hh_c = gamma_hh.contiguous();
   const Tensor gamma_c_c = gamma_c.contiguous(), beta_c_c = beta_c.contiguous();
   const Tensor bias_c = bias ? bias->contiguous() : Tensor();
+  const Tensor factors_c = factor_values ? factor_values->contiguous() : Tensor();
   Tensor y = at::zeros({T + 1, B, H}, xw.options());  // zero past each sequence's length
   y[0].copy_(h0);
   Tensor cell = at::empty({T + 1, B, H}, f);
@@ -136,7 +146,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forwa
               bias ? bias_c.data_ptr() : nullptr, gamma_c_c.data_ptr(), beta_c_c.data_ptr(),
               mean_ih.data_ptr(), var_ih.data_ptr(), mean_hh.data_ptr(), var_hh.data_ptr(),
               mean_c.data_ptr(), var_c.data_ptr(), stat_ih.data_ptr(), stat_hh.data_ptr(),
-              stat_c.data_ptr(), B, H, eps};
+              stat_c.data_ptr(), factor_values ? factors_c.data_ptr() : nullptr, B, H, eps};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch(xw.scalar_type(), [&](auto tag) {
     using S = typename decltype(tag)::type;
@@ -235,14 +245,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
 
 // Running-statistics buffers are mutated in place (Tensor(a!) ...): functionalization and
 // torch.compile see the writes. Per-step host data come as lists: batch_sizes (running rows),
-// rows (running-statistics row), factors (weight of the batch statistic; < 0: use the row).
+// rows (running-statistics row), factors (weight of the batch statistic; < 0: use the row);
+// factor_values, where given, holds those weights on the device (a cumulative average).
 TORCH_LIBRARY(bnlstm, m) {
   m.def(
       "forward_loop(Tensor xw, Tensor weight_hh, Tensor? bias, Tensor gamma_ih, "
       "Tensor gamma_hh, Tensor gamma_c, Tensor beta_c, Tensor h0, Tensor c0, "
       "Tensor(a!) mean_ih, Tensor(b!) var_ih, Tensor(c!) mean_hh, Tensor(d!) var_hh, "
       "Tensor(e!) mean_c, Tensor(f!) var_c, int[] batch_sizes, int[] rows, float[] factors, "
-      "float eps) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor cell, Tensor hw, "
+      "Tensor? factor_values, float eps) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor cell, "
+      "Tensor hw, "
       "Tensor stat_ih, Tensor stat_hh, Tensor stat_c)");
   m.def(
       "backward_loop(Tensor xw, Tensor hw, Tensor cell, Tensor weight_hh, Tensor? bias, "

@@ -37,6 +37,8 @@ struct FwdParams {
   void* stat_ih;          // [T, 2, G] A, out: mean and 1/std used at step t
   void* stat_hh;          // [T, 2, G] A, out
   void* stat_c;           // [T, 2, H] A, out
+  const void* factors;    // [T] A: update weight of step t (a cumulative average), or nullptr:
+                          //   the weight comes as the launch's argument
   int64_t B;              // rows of the batch (running rows are a prefix: sorted by length)
   int64_t H;              // hidden units
   double eps;             // added to the variance
@@ -69,7 +71,8 @@ struct BwdParams {
 };
 
 // One launch per step on `stream`. factor < 0: normalise with running row `row` (evaluation, or
-// fewer than 2 rows); else batch statistics, moving that row by `factor` towards them.
+// fewer than 2 rows); else batch statistics, moving that row by `factor` (by p.factors[t] where
+// given) towards them.
 template <typename S>
 void launch_fwd_step(const FwdParams& p, int t, int n, int row, double factor,
                      cudaStream_t stream);

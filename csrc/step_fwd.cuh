@@ -22,7 +22,8 @@ fwd_step_kernel(FwdParams p, int t, int n, int row, double factor_arg) {
   const int64_t H = p.H, G = 4 * H, B = p.B;
   const int64_t col0 = int64_t(blockIdx.x) * kBlockH, j = col0 + col;
   const bool j_ok = j < H, writer = j_ok && rg == 0;
-  const A factor = A(factor_arg), eps = A(p.eps);
+  const A factor = p.factors ? static_cast<const A*>(p.factors)[t] : A(factor_arg);
+  const A eps = A(p.eps);
   const bool use_batch = factor_arg >= 0;
 
   const S* xw_t = static_cast<const S*>(p.xw) + t * B * G;

@@ -36,9 +36,6 @@ class Tagger(torch.nn.Module):
                  marks=pytest.mark.heavy),
 ])
 def test_compiled_matches_eager(backend, compiler, momentum, modes, backward):
-    if backend != "torch":
-        pytest.skip("fused backends take host numbers for momentum=None, which fullgraph cannot "
-                    "trace; their compile tests are in test_triton.py / test_cuda_ext.py")
     torch._dynamo.reset()
     eager = Tagger(backend, momentum)
     compiled_model = copy.deepcopy(eager)

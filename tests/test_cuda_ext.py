@@ -45,7 +45,7 @@ def op_args(device, dtype=torch.float32, T=5, B=3, H=8, L=4, bias=True):
                r(L, G, dtype=acc).abs(), r(L, H, dtype=acc), r(L, H, dtype=acc).abs()]
     return (r(T, B, G), r(G, H), r(G) if bias else None, r(G), r(G), r(H), r(H), r(B, H), r(B, H),
             *running, [3, 3, 2, 2, 1][:T], [min(t, L - 1) for t in range(T)],
-            [0.1, 0.1, 0.1, 0.1, -1.0][:T], 1e-5)
+            [0.1, 0.1, 0.1, 0.1, -1.0][:T], None, 1e-5)
 
 
 def backward_args(fwd_args, outputs):
@@ -106,8 +106,11 @@ def test_op_on_cpu_tensors_names_the_problem():
     (15, [3, 3, 2, 3, 1], "batch_sizes must be non-increasing"),
     (16, [0, 1, 2, 3, 4], r"rows\[4\] = 4 is outside"),
     (17, [0.1, 0.1, 0.1, 0.1, 0.1], r"factors\[4\] asks for batch statistics of 1 row"),
-    (18, -1.0, "eps must be non-negative"),
-], ids=["weight_hh", "h0", "batch_sizes", "rows", "factors", "eps"])
+    (18, torch.ones(5, dtype=torch.float64), "factor_values has dtype Double, expected Float"),
+    (18, torch.ones(4), "factor_values must have shape"),
+    (19, -1.0, "eps must be non-negative"),
+], ids=["weight_hh", "h0", "batch_sizes", "rows", "factors", "factor_values dtype",
+        "factor_values shape", "eps"])
 def test_argument_checks_name_the_argument(position, value, message):
     args = list(op_args("cpu"))
     args[position] = value
@@ -289,6 +292,9 @@ def test_opcheck_on_gpu(dtype):
     torch.library.opcheck(torch.ops.bnlstm.backward_loop.default, backward_args(args, out))
 
 
-def test_host_factors_read_tensor_weights_and_mark_running_rows():
-    factors = [0.1, None, torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.25)]
-    assert fused.host_factors(factors) == [0.1, -1.0, 0.5, 0.25]
+def test_launch_factors_pass_numbers_and_keep_device_weights_on_the_device():
+    assert fused.launch_factors([0.1, None, 0.5], torch.float32) == ([0.1, -1.0, 0.5], None)
+    weights = [torch.tensor(0.5, dtype=torch.float64), None, torch.tensor(0.25)]
+    numbers, values = fused.launch_factors(weights, torch.float32)
+    assert numbers == [1.0, -1.0, 1.0]
+    assert values.dtype == torch.float32 and values[0] == 0.5 and values[2] == 0.25

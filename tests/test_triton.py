@@ -207,8 +207,12 @@ def test_custom_ops_pass_opcheck():
     h0, c0 = torch.randn(B, 8, device=DEVICE), torch.randn(B, 8, device=DEVICE)
     fwd_args = (xw, w.weight_hh.detach(), w.bias.detach(), w.gamma_ih.detach(),
                 w.gamma_hh.detach(), w.gamma_c.detach(), w.beta_c.detach(), h0, c0,
-                *(t.clone() for t in stats[:6]), [4, 4, 4], [0, 1, 2], [0.1, 0.1, -1.0], 1e-5)
+                *(t.clone() for t in stats[:6]), [4, 4, 4], [0, 1, 2], [0.1, 0.1, -1.0], None,
+                1e-5)
     torch.library.opcheck(torch.ops.bnlstm_triton.forward_loop, fwd_args)
+    cumulative = torch.tensor([1.0, 0.5, 0.0], device=DEVICE)  # weights read on the device
+    torch.library.opcheck(torch.ops.bnlstm_triton.forward_loop,
+                          (*fwd_args[:17], [1.0, 1.0, -1.0], cumulative, 1e-5))
     y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = torch.ops.bnlstm_triton.forward_loop(
         *fwd_args)
     dy, dh_n, dc_n = (torch.randn(*shape, device=DEVICE) for shape in ((T, B, 8), (B, 8), (B, 8)))

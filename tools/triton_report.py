@@ -54,8 +54,9 @@ def compile_one(job):
                       BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k)
     if variant:
         constexprs[variant] = True
-    if "FUSED_INPUT" in inspect.signature(fn.fn).parameters:
-        constexprs.setdefault("FUSED_INPUT", False)
+    for flag in ("FUSED_INPUT", "FACTOR_IN_MEMORY"):  # the forward's switches, off by default
+        if flag in inspect.signature(fn.fn).parameters:
+            constexprs.setdefault(flag, False)
     src = ASTSource(fn=fn, signature=_signature(fn, constexprs, dtype, acc),
                     constexprs=constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),

@@ -16,7 +16,7 @@ import torch
 
 from ..layer_state import LayerWeights, RunningStats, input_product, step_plan, update_counts
 from . import fused
-from .fused import Saved, accumulator, host_factors
+from .fused import Saved, accumulator, launch_factors
 
 try:
     from .. import _C  # noqa: F401  (registers torch.ops.bnlstm.*)
@@ -77,7 +77,7 @@ def forward_loop(x, weights: LayerWeights, h0, c0, stats: RunningStats, batch_si
     y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = torch.ops.bnlstm.forward_loop(
         xw, w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *running,
         list(batch_sizes), [row for row, _ in plan],
-        host_factors(factors), float(eps),
+        *launch_factors(factors, acc), float(eps),
     )
     saved = Saved(xw, hw, cell, stat_ih, stat_hh, stat_c) if save else None
     return y[1:], h_n, c_n, saved

@@ -3,7 +3,7 @@ accumulator dtype, and the per-step update weights as plain numbers for the laun
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -27,23 +27,30 @@ def accumulator(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def host_factors(factors) -> list[float]:
-    """Per-step update weights as launch arguments (-1: the step normalises with its running
-    row); weights given as 0-dim tensors (a cumulative average) are read in one transfer."""
+def launch_factors(factors, dtype: torch.dtype) -> tuple[list[float], Optional[Tensor]]:
+    """Per-step update weights for the launches: numbers (-1: the step normalises with its
+    running row), and where the weights are 0-dim device tensors (a cumulative average) those
+    values as one (T,) tensor of `dtype` the kernels read, with 1 as the number of such a step.
+    Nothing waits on the device, and torch.compile traces it whole."""
     lazy = [f for f in factors if isinstance(f, Tensor)]
-    values = iter(torch.stack(lazy).tolist() if lazy else [])
-    return [-1.0 if f is None else next(values) if isinstance(f, Tensor) else float(f)
-            for f in factors]
+    numbers = [-1.0 if f is None else 1.0 if isinstance(f, Tensor) else float(f)
+               for f in factors]
+    if not lazy:
+        return numbers, None
+    unused = torch.zeros_like(lazy[0])  # steps that read their running row ignore the value
+    return numbers, torch.stack([f if isinstance(f, Tensor) else unused for f in factors]).to(dtype)
 
 
 # The ops both fused backends register (bnlstm::* in C++, bnlstm_triton::* in Python), with one
-# schema: per-step host data as lists, the running statistics mutated in place.
+# schema: per-step host data as lists (factor_values: the weights of a cumulative average, on
+# the device), the running statistics mutated in place.
 MUTATED = ("mean_ih", "var_ih", "mean_hh", "var_hh", "mean_c", "var_c")
 FORWARD_SCHEMA = (
     "(Tensor xw, Tensor weight_hh, Tensor? bias, Tensor gamma_ih, Tensor gamma_hh, "
     "Tensor gamma_c, Tensor beta_c, Tensor h0, Tensor c0, Tensor(a!) mean_ih, Tensor(b!) var_ih, "
     "Tensor(c!) mean_hh, Tensor(d!) var_hh, Tensor(e!) mean_c, Tensor(f!) var_c, "
-    "int[] batch_sizes, int[] rows, float[] factors, float eps) -> (Tensor y, Tensor h_n, "
+    "int[] batch_sizes, int[] rows, float[] factors, Tensor? factor_values, float eps) -> "
+    "(Tensor y, Tensor h_n, "
     "Tensor c_n, Tensor cell, Tensor hw, Tensor stat_ih, Tensor stat_hh, Tensor stat_c)")
 BACKWARD_SCHEMA = (
     "(Tensor xw, Tensor hw, Tensor cell, Tensor weight_hh, Tensor? bias, Tensor gamma_ih, "
@@ -57,7 +64,8 @@ FUSED_INPUT_SCHEMA = FORWARD_SCHEMA.replace("(Tensor xw,", "(Tensor x, Tensor we
 
 
 def forward_loop_fake(xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, h0, c0, mean_ih,
-                      var_ih, mean_hh, var_hh, mean_c, var_c, batch_sizes, rows, factors, eps):
+                      var_ih, mean_hh, var_hh, mean_c, var_c, batch_sizes, rows, factors,
+                      factor_values, eps):
     """Shapes and dtypes of the forward op's results, for FakeTensor and torch.compile: y (with
     h0 as row 0), h_n, c_n in the layer's dtype; cell, hw and statistics accumulate."""
     T, B, G = xw.shape

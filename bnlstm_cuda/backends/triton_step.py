@@ -26,7 +26,7 @@ import torch
 
 from ..layer_state import LayerWeights, RunningStats, input_product, step_plan, update_counts
 from . import fused
-from .fused import Saved, accumulator, host_factors
+from .fused import Saved, accumulator, launch_factors
 
 try:
     import triton
@@ -205,12 +205,16 @@ if triton is not None:
         stat_ih_ptr, stat_hh_ptr,  # [T, 2, 4H] ACC out: mean, rstd used at step t
         stat_c_ptr,  # [T, 2, H] ACC out
         h_n_ptr, c_n_ptr,  # [B, H] out: rows n_next..n-1 end at this step
+        factor_ptr,  # [T] ACC: the update weights, read only with FACTOR_IN_MEMORY
         t, n, n_next, row, factor, eps, B, H, K_in,
         USE_BATCH: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST_DOT: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr, FUSED_INPUT: tl.constexpr,
+        FACTOR_IN_MEMORY: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         G = 4 * H
+        if FACTOR_IN_MEMORY:  # a cumulative average: the weight lives on the device
+            factor = tl.load(factor_ptr + t)
         j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
         j_mask = j < H
         rb = tl.arange(0, BLOCK_B)
@@ -569,7 +573,8 @@ def forward_loop(x, weights, h0, c0, stats: RunningStats, batch_sizes, training,
     _check_input_product(SETTINGS.input_product, "BNLSTM_TRITON_INPUT_PRODUCT")
     plan = step_plan(batch_sizes, stats.max_length, training)
     steps = (list(batch_sizes), [row for row, _ in plan],
-             host_factors(update_counts(stats, plan, momentum)), float(eps))
+             *launch_factors(update_counts(stats, plan, momentum), accumulator(x.dtype)),
+             float(eps))
     w = weights
     layer = (w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *stats[:6])
     if SETTINGS.input_product == "fused":
@@ -595,9 +600,10 @@ def backward_loop(saved: Saved, weights, c0, batch_sizes, batch_stats, dy, dh_n,
 
 def _launch_forward(x, weight_ih, xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, h0,
                     c0, mean_ih, var_ih, mean_hh, var_hh, mean_c, var_c, batch_sizes, rows,
-                    factors, eps):
-    """One fused launch per step; factors[t] < 0: step t normalises with its running row. With
-    x and weight_ih given the launches also compute x_t W_ih^T into xw, else they read it."""
+                    factors, factor_values, eps):
+    """One fused launch per step; factors[t] < 0: step t normalises with its running row, else
+    it moves the row by factors[t] (by factor_values[t] where given). With x and weight_ih given
+    the launches also compute x_t W_ih^T into xw, else they read it."""
     T, B, G = xw.shape
     H = G // 4
     dev = xw.device
@@ -619,9 +625,11 @@ def _launch_forward(x, weight_ih, xw, weight_hh, bias, gamma_ih, gamma_hh, gamma
     grid = (triton.cdiv(H, cfg.block_h),)
     x = x.contiguous() if fused_input else xw  # never read without FUSED_INPUT
     k_in = x.shape[-1] if fused_input else 1  # input size
+    in_memory = factor_values is not None
+    factor_values = factor_values.contiguous() if in_memory else stat_c  # else never read
     tensors = (x, w.weight_ih if fused_input else xw, xw, hw, y, cell, w.weight_hh, w.gamma_ih,
                w.gamma_hh, bias, w.gamma_c, w.beta_c, mean_ih, var_ih, mean_hh, var_hh, mean_c,
-               var_c, stat_ih, stat_hh, stat_c, h_n, c_n)
+               var_c, stat_ih, stat_hh, stat_c, h_n, c_n, factor_values)
 
     def launch():
         for t in range(T):
@@ -629,12 +637,13 @@ def _launch_forward(x, weight_ih, xw, weight_hh, bias, gamma_ih, gamma_hh, gamma
                 *tensors, t, batch_sizes[t], batch_sizes[t + 1] if t + 1 < T else 0, rows[t],
                 factors[t], float(eps), B, H, k_in,
                 USE_BATCH=factors[t] >= 0, **flags, FUSED_INPUT=fused_input,
+                FACTOR_IN_MEMORY=in_memory,
                 BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
                 num_warps=cfg.num_warps,
             )
 
     key = _graph_key(tensors, "fwd", tuple(batch_sizes), tuple(rows), tuple(factors), eps,
-                     tuple(flags.items()), fused_input, cfg)
+                     tuple(flags.items()), fused_input, in_memory, cfg)
     GRAPHS.run(key, launch, dev)
     return y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c
 
