@@ -12,7 +12,6 @@ Run on a GPU from the repository root: `python -m benchmarks.tune` (about a minu
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 
@@ -24,22 +23,13 @@ from .providers import backend_provider
 from .run import make_call, make_template
 from .shapes import BF16, FP32, Shape
 
-# the launcher's own configurations, then wider reductions, fewer warps, taller row chunks
-CANDIDATES = (*triton_step.CONFIGS, Config(64, 16, 64, 4), Config(64, 16, 16, 4),
-              Config(64, 16, 32, 2), Config(64, 16, 32, 8), Config(128, 16, 32, 8))
+# the launcher's own configurations; narrower programs (more of them: H / block_h programs share
+# the SMs; the backward keeps 16 units); wider reductions, other warp counts, taller row chunks
+CANDIDATES = (*triton_step.CONFIGS, Config(64, 4, 32, 4), Config(64, 8, 32, 4),
+              Config(64, 8, 64, 4), Config(64, 16, 64, 4), Config(64, 16, 32, 2),
+              Config(64, 16, 32, 8), Config(128, 16, 32, 8))
 SHAPES = (Shape(100, 64, 512, 512, FP32, "fastrnns default"),
           Shape(100, 64, 512, 512, BF16, "fastrnns default"))
-
-
-@contextlib.contextmanager
-def forced_config(cfg: Config):
-    """Every launch inside the block uses `cfg`, whatever the shape."""
-    pick = triton_step.pick_config
-    triton_step.pick_config = lambda B, H, device: cfg
-    try:
-        yield
-    finally:
-        triton_step.pick_config = pick
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -62,7 +52,7 @@ def tune_shape(shape: Shape, device: torch.device, budget_ms: float,
     for cfg in (chosen, *(c for c in candidates if c != chosen)):
         label = f"{tuple(cfg)}{' (picked)' if cfg == chosen else ''}"
         try:
-            with forced_config(cfg):
+            with triton_step.use_config(cfg):
                 call = make_call(provider.build(template), x, dy, "fwd_bwd")
                 grads = [g.clone() for g in call()]
                 timing = measure.time_calls(call, device, budget_ms=budget_ms)

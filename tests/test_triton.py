@@ -243,6 +243,14 @@ def test_fused_input_product_half_precision():
         check_rule(make_model(hidden=24), _x(5, 5), dtypes=(torch.bfloat16,))
 
 
+@pytest.mark.parametrize("block_h", [4, 8])
+def test_narrow_programs(block_h):
+    """Programs of 4 or 8 hidden units (the tile sweep's candidates: more programs for the SMs;
+    the backward keeps 16), over 10 units: the last program is part padding."""
+    with triton_step.use_config(triton_step.Config(16, block_h, 16, 4)):
+        check_rule(make_model(hidden=10), packed(_x(6, 5), [6, 3, 6, 1, 4]))
+
+
 def test_input_product_switch_is_checked(monkeypatch):
     with pytest.raises(ValueError, match="mode: expected one of"):
         triton_step.use_input_product("inside").__enter__()
