@@ -140,33 +140,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forwa
   Tensor hw = at::empty({T, B, G}, f);
   Tensor stat_ih = at::empty({T, 2, G}, f), stat_hh = at::empty({T, 2, G}, f);
   Tensor stat_c = at::empty({T, 2, H}, f);
+  // rows that never run (batch_sizes[0] < B) end with their initial state
+  Tensor h_n = h0.contiguous().clone(), c_n = c0.contiguous().clone();
 
   FwdParams p{xw_c.data_ptr(), hw.data_ptr(), y.data_ptr(), cell.data_ptr(),
               weight_hh_c.data_ptr(), gamma_ih_c.data_ptr(), gamma_hh_c.data_ptr(),
               bias ? bias_c.data_ptr() : nullptr, gamma_c_c.data_ptr(), beta_c_c.data_ptr(),
               mean_ih.data_ptr(), var_ih.data_ptr(), mean_hh.data_ptr(), var_hh.data_ptr(),
               mean_c.data_ptr(), var_c.data_ptr(), stat_ih.data_ptr(), stat_hh.data_ptr(),
-              stat_c.data_ptr(), factor_values ? factors_c.data_ptr() : nullptr, B, H, eps};
+              stat_c.data_ptr(), h_n.data_ptr(), c_n.data_ptr(),
+              factor_values ? factors_c.data_ptr() : nullptr, B, H, eps};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch(xw.scalar_type(), [&](auto tag) {
     using S = typename decltype(tag)::type;
     for (int64_t t = 0; t < T; ++t) {
-      launch_fwd_step<S>(p, static_cast<int>(t), static_cast<int>(batch_sizes[t]),
+      const int n_next = t + 1 < T ? static_cast<int>(batch_sizes[t + 1]) : 0;
+      launch_fwd_step<S>(p, static_cast<int>(t), static_cast<int>(batch_sizes[t]), n_next,
                          static_cast<int>(rows[t]), factors[t], stream);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-
-  // each row's final state sits at its last running step: row b runs while batch_sizes[t] > b
-  std::vector<int64_t> last(B);
-  for (int64_t b = 0; b < B; ++b) {
-    int64_t steps = 0;
-    while (steps < T && batch_sizes[steps] > b) ++steps;
-    last[b] = steps * B + b;  // flat row of y / cell (step `steps` is 1-based there)
-  }
-  const Tensor at_last = at::tensor(last, at::kLong).to(xw.device());
-  Tensor h_n = y.view({-1, H}).index_select(0, at_last);
-  Tensor c_n = cell.view({-1, H}).index_select(0, at_last).to(xw.scalar_type());
   return {y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c};
 }
 

@@ -37,6 +37,8 @@ struct FwdParams {
   void* stat_ih;          // [T, 2, G] A, out: mean and 1/std used at step t
   void* stat_hh;          // [T, 2, G] A, out
   void* stat_c;           // [T, 2, H] A, out
+  void* h_n;              // [B, H] S, out: row b takes h_t at its last step (n_next <= b < n)
+  void* c_n;              // [B, H] S, out: likewise c_t
   const void* factors;    // [T] A: update weight of step t (a cumulative average), or nullptr:
                           //   the weight comes as the launch's argument
   int64_t B;              // rows of the batch (running rows are a prefix: sorted by length)
@@ -70,11 +72,12 @@ struct BwdParams {
   int64_t H;              // hidden units
 };
 
-// One launch per step on `stream`. factor < 0: normalise with running row `row` (evaluation, or
+// One launch per step on `stream`: n rows run at step t, n_next at t+1 (0 after the last step).
+// factor < 0: normalise with running row `row` (evaluation, or
 // fewer than 2 rows); else batch statistics, moving that row by `factor` (by p.factors[t] where
 // given) towards them.
 template <typename S>
-void launch_fwd_step(const FwdParams& p, int t, int n, int row, double factor,
+void launch_fwd_step(const FwdParams& p, int t, int n, int n_next, int row, double factor,
                      cudaStream_t stream);
 
 // Step t of the reverse loop: n rows run at t, n_next at t+1 (0 after the last step).

@@ -3,6 +3,6 @@
 #include "step_fwd.cuh"
 
 namespace bnlstm {
-template void launch_fwd_step<__half>(const FwdParams&, int, int, int, double, cudaStream_t);
+template void launch_fwd_step<__half>(const FwdParams&, int, int, int, int, double, cudaStream_t);
 template void launch_bwd_step<__half>(const BwdParams&, int, int, int, bool, cudaStream_t);
 }  // namespace bnlstm

@@ -3,6 +3,6 @@
 #include "step_fwd.cuh"
 
 namespace bnlstm {
-template void launch_fwd_step<double>(const FwdParams&, int, int, int, double, cudaStream_t);
+template void launch_fwd_step<double>(const FwdParams&, int, int, int, int, double, cudaStream_t);
 template void launch_bwd_step<double>(const BwdParams&, int, int, int, bool, cudaStream_t);
 }  // namespace bnlstm

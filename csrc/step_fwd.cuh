@@ -9,9 +9,11 @@
 
 namespace bnlstm {
 
+// At least 1 block per SM, not more: without it ptxas capped the half-precision kernels at 64
+// registers and spilled; the grid has only H / kBlockH blocks, so blocks per SM do not limit it.
 template <typename S>
-__global__ void __launch_bounds__(kThreads)
-fwd_step_kernel(FwdParams p, int t, int n, int row, double factor_arg) {
+__global__ void __launch_bounds__(kThreads, 1)
+fwd_step_kernel(FwdParams p, int t, int n, int n_next, int row, double factor_arg) {
   using A = typename AccType<S>::type;
   __shared__ A tile_a[kBlockB][kBlockK + 1];
   __shared__ A tile_w[kBlockK][kBlockH + 1];
@@ -125,17 +127,22 @@ fwd_step_kernel(FwdParams p, int t, int n, int row, double factor_arg) {
   __syncthreads();  // the cell statistics in k
 
   for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
-    const A chat = (c_next[b * H + j] - k.mean_c[col]) * k.rstd_c[col];
+    const A c = c_next[b * H + j];
     const A o = sigmoid(preactivation(k, xw_t, hw_t, G, H, b, 3, j, col));
-    store(h_next + b * H + j, o * tanh_(k.gamma_c[col] * chat + k.beta_c[col]));
+    const A h = o * tanh_(k.gamma_c[col] * (c - k.mean_c[col]) * k.rstd_c[col] + k.beta_c[col]);
+    store(h_next + b * H + j, h);
+    if (b >= n_next) {  // row b ends at this step
+      store(static_cast<S*>(p.h_n) + b * H + j, h);
+      store(static_cast<S*>(p.c_n) + b * H + j, c);
+    }
   }
 }
 
 template <typename S>
-void launch_fwd_step(const FwdParams& p, int t, int n, int row, double factor,
+void launch_fwd_step(const FwdParams& p, int t, int n, int n_next, int row, double factor,
                      cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((p.H + kBlockH - 1) / kBlockH));
-  fwd_step_kernel<S><<<grid, kThreads, 0, stream>>>(p, t, n, row, factor);
+  fwd_step_kernel<S><<<grid, kThreads, 0, stream>>>(p, t, n, n_next, row, factor);
 }
 
 }  // namespace bnlstm

@@ -637,7 +637,7 @@ def _launch_forward(x, weight_ih, xw, weight_hh, bias, gamma_ih, gamma_hh, gamma
     hw = torch.empty(T, B, G, device=dev, dtype=acc)
     stat_ih, stat_hh = (torch.empty(T, 2, G, device=dev, dtype=acc) for _ in range(2))
     stat_c = torch.empty(T, 2, H, device=dev, dtype=acc)
-    h_n, c_n = torch.empty_like(h0), torch.empty_like(h0)
+    h_n, c_n = h0.clone(), c0.clone()  # rows that never run (batch_sizes[0] < B) keep these
     flags = _kernel_flags(w, dev, acc)
     bias = w.bias if w.bias is not None else w.gamma_ih  # never read without HAS_BIAS
     grid = (triton.cdiv(H, cfg.block_h),)
