@@ -298,3 +298,21 @@ def test_launch_factors_pass_numbers_and_keep_device_weights_on_the_device():
     numbers, values = fused.launch_factors(weights, torch.float32)
     assert numbers == [1.0, -1.0, 1.0]
     assert values.dtype == torch.float32 and values[0] == 0.5 and values[2] == 0.25
+
+
+@pytest.mark.parametrize("op", ["bnlstm_triton", "bnlstm"])
+def test_final_states_come_from_each_rows_last_step(op):
+    """Both fused forward ops write h_n / c_n of a row at its last running step; a row that
+    never runs (batch_sizes[0] < B) keeps h0 / c0."""
+    if op == "bnlstm" and (DEVICE.type != "cuda" or not built):
+        pytest.skip("needs BNLSTM_TEST_DEVICE=cuda and the built extension")
+    if op == "bnlstm_triton" and not backends.available_backends()["triton"][0]:
+        pytest.skip("the Triton backend cannot run here")
+    args = list(op_args(DEVICE))
+    args[15], args[17] = [2, 2, 1, 1, 1], [0.1, 0.1, -1.0, -1.0, -1.0]
+    y, h_n, c_n, cell = getattr(torch.ops, op).forward_loop(*args)[:4]
+    h0, c0 = args[7], args[8]
+    for b, last in ((0, 5), (1, 2)):  # row b's last step, as a row of y and cell (row 0: h0, c0)
+        assert torch.equal(h_n[b], y[last, b])
+        assert torch.equal(c_n[b], cell[last, b].to(c_n.dtype))
+    assert torch.equal(h_n[2], h0[2]) and torch.equal(c_n[2], c0[2])
