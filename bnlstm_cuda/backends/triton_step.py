@@ -189,7 +189,11 @@ if triton is not None:
         t, _ = _tanh_sech2(x)
         return t
 
-    @triton.jit
+    # The step's own numbers (t, n, n_next, row) are not specialised on (Triton compiles a
+    # variant per value class: == 1, divisible by 16, other): one binary serves every step.
+    PER_STEP = ["t", "n", "n_next", "row"]
+
+    @triton.jit(do_not_specialize=PER_STEP)
     def _fwd_step_kernel(
         x_ptr,  # [T, B, K_in] the layer's input (read only with FUSED_INPUT)
         w_ih_ptr,  # [4H, K_in] (read only with FUSED_INPUT)
@@ -326,7 +330,7 @@ if triton is not None:
             return rstd[None, :] * (d - sum_d[None, :] / n - xhat * (sum_dx / n)[None, :])
         return rstd[None, :] * d
 
-    @triton.jit
+    @triton.jit(do_not_specialize=PER_STEP[:3])
     def _bwd_step_kernel(
         xw_ptr, hw_ptr,  # [T, B, 4H] as saved by the forward
         cell_ptr,  # [T+1, B, H] ACC, row 0 = c0
