@@ -19,8 +19,11 @@ import bnlstm_cuda
 from bnlstm_cuda import reference
 from bnlstm_cuda.backends import triton_step
 
+from .eager_loop import eager_loop_forward
+
 BASELINE = "nn.LSTM"  # cuDNN on a GPU: the row every ratio is against
 REFERENCE = "reference"
+EAGER_LOOP = "eager BN loop"  # per-step F.batch_norm, what users write today (eager_loop.py)
 
 
 class Built(NamedTuple):
@@ -60,6 +63,10 @@ def backend_provider(backend: str, device: torch.device) -> Provider:
 
 def _reference_build(template):
     return Built(copy.deepcopy(template), lambda m, x: reference.bnlstm_forward(m, x)[0])
+
+
+def _eager_loop_build(template):
+    return Built(copy.deepcopy(template), eager_loop_forward)
 
 
 def _compiled_reference_build(template):
@@ -112,12 +119,14 @@ def _flashrnn_build(template):
 def providers(device: torch.device) -> list[Provider]:
     """Every provider that can run on `device`: each bnlstm backend the registry reports
     available, nn.LSTM (cuDNN on a GPU), FlashRNN where installed (GPU only), the eager
-    reference and the reference under torch.compile."""
+    F.batch_norm loop users write today, the eager reference and the reference under
+    torch.compile."""
     found = [backend_provider(name, device) for name, (ok, _) in
              bnlstm_cuda.available_backends().items() if ok]
     found.append(Provider(BASELINE, "lstm", _lstm_build, graphs=True))
     if device.type == "cuda" and importlib.util.find_spec("flashrnn") is not None:
         found.append(Provider("flashrnn", "lstm", _flashrnn_build, graphs=True))
+    found.append(Provider(EAGER_LOOP, "bnlstm", _eager_loop_build, graphs=False))
     found.append(Provider(REFERENCE, "bnlstm", _reference_build, graphs=False))
     found.append(Provider("reference+compile", "bnlstm", _compiled_reference_build,
                           graphs=False))

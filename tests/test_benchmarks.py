@@ -11,7 +11,7 @@ import torch
 
 from benchmarks import measure
 from benchmarks.check import check_provider
-from benchmarks.providers import BASELINE, REFERENCE, Built, Provider, providers
+from benchmarks.providers import BASELINE, EAGER_LOOP, REFERENCE, Built, Provider, providers
 from benchmarks.run import CSV_COLUMNS, append_csv, format_table, make_template, run_shape
 from benchmarks.shapes import Shape
 from bnlstm_cuda import available_backends
@@ -34,7 +34,7 @@ def _inputs(shape):
     return template, x, dy
 
 
-@pytest.mark.parametrize("name", ["bnlstm[torch]", BASELINE])
+@pytest.mark.parametrize("name", ["bnlstm[torch]", BASELINE, EAGER_LOOP])
 def test_correct_providers_pass_the_check(name):
     assert check_provider(_by_name(name), *_inputs(TINY)) == []
 
