@@ -42,7 +42,18 @@ class Saved(NamedTuple):
 
 def _normalize(z, mean_buf, var_buf, row, factor, eps):
     """Return ((z - mean) * rstd, rstd) with batch statistics when factor is not None (then the
-    running row moves by factor towards them), else with the running row."""
+    running row moves by factor towards them), else with the running row. A numeric factor and
+    buffers of z's dtype take torch.native_batch_norm: the same arithmetic in one fused op."""
+    fused = (not isinstance(factor, Tensor) and mean_buf.dtype == z.dtype
+             and var_buf.dtype == z.dtype and mean_buf.is_contiguous() and var_buf.is_contiguous())
+    if fused and factor is None:
+        xhat = torch.native_batch_norm(z, None, None, mean_buf[row], var_buf[row], False, 0.0,
+                                       eps)[0]
+        return xhat, torch.rsqrt(var_buf[row] + eps)
+    if fused:  # updates the running rows in place (unbiased variance) and returns 1/std
+        xhat, _, rstd = torch.native_batch_norm(z, None, None, mean_buf[row], var_buf[row], True,
+                                                factor, eps)
+        return xhat, rstd
     if factor is None:
         mean, var = mean_buf[row].to(z.dtype), var_buf[row].to(z.dtype)
     else:
@@ -106,12 +117,29 @@ def forward_loop(
     return y, h, c, saved
 
 
-def _bn_backward(dxhat, xhat, rstd, use_batch):
-    """Gradient through (z - mean) * rstd; with batch statistics the mean and variance depend on
-    every row, which adds the two batch-mean terms."""
+def _bn_backward(dout, xhat, scale, use_batch, unit):
+    """Gradient through gamma * (z - mean) * rstd to z, given dout and scale = gamma * rstd;
+    with batch statistics the mean and variance depend on every row, which adds the two
+    batch-mean terms: scale * (dout - mean(dout) - xhat * mean(dout * xhat)). That is
+    native_batch_norm_backward's training formula for input xhat, mean 0, 1/std 1 and weight
+    `scale`, in one op (unit: that mean and 1/std, zeros and ones of the feature size)."""
     if not use_batch:
-        return dxhat * rstd
-    return rstd * (dxhat - dxhat.mean(0) - xhat * (dxhat * xhat).mean(0))
+        return dout * scale
+    return torch.ops.aten.native_batch_norm_backward(
+        dout, xhat, scale, None, None, *unit, True, 0.0, [True, False, False])[0]
+
+
+def _bn_backward_steps(dxhat, xhat, rstd, batch_sizes, batch_stats):
+    """_bn_backward of every step at once: dxhat, xhat (T, B, F) are zero past each step's
+    running rows and the result stays zero there; rstd (T, F)."""
+    T, B, _ = dxhat.shape
+    n = torch.tensor(batch_sizes, dtype=dxhat.dtype, device=dxhat.device).clamp_min(1)
+    n = n[:, None, None]
+    running = torch.arange(B, device=dxhat.device)[None, :, None] < n
+    use_batch = torch.tensor(batch_stats, dtype=torch.bool, device=dxhat.device)[:, None, None]
+    centred = (dxhat - dxhat.sum(1, keepdim=True) / n
+               - xhat * (dxhat * xhat).sum(1, keepdim=True) / n)
+    return torch.where(use_batch, centred * running, dxhat) * rstd[:, None, :]
 
 
 def backward_loop(
@@ -125,35 +153,41 @@ def backward_loop(
     dc_n: Tensor,
 ):
     """Run the steps in reverse. Returns dpre_ih, dpre_hh (T, B, 4H): gradients of x W_ih^T and
-    h_{t-1} W_hh^T; dh0, dc0 (B, H); and dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias."""
+    h_{t-1} W_hh^T; dh0, dc0 (B, H); and dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias.
+
+    Only what the recurrence needs runs per step (BN(c) and BN(h W_hh^T) backwards, dh, dc); the
+    input norm's backward and the per-feature sums run once over all steps after the loop."""
     T, B, G = saved.gates.shape
-    dpre_ih, dpre_hh = dy.new_zeros(T, B, G), dy.new_zeros(T, B, G)
+    H = G // 4
+    w = weights
+    # what every step multiplies by, for all steps at once: the gates' derivatives (with c_{t-1}
+    # and tanh(BN(c)) folded in) and the norms' gamma * rstd
+    i, f, g, o = saved.gates.chunk(4, dim=2)
+    c_prev = torch.cat([c0[None], saved.cell[:-1]])
+    tanh_cn = torch.tanh(w.gamma_c * saved.chat + w.beta_c)
+    through_c = torch.cat([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], dim=2)
+    through_h = tanh_cn * o * (1 - o)
+    to_cn = o * (1 - tanh_cn * tanh_cn)
+    scale_c, scale_hh = w.gamma_c * saved.rstd_c, w.gamma_hh * saved.rstd_hh
+    unit_c, unit_hh = ((dy.new_zeros(F), dy.new_ones(F)) for F in (H, G))
+    dpre_hh = dy.new_zeros(T, B, G)
+    dpre = dy.new_zeros(T, B, G)  # gradient of each step's pre-activation (before the norms)
+    dcn = dy.new_zeros(T, B, H)  # gradient of each step's normalised cell, BN(c)
     dh, dc = dh_n.clone(), dc_n.clone()
-    dgamma_ih, dgamma_hh, dbias = (dy.new_zeros(G) for _ in range(3))
-    dgamma_c, dbeta_c = dy.new_zeros(G // 4), dy.new_zeros(G // 4)
     for t in reversed(range(T)):
         n, use_batch = batch_sizes[t], batch_stats[t]
-        i, f, g, o = saved.gates[t, :n].chunk(4, dim=1)
-        chat = saved.chat[t, :n]
-        c_prev = saved.cell[t - 1, :n] if t > 0 else c0[:n]
         dh_t = dh[:n] + dy[t, :n]
-        tanh_cn = torch.tanh(weights.gamma_c * chat + weights.beta_c)
-        dcn = dh_t * o * (1 - tanh_cn * tanh_cn)
-        dgamma_c += (dcn * chat).sum(0)
-        dbeta_c += dcn.sum(0)
-        dc_t = dc[:n] + _bn_backward(dcn * weights.gamma_c, chat, saved.rstd_c[t], use_batch)
-        dpre = torch.cat([
-            dc_t * g * i * (1 - i),
-            dc_t * c_prev * f * (1 - f),
-            dc_t * i * (1 - g * g),
-            dh_t * tanh_cn * o * (1 - o),
-        ], dim=1)
-        dbias += dpre.sum(0)
-        xhat_ih, xhat_hh = saved.xhat_ih[t, :n], saved.xhat_hh[t, :n]
-        dgamma_ih += (dpre * xhat_ih).sum(0)
-        dgamma_hh += (dpre * xhat_hh).sum(0)
-        dpre_ih[t, :n] = _bn_backward(dpre * weights.gamma_ih, xhat_ih, saved.rstd_ih[t], use_batch)
-        dpre_hh[t, :n] = _bn_backward(dpre * weights.gamma_hh, xhat_hh, saved.rstd_hh[t], use_batch)
-        dh[:n] = dpre_hh[t, :n] @ weights.weight_hh
-        dc[:n] = dc_t * f
-    return dpre_ih, dpre_hh, dh, dc, dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias
+        dcn[t, :n] = dcn_t = dh_t * to_cn[t, :n]
+        dc_t = dc[:n] + _bn_backward(dcn_t, saved.chat[t, :n], scale_c[t], use_batch, unit_c)
+        dpre[t, :n] = dpre_t = torch.cat([dc_t.repeat(1, 3) * through_c[t, :n],
+                                          dh_t * through_h[t, :n]], dim=1)
+        dpre_hh[t, :n] = dpre_hh_t = _bn_backward(dpre_t, saved.xhat_hh[t, :n], scale_hh[t],
+                                                  use_batch, unit_hh)
+        dh[:n] = dpre_hh_t @ w.weight_hh
+        dc[:n] = dc_t * f[t, :n]
+    dpre_ih = _bn_backward_steps(dpre * w.gamma_ih, saved.xhat_ih, saved.rstd_ih, batch_sizes,
+                                 batch_stats)
+    dgamma_ih = (dpre * saved.xhat_ih).sum((0, 1))
+    dgamma_hh = (dpre * saved.xhat_hh).sum((0, 1))
+    dgamma_c, dbeta_c = (dcn * saved.chat).sum((0, 1)), dcn.sum((0, 1))
+    return dpre_ih, dpre_hh, dh, dc, dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dpre.sum((0, 1))
