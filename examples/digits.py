@@ -47,7 +47,7 @@ class Classifier(nn.Module):
     def forward(self, x):
         hx = None
         if self.h0_noise > 0:
-            h0 = torch.randn(1, x.shape[1], self.hidden, dtype=x.dtype) * self.h0_noise
+            h0 = torch.randn(1, x.shape[1], self.hidden).to(x.dtype) * self.h0_noise
             hx = (h0, torch.zeros_like(h0))
         return self.head(self.rnn(x, hx)[0][-1])
 
