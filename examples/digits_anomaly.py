@@ -81,6 +81,7 @@ def float32_gradient_error(model, x, y, batch: int, batches: int = 5) -> float:
     for i in range(0, batch * batches, batch):
         grads = []
         for dtype in (torch.float32, torch.float64):
+            torch.manual_seed(i)  # the same h0 noise, if any, in both precisions
             m = copy.deepcopy(model).to(dtype).train()
             loss = torch.nn.functional.cross_entropy(m(x[:, i: i + batch].to(dtype)),
                                                      y[i: i + batch])
