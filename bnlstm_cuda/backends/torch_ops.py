@@ -40,16 +40,17 @@ class Saved(NamedTuple):
     rstd_c: Tensor  # (T, H)
 
 
-def _normalize(z, mean_buf, var_buf, row, factor, eps):
+def _normalize(z, mean_buf, var_buf, row, factor, eps, save=True):
     """Return ((z - mean) * rstd, rstd) with batch statistics when factor is not None (then the
     running row moves by factor towards them), else with the running row. A numeric factor and
-    buffers of z's dtype take torch.native_batch_norm: the same arithmetic in one fused op."""
+    buffers of z's dtype take torch.native_batch_norm: the same arithmetic in one fused op (its
+    rstd is None in evaluation when nothing is saved)."""
     fused = (not isinstance(factor, Tensor) and mean_buf.dtype == z.dtype
              and var_buf.dtype == z.dtype and mean_buf.is_contiguous() and var_buf.is_contiguous())
-    if fused and factor is None:
+    if fused and factor is None:  # 1/std only where the backward will want it
         xhat = torch.native_batch_norm(z, None, None, mean_buf[row], var_buf[row], False, 0.0,
                                        eps)[0]
-        return xhat, torch.rsqrt(var_buf[row] + eps)
+        return xhat, torch.rsqrt(var_buf[row] + eps) if save else None
     if fused:  # updates the running rows in place (unbiased variance) and returns 1/std
         xhat, _, rstd = torch.native_batch_norm(z, None, None, mean_buf[row], var_buf[row], True,
                                                 factor, eps)
@@ -97,16 +98,17 @@ def forward_loop(
     factors = update_counts(stats, plan, momentum)
     for t, ((row, _), factor) in enumerate(zip(plan, factors)):
         n = batch_sizes[t]
-        xhat_ih, rstd_ih = _normalize(xw[t, :n], stats.mean_ih, stats.var_ih, row, factor, eps)
+        xhat_ih, rstd_ih = _normalize(xw[t, :n], stats.mean_ih, stats.var_ih, row, factor, eps,
+                                      save)
         xhat_hh, rstd_hh = _normalize(h[:n] @ weights.weight_hh.t(), stats.mean_hh,
-                                      stats.var_hh, row, factor, eps)
+                                      stats.var_hh, row, factor, eps, save)
         pre = weights.gamma_ih * xhat_ih + weights.gamma_hh * xhat_hh
         if weights.bias is not None:
             pre = pre + weights.bias
         i, f, g, o = pre.chunk(4, dim=1)
         i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
         c_t = f * c[:n] + i * g
-        chat, rstd_c = _normalize(c_t, stats.mean_c, stats.var_c, row, factor, eps)
+        chat, rstd_c = _normalize(c_t, stats.mean_c, stats.var_c, row, factor, eps, save)
         h_t = o * torch.tanh(weights.gamma_c * chat + weights.beta_c)
         h[:n], c[:n], y[t, :n] = h_t, c_t, h_t
         if saved is not None:
