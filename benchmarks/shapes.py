@@ -41,10 +41,13 @@ GPU_DEFAULT = (
     Shape(180, 128, 27, 2000, FP32, "paper text8"),
 )
 
-GPU_FULL = tuple(
-    Shape(T, B, H, H, FP32, "grid")
-    for T, B, H in itertools.product((100, 300, 1000), (16, 32, 64, 128, 256), (256, 512, 1024))
-)
+def _grid(steps, batches, widths, label) -> tuple[Shape, ...]:
+    """Every (T, B, H) combination, input width = hidden width, float32."""
+    return tuple(Shape(T, B, H, H, FP32, label)
+                 for T, B, H in itertools.product(steps, batches, widths))
+
+
+GPU_FULL = _grid((100, 300, 1000), (16, 32, 64, 128, 256), (256, 512, 1024), "grid")
 
 CPU_DEFAULT = (
     Shape(8, 8, 32, 32, FP32, "tiny (compiled reference fits)"),
@@ -53,10 +56,7 @@ CPU_DEFAULT = (
     Shape(100, 64, 256, 256, FP32, "medium LSTM"),
 )
 
-CPU_FULL = tuple(
-    Shape(T, B, H, H, FP32, "cpu grid")
-    for T, B, H in itertools.product((50, 100), (16, 64), (64, 256))
-)
+CPU_FULL = _grid((50, 100), (16, 64), (64, 256), "cpu grid")
 
 SUITES = {
     ("cuda", "default"): GPU_DEFAULT,

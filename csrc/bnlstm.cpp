@@ -11,7 +11,6 @@
 #include <torch/library.h>
 
 #include <tuple>
-#include <vector>
 
 #include "bnlstm.h"
 

@@ -50,8 +50,8 @@ FORWARD_SCHEMA = (
     "Tensor gamma_c, Tensor beta_c, Tensor h0, Tensor c0, Tensor(a!) mean_ih, Tensor(b!) var_ih, "
     "Tensor(c!) mean_hh, Tensor(d!) var_hh, Tensor(e!) mean_c, Tensor(f!) var_c, "
     "int[] batch_sizes, int[] rows, float[] factors, Tensor? factor_values, float eps) -> "
-    "(Tensor y, Tensor h_n, "
-    "Tensor c_n, Tensor cell, Tensor hw, Tensor stat_ih, Tensor stat_hh, Tensor stat_c)")
+    "(Tensor y, Tensor h_n, Tensor c_n, Tensor cell, Tensor hw, Tensor stat_ih, Tensor stat_hh, "
+    "Tensor stat_c)")
 BACKWARD_SCHEMA = (
     "(Tensor xw, Tensor hw, Tensor cell, Tensor weight_hh, Tensor? bias, Tensor gamma_ih, "
     "Tensor gamma_hh, Tensor gamma_c, Tensor beta_c, Tensor stat_ih, Tensor stat_hh, "

@@ -541,34 +541,35 @@ def _graph_key(tensors, *scalars):
 
 
 INPUT_PRODUCTS = ("hoisted", "fused")
-# How the forward gets x W_ih^T: "hoisted", one GEMM over all steps ahead of the loop (the
-# default), or "fused", each step's launch computes its own beside h W_hh^T (the design card's
-# first plan). The benchmark times both (variant "input=fused"); the default follows its numbers.
-# config: the launch configuration forced on every launch (None: pick_config's choice).
+# input_product: how the forward gets x W_ih^T: "hoisted", one GEMM over all steps ahead of the
+# loop (the default), or "fused", each step's launch computes its own beside h W_hh^T (the design
+# card's first plan). The benchmark times both (launch "fused_input"); the default follows its
+# numbers. config: the launch configuration forced on every launch (None: pick_config's choice).
 SETTINGS = types.SimpleNamespace(input_product=os.environ.get("BNLSTM_TRITON_INPUT_PRODUCT",
                                                               "hoisted"), config=None)
 
 
 @contextlib.contextmanager
+def _setting(name: str, value):
+    """SETTINGS.name = value inside the block, restored after it."""
+    before = getattr(SETTINGS, name)
+    setattr(SETTINGS, name, value)
+    try:
+        yield
+    finally:
+        setattr(SETTINGS, name, before)
+
+
 def use_input_product(mode: str):
     """Run forwards inside the block with the input product `mode` (one of INPUT_PRODUCTS)."""
     _check_input_product(mode, "mode")
-    before, SETTINGS.input_product = SETTINGS.input_product, mode
-    try:
-        yield
-    finally:
-        SETTINGS.input_product = before
+    return _setting("input_product", mode)
 
 
-@contextlib.contextmanager
 def use_config(cfg: Config):
     """Every launch inside the block uses `cfg`, whatever the shape (the backward with at least
     16 units per program, the narrowest tl.dot): for the tile sweep and the tests."""
-    before, SETTINGS.config = SETTINGS.config, cfg
-    try:
-        yield
-    finally:
-        SETTINGS.config = before
+    return _setting("config", cfg)
 
 
 def _config(B: int, H: int, device: torch.device, backward: bool = False) -> Config:
