@@ -75,7 +75,7 @@ def run_layer(
     Takes the autograd Function only when a gradient is wanted; otherwise nothing is saved.
     """
     dtype = x.dtype
-    acc = dtype if dtype in backend.dtypes else torch.float32
+    acc = dtype if dtype in backend.dtypes(x.device) else torch.float32
     if acc != dtype:
         x, h0, c0 = x.to(acc), h0.to(acc), c0.to(acc)
         weights = LayerWeights(*(None if w is None else w.to(acc) for w in weights))

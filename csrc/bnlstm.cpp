@@ -1,37 +1,20 @@
-// The bnlstm::forward_loop / bnlstm::backward_loop ops: schemas, argument checks, and the time
-// loops (one kernel launch per step, on the current stream, no Python in between). The
-// hoisted products (input GEMM, weight gradients) stay in bnlstm_cuda/function.py.
+// The bnlstm::forward_loop / bnlstm::backward_loop ops: schemas, argument checks, the outputs,
+// and per dispatch key the time loops of that device (loops.h): CPU always, CUDA when built
+// with it. The hoisted products (input GEMM, weight gradients) stay in bnlstm_cuda/function.py.
 #include <Python.h>
 
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <torch/library.h>
 
 #include <tuple>
 
 #include "bnlstm.h"
+#include "loops.h"
 
 namespace bnlstm {
 namespace {
 
 using at::Tensor;
-
-template <typename T> struct Tag { using type = T; };
-
-// Calls f(Tag<S>{}) with S the CUDA type of `dtype`.
-template <typename F>
-void dispatch(at::ScalarType dtype, F&& f) {
-  switch (dtype) {
-    case at::kFloat: return f(Tag<float>{});
-    case at::kDouble: return f(Tag<double>{});
-    case at::kHalf: return f(Tag<__half>{});
-    case at::kBFloat16: return f(Tag<__nv_bfloat16>{});
-    default: TORCH_CHECK(false, "bnlstm: unsupported dtype ", dtype);
-  }
-}
 
 at::ScalarType accumulator(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
@@ -66,12 +49,6 @@ void check_weights(const char* op, const Tensor& xw, const Tensor& weight_hh,
   check_like(op, "beta_c", beta_c, xw, {H});
 }
 
-// Checked last, so every shape check above it also runs (and is tested) on CPU tensors.
-void check_cuda(const char* op, const Tensor& xw) {
-  TORCH_CHECK(xw.is_cuda(), op, ": the CUDA extension runs on CUDA tensors only, got ",
-              xw.device(), " tensors; use backend=\"torch\" there");
-}
-
 void check_batch_sizes(const char* op, at::IntArrayRef batch_sizes, int64_t T, int64_t B) {
   TORCH_CHECK(static_cast<int64_t>(batch_sizes.size()) == T, op, ": batch_sizes must have T = ",
               T, " entries, got ", batch_sizes.size());
@@ -82,6 +59,7 @@ void check_batch_sizes(const char* op, at::IntArrayRef batch_sizes, int64_t T, i
   }
 }
 
+template <ForwardSteps steps>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forward_loop(
     const Tensor& xw, const Tensor& weight_hh, const std::optional<Tensor>& bias,
     const Tensor& gamma_ih, const Tensor& gamma_hh, const Tensor& gamma_c, const Tensor& beta_c,
@@ -122,9 +100,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forwa
     check_accumulator(op, "factor_values", *factor_values, xw);
   }
   TORCH_CHECK(eps >= 0.0, op, ": eps must be non-negative, got ", eps);
-  check_cuda(op, xw);
 
-  const c10::cuda::CUDAGuard guard(xw.device());
   const auto acc = accumulator(xw.scalar_type());
   const auto f = xw.options().dtype(acc);
   const Tensor xw_c = xw.contiguous(), weight_hh_c = weight_hh.contiguous();
@@ -149,19 +125,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forwa
               mean_c.data_ptr(), var_c.data_ptr(), stat_ih.data_ptr(), stat_hh.data_ptr(),
               stat_c.data_ptr(), h_n.data_ptr(), c_n.data_ptr(),
               factor_values ? factors_c.data_ptr() : nullptr, B, H, eps};
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch(xw.scalar_type(), [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    for (int64_t t = 0; t < T; ++t) {
-      const int n_next = t + 1 < T ? static_cast<int>(batch_sizes[t + 1]) : 0;
-      launch_fwd_step<S>(p, static_cast<int>(t), static_cast<int>(batch_sizes[t]), n_next,
-                         static_cast<int>(rows[t]), factors[t], stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  });
+  steps(p, xw_c, ForwardPlan{batch_sizes, rows, factors});
   return {y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c};
 }
 
+template <BackwardSteps steps>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_loop(
     const Tensor& xw, const Tensor& hw, const Tensor& cell, const Tensor& weight_hh,
     const std::optional<Tensor>& bias, const Tensor& gamma_ih, const Tensor& gamma_hh,
@@ -189,9 +157,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   check_batch_sizes(op, batch_sizes, T, B);
   TORCH_CHECK(static_cast<int64_t>(use_batch.size()) == T, op, ": use_batch must have T = ", T,
               " entries, got ", use_batch.size());
-  check_cuda(op, xw);
 
-  const c10::cuda::CUDAGuard guard(xw.device());
   const auto f = xw.options().dtype(acc);
   const Tensor xw_c = xw.contiguous(), hw_c = hw.contiguous(), cell_c = cell.contiguous();
   const Tensor weight_hh_c = weight_hh.contiguous();
@@ -214,16 +180,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
               stat_hh_c.data_ptr(), stat_c_c.data_ptr(), dy_c.data_ptr(), dh_n_c.data_ptr(),
               dpre_ih.data_ptr(), dpre_hh.data_ptr(), dh.data_ptr(), dc.data_ptr(),
               dsum.data_ptr(), dsum_c.data_ptr(), B, H};
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch(xw.scalar_type(), [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const int64_t n_next = t + 1 < T ? batch_sizes[t + 1] : 0;
-      launch_bwd_step<S>(p, static_cast<int>(t), static_cast<int>(batch_sizes[t]),
-                         static_cast<int>(n_next), use_batch.get(t), stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  });
+  steps(p, xw_c, BackwardPlan{batch_sizes, use_batch});
 
   Tensor dpre_hh_steps = dpre_hh.narrow(0, 0, T);
   Tensor dh0 = at::matmul(dpre_hh_steps[0], weight_hh_c.to(acc));
@@ -256,17 +213,17 @@ TORCH_LIBRARY(bnlstm, m) {
       "Tensor dgamma_ih, Tensor dgamma_hh, Tensor dgamma_c, Tensor dbeta_c, Tensor dbias)");
 }
 
-TORCH_LIBRARY_IMPL(bnlstm, CUDA, m) {
-  m.impl("forward_loop", &forward_loop);
-  m.impl("backward_loop", &backward_loop);
+TORCH_LIBRARY_IMPL(bnlstm, CPU, m) {
+  m.impl("forward_loop", &forward_loop<forward_steps_cpu>);
+  m.impl("backward_loop", &backward_loop<backward_steps_cpu>);
 }
 
-// The same entry points on the CPU: every argument check runs, then a clear error instead of
-// "could not run with arguments from the CPU backend".
-TORCH_LIBRARY_IMPL(bnlstm, CPU, m) {
-  m.impl("forward_loop", &forward_loop);
-  m.impl("backward_loop", &backward_loop);
+#ifdef BNLSTM_WITH_CUDA
+TORCH_LIBRARY_IMPL(bnlstm, CUDA, m) {
+  m.impl("forward_loop", &forward_loop<forward_steps_cuda>);
+  m.impl("backward_loop", &backward_loop<backward_steps_cuda>);
 }
+#endif
 
 }  // namespace bnlstm
 

@@ -1,15 +1,14 @@
-// Parameters of the fused BN-LSTM step kernels (one layer and direction), shared by the host
-// code (bnlstm.cpp) and the kernels (step_fwd.cuh, step_bwd.cuh). S is the layer's dtype, A its
-// accumulator (float; double for float64 layers). Sizes: T steps, B rows, H hidden units,
+// Parameters of the fused BN-LSTM steps (one layer and direction), shared by the ops
+// (bnlstm.cpp), the CPU loops (loops_cpu.cpp) and the CUDA kernels (step_fwd.cuh, step_bwd.cuh).
+// S is the layer's dtype, A its accumulator (float; double for float64 layers). Sizes: T steps, B rows, H hidden units,
 // G = 4H gate features (i, f, g, o), L running-statistics rows. All tensors are contiguous.
 #pragma once
-
-#include <cuda_runtime.h>
 
 #include <cstdint>
 
 namespace bnlstm {
 
+// CUDA tiles
 constexpr int kThreads = 256;                    // threads per block
 constexpr int kBlockH = 32;                      // hidden units per block (all 4 gates of each)
 constexpr int kRowGroups = kThreads / kBlockH;   // threads per hidden unit, striding the rows
@@ -71,18 +70,5 @@ struct BwdParams {
   int64_t B;              // rows of the batch
   int64_t H;              // hidden units
 };
-
-// One launch per step on `stream`: n rows run at step t, n_next at t+1 (0 after the last step).
-// factor < 0: normalise with running row `row` (evaluation, or
-// fewer than 2 rows); else batch statistics, moving that row by `factor` (by p.factors[t] where
-// given) towards them.
-template <typename S>
-void launch_fwd_step(const FwdParams& p, int t, int n, int n_next, int row, double factor,
-                     cudaStream_t stream);
-
-// Step t of the reverse loop: n rows run at t, n_next at t+1 (0 after the last step).
-template <typename S>
-void launch_bwd_step(const BwdParams& p, int t, int n, int n_next, bool use_batch,
-                     cudaStream_t stream);
 
 }  // namespace bnlstm

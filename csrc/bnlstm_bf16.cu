@@ -1,4 +1,5 @@
 // __nv_bfloat16 instantiations of the step kernels (one file per dtype: nvcc compiles them in parallel).
+#include "launch.h"
 #include "step_bwd.cuh"
 #include "step_fwd.cuh"
 

@@ -1,4 +1,5 @@
 // double instantiations of the step kernels (one file per dtype: nvcc compiles them in parallel).
+#include "launch.h"
 #include "step_bwd.cuh"
 #include "step_fwd.cuh"
 

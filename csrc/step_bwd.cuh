@@ -11,14 +11,6 @@
 
 namespace bnlstm {
 
-// Gradient through (z - mean) * rstd given d = dL/dxhat; with batch statistics the mean and
-// variance depend on every row (sum_d, sum_dx: batch sums of d and d * xhat).
-template <typename A>
-__device__ __forceinline__ A bn_backward(A d, A xhat, A rstd, A sum_d, A sum_dx, int n,
-                                         bool use_batch) {
-  return use_batch ? rstd * (d - sum_d / A(n) - xhat * (sum_dx / A(n))) : rstd * d;
-}
-
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
 bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
@@ -79,8 +71,9 @@ bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
         const A dh_b = to_acc(dy_t[b * H + j]) + carried[r] + (b >= n_next ? dh_n[b * H + j] : A(0));
         dh[b * H + j] = dh_b;
         const A chat = (c_t[b * H + j] - k.mean_c[col]) * k.rstd_c[col];
-        const A o = sigmoid(preactivation(k, xw_t, hw_t, G, H, b, 3, j, col));
-        const A dcn = dh_b * o * sech2(k.gamma_c[col] * chat + k.beta_c[col]);
+        const A o = sigmoid(gate_preactivation(k, xw_t, hw_t, G, H, b, 3, j, col));
+        const A dcn = dh_b * o * sech2(cell_norm(c_t[b * H + j], k.mean_c[col], k.rstd_c[col],
+                                                    k.gamma_c[col], k.beta_c[col]));
         sum_dcn += dcn;
         sum_dcn_chat += dcn * chat;
       }
@@ -97,22 +90,23 @@ bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
   for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
     const A dh_b = dh[b * H + j];
     const A chat = (c_t[b * H + j] - k.mean_c[col]) * k.rstd_c[col];
-    const A i = sigmoid(preactivation(k, xw_t, hw_t, G, H, b, 0, j, col));
-    const A f = sigmoid(preactivation(k, xw_t, hw_t, G, H, b, 1, j, col));
-    const A pre_g = preactivation(k, xw_t, hw_t, G, H, b, 2, j, col);
+    const A i = sigmoid(gate_preactivation(k, xw_t, hw_t, G, H, b, 0, j, col));
+    const A f = sigmoid(gate_preactivation(k, xw_t, hw_t, G, H, b, 1, j, col));
+    const A pre_g = gate_preactivation(k, xw_t, hw_t, G, H, b, 2, j, col);
     const A gg = tanh_(pre_g);
-    const A o = sigmoid(preactivation(k, xw_t, hw_t, G, H, b, 3, j, col));
-    const A cn = k.gamma_c[col] * chat + k.beta_c[col];
+    const A o = sigmoid(gate_preactivation(k, xw_t, hw_t, G, H, b, 3, j, col));
+    const A cn = cell_norm(c_t[b * H + j], k.mean_c[col], k.rstd_c[col], k.gamma_c[col],
+                           k.beta_c[col]);
     const A tanh_cn = tanh_(cn);
     const A dcn = dh_b * o * sech2(cn);
     const A dc_b = dc[b * H + j] + k.gamma_c[col] * bn_backward(dcn, chat, k.rstd_c[col], sum_dcn,
                                                                 sum_dcn_chat, n, use_batch);
     dc[b * H + j] = dc_b * f;
     A* out = dpre_ih_t + b * G + j;
-    out[0] = dc_b * gg * i * (A(1) - i);
-    out[H] = dc_b * c_prev[b * H + j] * f * (A(1) - f);
+    out[0] = dc_b * gg * dsigmoid(i);
+    out[H] = dc_b * c_prev[b * H + j] * dsigmoid(f);
     out[2 * H] = dc_b * i * sech2(pre_g);
-    out[3 * H] = dh_b * tanh_cn * o * (A(1) - o);
+    out[3 * H] = dh_b * tanh_cn * dsigmoid(o);
   }
 
   // 3. through both batch norms, one gate at a time (same rows per thread as pass 2)

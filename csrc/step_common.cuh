@@ -1,5 +1,5 @@
-// Device helpers both step kernels share: dtype conversion, activations, the tiled recurrent
-// product, per-feature batch sums and the batch-norm statistics of one step.
+// Device helpers both step kernels share: dtype conversion, the tiled recurrent product and
+// per-feature batch sums (the per-element formulas are step_math.h's).
 //
 // Thread layout of a block: thread (rg, col) = (threadIdx.x / kBlockH, threadIdx.x % kBlockH)
 // owns hidden unit j = blockIdx.x * kBlockH + col and the rows b = rg, rg + kRowGroups, ...;
@@ -11,6 +11,7 @@
 #include <cuda_fp16.h>
 
 #include "bnlstm.h"
+#include "step_math.h"
 
 namespace bnlstm {
 
@@ -26,23 +27,6 @@ __device__ __forceinline__ void store(float* p, float x) { *p = x; }
 __device__ __forceinline__ void store(double* p, double x) { *p = x; }
 __device__ __forceinline__ void store(__half* p, float x) { *p = __float2half_rn(x); }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
-
-__device__ __forceinline__ float exp_(float x) { return expf(x); }
-__device__ __forceinline__ double exp_(double x) { return exp(x); }
-__device__ __forceinline__ float tanh_(float x) { return tanhf(x); }
-__device__ __forceinline__ double tanh_(double x) { return tanh(x); }
-__device__ __forceinline__ float sqrt_(float x) { return sqrtf(x); }
-__device__ __forceinline__ double sqrt_(double x) { return sqrt(x); }
-
-template <typename A>
-__device__ __forceinline__ A sigmoid(A x) { return A(1) / (A(1) + exp_(-x)); }
-
-// 1 - tanh(x)^2 as 4e / (1 + e)^2 with e = exp(-2|x|): no cancellation where tanh saturates.
-template <typename A>
-__device__ __forceinline__ A sech2(A x) {
-  const A e = exp_(A(-2) * fabs(x));
-  return A(4) * e / ((A(1) + e) * (A(1) + e));
-}
 
 // out[r] = sum_k a[b, k] * w[k, col0 + col] for this thread's rows b = b0 + rg + r * kRowGroups;
 // rows >= a_rows and columns >= n_cols read as 0. w is read through its strides, so W_hh serves
@@ -93,28 +77,6 @@ __device__ A column_sum(A v, A* scratch) {
   return total;
 }
 
-// Mean and 1/std of feature c at this step: the batch's (two-pass: total = sum, centred = sum of
-// centred squares over the n running rows) when factor >= 0, moving the running row by factor
-// towards them (unbiased variance) from the writer thread; else the running row as it is.
-template <typename S, typename A>
-__device__ void statistics(A total, A centred, int n, A factor, A eps, S* run_mean, S* run_var,
-                           int64_t c, bool writer, A& mean, A& rstd) {
-  A var;
-  if (factor >= A(0)) {
-    mean = total / A(n);
-    var = centred / A(n);
-    if (writer) {
-      const A old_mean = to_acc(run_mean[c]), old_var = to_acc(run_var[c]);
-      store(run_mean + c, old_mean + factor * (mean - old_mean));
-      store(run_var + c, old_var + factor * (var * A(n) / A(n - 1) - old_var));
-    }
-  } else {
-    mean = to_acc(run_mean[c]);
-    var = to_acc(run_var[c]);
-  }
-  rstd = A(1) / sqrt_(var + eps);
-}
-
 // Per-feature constants of the block's hidden units at this step, in shared memory.
 template <typename A>
 struct StepConstants {
@@ -140,13 +102,13 @@ __device__ void load_gammas(StepConstants<A>& k, const S* gamma_ih, const S* gam
 
 // Pre-activation of gate g, row b, hidden unit j: gamma_ih BN(xw) + gamma_hh BN(hw) + bias.
 template <typename S, typename A>
-__device__ __forceinline__ A preactivation(const StepConstants<A>& k, const S* xw_t,
-                                           const A* hw_t, int64_t G, int64_t H, int64_t b,
-                                           int g, int64_t j, int col) {
+__device__ __forceinline__ A gate_preactivation(const StepConstants<A>& k, const S* xw_t,
+                                                const A* hw_t, int64_t G, int64_t H, int64_t b,
+                                                int g, int64_t j, int col) {
   const int64_t at = b * G + g * H + j;
-  const A xhat_ih = (to_acc(xw_t[at]) - k.mean_ih[g][col]) * k.rstd_ih[g][col];
-  const A xhat_hh = (hw_t[at] - k.mean_hh[g][col]) * k.rstd_hh[g][col];
-  return k.gamma_ih[g][col] * xhat_ih + k.gamma_hh[g][col] * xhat_hh + k.bias[g][col];
+  return preactivation(to_acc(xw_t[at]), k.mean_ih[g][col], k.rstd_ih[g][col],
+                       k.gamma_ih[g][col], hw_t[at], k.mean_hh[g][col], k.rstd_hh[g][col],
+                       k.gamma_hh[g][col], k.bias[g][col]);
 }
 
 }  // namespace bnlstm

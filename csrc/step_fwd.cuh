@@ -77,10 +77,12 @@ fwd_step_kernel(FwdParams p, int t, int n, int n_next, int row, double factor_ar
     }
     if (j_ok) {
       A mean_ih, rstd_ih, mean_hh, rstd_hh;
-      statistics(sum_x, sq_x, n, factor, eps, static_cast<A*>(p.run_mean_ih) + row * G,
-                 static_cast<A*>(p.run_var_ih) + row * G, c, writer, mean_ih, rstd_ih);
-      statistics(sum_h, sq_h, n, factor, eps, static_cast<A*>(p.run_mean_hh) + row * G,
-                 static_cast<A*>(p.run_var_hh) + row * G, c, writer, mean_hh, rstd_hh);
+      step_statistics(sum_x, sq_x, n, use_batch, factor, eps,
+                      static_cast<A*>(p.run_mean_ih) + row * G + c,
+                      static_cast<A*>(p.run_var_ih) + row * G + c, writer, mean_ih, rstd_ih);
+      step_statistics(sum_h, sq_h, n, use_batch, factor, eps,
+                      static_cast<A*>(p.run_mean_hh) + row * G + c,
+                      static_cast<A*>(p.run_var_hh) + row * G + c, writer, mean_hh, rstd_hh);
       if (writer) {
         stat_ih_t[c] = mean_ih;
         stat_ih_t[G + c] = rstd_ih;
@@ -97,10 +99,10 @@ fwd_step_kernel(FwdParams p, int t, int n, int n_next, int row, double factor_ar
 
   A sum_c = A(0);
   for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
-    const A i = sigmoid(preactivation(k, xw_t, hw_t, G, H, b, 0, j, col));
-    const A f = sigmoid(preactivation(k, xw_t, hw_t, G, H, b, 1, j, col));
-    const A gg = tanh_(preactivation(k, xw_t, hw_t, G, H, b, 2, j, col));
-    const A c = f * c_prev[b * H + j] + i * gg;
+    const A i = sigmoid(gate_preactivation(k, xw_t, hw_t, G, H, b, 0, j, col));
+    const A f = sigmoid(gate_preactivation(k, xw_t, hw_t, G, H, b, 1, j, col));
+    const A gg = tanh_(gate_preactivation(k, xw_t, hw_t, G, H, b, 2, j, col));
+    const A c = cell_update(i, f, gg, c_prev[b * H + j]);
     c_next[b * H + j] = c;
     sum_c += c;
   }
@@ -115,8 +117,9 @@ fwd_step_kernel(FwdParams p, int t, int n, int n_next, int row, double factor_ar
   }
   if (j_ok) {
     A mean_c, rstd_c;
-    statistics(sum_c, sq_c, n, factor, eps, static_cast<A*>(p.run_mean_c) + row * H,
-               static_cast<A*>(p.run_var_c) + row * H, j, writer, mean_c, rstd_c);
+    step_statistics(sum_c, sq_c, n, use_batch, factor, eps,
+                    static_cast<A*>(p.run_mean_c) + row * H + j,
+                    static_cast<A*>(p.run_var_c) + row * H + j, writer, mean_c, rstd_c);
     if (writer) {
       stat_c_t[j] = mean_c;
       stat_c_t[H + j] = rstd_c;
@@ -128,8 +131,8 @@ fwd_step_kernel(FwdParams p, int t, int n, int n_next, int row, double factor_ar
 
   for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
     const A c = c_next[b * H + j];
-    const A o = sigmoid(preactivation(k, xw_t, hw_t, G, H, b, 3, j, col));
-    const A h = o * tanh_(k.gamma_c[col] * (c - k.mean_c[col]) * k.rstd_c[col] + k.beta_c[col]);
+    const A o = sigmoid(gate_preactivation(k, xw_t, hw_t, G, H, b, 3, j, col));
+    const A h = o * tanh_(cell_norm(c, k.mean_c[col], k.rstd_c[col], k.gamma_c[col], k.beta_c[col]));
     store(h_next + b * H + j, h);
     if (b >= n_next) {  // row b ends at this step
       store(static_cast<S*>(p.h_n) + b * H + j, h);

@@ -19,6 +19,7 @@ term gives errors of 1e-2 and more, so the check stays sharp.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 
 import pytest
@@ -30,6 +31,8 @@ import bnlstm_cuda
 from bnlstm_cuda import BNLSTM, reference
 from bnlstm_cuda.backends import torch_ops, triton_step
 
+triton = pytest.importorskip("triton")
+tl = triton.language
 RULE_K = 8.0
 triton_ok, why = bnlstm_cuda.available_backends()["triton"]
 pytestmark = pytest.mark.skipif(not triton_ok, reason=why)
@@ -81,7 +84,7 @@ def check_rule(model64, x, hx=None, dtypes=(torch.float64, torch.float32)):
                 assert_rel_close(kernel[name], want, name=name)
             continue
         plain = [run(reference.bnlstm_forward, dtype)]
-        if dtype in torch_ops.dtypes:  # the torch backend computes half precision in float32
+        if dtype in torch_ops.dtypes(DEVICE):  # the torch backend runs half precision in float32
             plain.append(run(_module_run("torch"), dtype))
         floor = torch.finfo(dtype).eps
         for name, want in oracle.items():
@@ -224,6 +227,64 @@ def test_custom_ops_pass_opcheck():
                           (x, w.weight_ih.detach(), *fwd_args[1:]))
 
 
+def test_float_arguments_are_annotated_float64():
+    """Triton's launcher types an unannotated float argument as float32 (the interpreter passes
+    the double through, so no numeric test here sees it): float64 layers would move their
+    running statistics by a factor rounded to float32."""
+    from triton.runtime.jit import _normalize_ty  # how the launcher reads an annotation
+
+    params = inspect.signature(triton_step._fwd_step_kernel.fn).parameters
+    assert {name: _normalize_ty(params[name].annotation) for name in ("factor", "eps")} == {
+        "factor": "fp64", "eps": "fp64"}
+
+
+def test_final_states_are_row_major_whatever_the_initial_states_strides():
+    """h_n and c_n start as copies of h0 and c0 and the kernel writes them row-major: a dense
+    transposed h0 (or dc_n in the backward) must not scramble them."""
+    model = make_model(hidden=8, max_length=3).float()
+    w, stats = model.layer_weights(0), model.running_stats(0)
+    xw, dy = torch.randn(3, 4, 32, device=DEVICE), torch.randn(3, 4, 8, device=DEVICE)
+    h0, c0, dh_n, dc_n = (torch.randn(4, 8, device=DEVICE) for _ in range(4))
+    weights = [t.detach() for t in w[1:]]
+    steps = ([4, 4, 3], [0, 1, 2], [0.1, 0.1, 0.1], None, 1e-5)
+
+    def column_major(t):
+        return t.t().contiguous().t()
+
+    def forward(h0, c0):
+        running = [t.clone() for t in stats[:6]]
+        return torch.ops.bnlstm_triton.forward_loop(xw, *weights, h0, c0, *running, *steps)
+
+    plain = forward(h0, c0)
+    strided = forward(column_major(h0), column_major(c0))
+    for name, a, b in zip(("y", "h_n", "c_n"), plain, strided):
+        assert b.is_contiguous() and torch.equal(a, b), name
+    _, _, _, cell, hw, stat_ih, stat_hh, stat_c = plain
+    grads = [torch.ops.bnlstm_triton.backward_loop(
+        xw, hw, cell, *weights, stat_ih, stat_hh, stat_c, dy, dh_n, dc, steps[0],
+        [True, True, True]) for dc in (dc_n, column_major(dc_n))]
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+@triton.jit
+def _offsets_kernel(base_ptr, out_ptr, stride):
+    ptrs = triton_step._tile_ptrs(base_ptr, stride, tl.arange(0, 4), tl.arange(0, 2))
+    offs = ptrs.to(tl.int64) - base_ptr.to(tl.int64)  # [4, 2] bytes
+    tl.store(out_ptr + tl.arange(0, 4)[:, None] * 2 + tl.arange(0, 2)[None, :], offs)
+
+
+def test_row_offsets_are_64_bit():
+    """Every row of a tile is addressed through _tile_ptrs: row x stride past 2^31 (B x 4H
+    or 4H x H that large) must not wrap."""
+    base = torch.zeros(1, device=DEVICE)
+    out = torch.empty(4, 2, dtype=torch.int64, device=DEVICE)
+    stride = 2**30
+    _offsets_kernel[(1,)](base, out, stride)
+    want = (torch.arange(4)[:, None] * stride + torch.arange(2)[None, :]) * base.element_size()
+    assert torch.equal(out.cpu(), want)
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_fused_input_product(training, monkeypatch):
     """The variant whose step launches compute x_t W_ih^T themselves (input 40 spans three
@@ -265,47 +326,3 @@ def test_auto_picks_torch_on_cpu_and_triton_needs_a_device_it_supports():
     assert bnlstm_cuda.backends.resolve("auto", torch.device("cpu")).name == "torch"
     with pytest.raises(ValueError, match="backend .triton. cannot run on meta"):
         bnlstm_cuda.backends.resolve("triton", torch.device("meta"))
-
-
-
-
-def test_step_graphs_capture_on_the_second_identical_loop(monkeypatch):
-    """The replay policy, with a recording stand-in for CUDA graph capture."""
-
-    monkeypatch.setattr(triton_step, "graphs_enabled", lambda device: True)
-    events = []
-
-    def capture(launch):
-        events.append("capture")
-        return lambda: events.append("replay")
-
-    graphs = triton_step.StepGraphs(capacity=2, capture=capture)
-    monkeypatch.setattr(triton_step, "GRAPHS", graphs)
-    cuda = torch.device("cuda")
-
-    def run(key):
-        graphs.run(key, lambda: events.append("eager"), cuda)
-
-    run("a")
-    run("a")
-    run("a")
-    assert events == ["eager", "capture", "replay", "replay"]
-    events.clear()
-    run("b")
-    run("c")  # evicts "a", the least recently used
-    run("a")
-    assert events == ["eager", "eager", "eager"]
-    events.clear()
-    with triton_step.launches_from_python():
-        run("a")
-    run("a")
-    assert events == ["eager", "capture", "replay"]
-
-
-def test_step_graphs_only_on_cuda_and_can_be_switched_off(monkeypatch):
-    from bnlstm_cuda.backends.triton_step import graphs_enabled
-
-    assert not graphs_enabled(torch.device("cpu"))
-    assert graphs_enabled(torch.device("cuda"))
-    monkeypatch.setenv("BNLSTM_CUDA_GRAPHS", "0")
-    assert not graphs_enabled(torch.device("cuda"))

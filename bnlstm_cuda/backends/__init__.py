@@ -1,16 +1,18 @@
-"""Backend registry. A backend is a module with `name`, `dtypes` (computed natively; others run
-in float32), `available() -> (ok, reason)`, `supports(device) -> reason or None`, and the loops
-`forward_loop` / `backward_loop` (the contract is documented in backends/torch_ops.py)."""
+"""Backend registry. A backend is a module with `name`, `dtypes(device)` (computed natively
+there; others run in float32), `available() -> (ok, reason)`, `supports(device) -> reason or
+None`, and the loops `forward_loop` / `backward_loop` (the contract is documented in
+backends/torch_ops.py)."""
 
 from __future__ import annotations
 
 import torch
 
-from . import cuda_ext, torch_ops, triton_step
+from . import cpp, torch_ops, triton_step
 
-# "auto" prefers the earlier: Triton first, as its kernels are the ones proven against the oracle
-# (in the interpreter); the C++ kernels have yet to run anywhere. Revisit with GPU measurements.
-_REGISTRY = {m.name: m for m in (triton_step, cuda_ext, torch_ops)}
+# "auto" prefers the earlier on CUDA tensors: Triton first, as its kernels are the ones proven
+# against the oracle (in the interpreter); the CUDA C++ kernels have yet to run on a GPU.
+# Revisit with GPU measurements. On CPU tensors "auto" takes the C++ kernels where built.
+_REGISTRY = {m.name: m for m in (triton_step, cpp, torch_ops)}
 NAMES = ("auto", *_REGISTRY)
 
 
@@ -21,10 +23,11 @@ def available_backends() -> dict[str, tuple[bool, str]]:
 
 def resolve(name: str, device: torch.device):
     """The backend module for `name` on `device`; "auto" picks the first that runs there (on
-    CPU tensors that is torch: the Triton interpreter is for tests, not for work)."""
+    CPU tensors the C++ kernels, else torch: the Triton interpreter is for tests, not for
+    work)."""
     if name == "auto":
         if device.type == "cpu":
-            return torch_ops
+            return cpp if cpp.available()[0] else torch_ops
         for module in _REGISTRY.values():
             if module.available()[0] and module.supports(device) is None:
                 return module

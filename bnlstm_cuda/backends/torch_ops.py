@@ -16,7 +16,11 @@ from torch import Tensor
 from ..layer_state import LayerWeights, RunningStats, input_product, step_plan, update_counts
 
 name = "torch"
-dtypes = (torch.float32, torch.float64)  # others run in float32
+
+
+def dtypes(device: torch.device) -> tuple[torch.dtype, ...]:
+    """Computed natively (others run in float32)."""
+    return (torch.float32, torch.float64)
 
 
 def available() -> tuple[bool, str]:

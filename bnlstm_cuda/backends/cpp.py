@@ -1,5 +1,7 @@
-"""The CUDA C++ step kernels (csrc/, built by setup.py into bnlstm_cuda._C): the same algorithm
-and saved buffers as triton_step.py, with the time loops in C++ (one launch per step).
+"""The fused C++ step kernels of the extension bnlstm_cuda._C (csrc/, built by setup.py): on
+CPU tensors one GEMM and one fused pass per step and block of hidden units (loops_cpu.cpp), on
+CUDA tensors one kernel launch per step (step_fwd.cuh, step_bwd.cuh) where the extension was
+built with CUDA. Both keep the buffers of triton_step.py and run their time loops in C++.
 
 The extension registers the ops `torch.ops.bnlstm.forward_loop` and
 `torch.ops.bnlstm.backward_loop` (schemas in csrc/bnlstm.cpp; the running-statistics buffers are
@@ -10,6 +12,8 @@ backward of function.BNLSTMFunction, which calls backward_loop.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from typing import Optional
 
 import torch
@@ -18,42 +22,60 @@ from ..layer_state import LayerWeights, RunningStats, input_product, step_plan, 
 from . import fused
 from .fused import Saved, accumulator, launch_factors
 
-try:
-    from .. import _C  # noqa: F401  (registers torch.ops.bnlstm.*)
-
-    _IMPORT_ERROR = None
-except (ImportError, OSError) as error:  # not built, or built against another torch
-    _IMPORT_ERROR = str(error)
-
-name = "cuda"
-# computed natively with float32 accumulators (float64 for float64 layers, to check the math)
-dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+BUILD_HINT = ("to build it: pip install --no-build-isolation -e . (needs a C++ compiler; with a "
+              "CUDA build of torch and a CUDA toolkit it also builds the CUDA kernels)")
 
 
-def built() -> tuple[bool, str]:
-    """Whether the extension imported, and why not."""
-    if _IMPORT_ERROR is not None:
-        return False, (f"the CUDA extension bnlstm_cuda._C is not built or does not import "
-                       f"({_IMPORT_ERROR}); build it with a CUDA toolkit and a CUDA build of "
-                       f"torch: pip install --no-build-isolation -e .")
-    return True, "bnlstm_cuda._C imported"
+def _import_extension() -> Optional[str]:
+    """Import bnlstm_cuda._C (which registers torch.ops.bnlstm.*); why it cannot be, or None.
+    A missing module is said as such, not as Python's wording of an import from a package that
+    is still initialising."""
+    if importlib.util.find_spec("bnlstm_cuda._C") is None:
+        return f"not built: bnlstm_cuda was installed without its C++ extension; {BUILD_HINT}"
+    try:
+        importlib.import_module("bnlstm_cuda._C")
+    except (ImportError, OSError) as error:  # built against another torch, say
+        return f"bnlstm_cuda._C does not import ({error}); rebuild it: {BUILD_HINT}"
+    return None
+
+
+_IMPORT_ERROR = _import_extension()
+
+name = "cpp"
+
+
+def cuda_kernels() -> bool:
+    """Whether the extension was built with its CUDA kernels."""
+    return _IMPORT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "bnlstm::forward_loop", "CUDA")
+
+
+def dtypes(device: torch.device) -> tuple[torch.dtype, ...]:
+    """Computed natively on `device` (others run in float32): the CUDA kernels read and write
+    half precision with float32 accumulators, the CPU kernels compute float32 and float64."""
+    if device.type == "cuda":
+        return (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    return (torch.float32, torch.float64)
 
 
 def available() -> tuple[bool, str]:
-    ok, reason = built()
-    if not ok:
-        return ok, reason
-    if not torch.cuda.is_available():
-        return False, "no CUDA device"
-    return True, "CUDA C++ step kernels"
+    if _IMPORT_ERROR is not None:
+        return False, _IMPORT_ERROR
+    if cuda_kernels():
+        return True, "fused C++ kernels: CPU, and CUDA (bnlstm_cuda._C built with CUDA)"
+    return True, "fused C++ kernels: CPU (bnlstm_cuda._C built without CUDA)"
 
 
 def supports(device: torch.device) -> Optional[str]:
     """Why tensors on `device` cannot run here, or None."""
-    if device.type != "cuda":
-        return (f"the CUDA extension runs on CUDA tensors only, got {device.type} tensors "
-                f"(use backend='torch' there)")
-    return None
+    if device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        if not cuda_kernels():
+            return ("bnlstm_cuda._C was built without its CUDA kernels (a CPU build of torch or "
+                    "no CUDA toolkit at build time)")
+        return None
+    return f"the C++ kernels run on CPU and CUDA tensors, got {device.type} tensors"
 
 
 def forward_loop(x, weights: LayerWeights, h0, c0, stats: RunningStats, batch_sizes, training,

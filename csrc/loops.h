@@ -1,0 +1,40 @@
+// The time loops each device supplies behind the ops. bnlstm.cpp checks every argument and
+// allocates every output first; a loop runs the steps over the buffers the params point at
+// (forward t = 0 .. T-1, backward t = T-1 .. 0) and updates the running rows in place.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "bnlstm.h"
+
+namespace bnlstm {
+
+// Per-step host data of a forward: running rows (a non-increasing prefix of the batch), the
+// running-statistics row each step reads or updates, and its update weight (< 0: normalise
+// with the row; p.factors[t] instead where p.factors is given).
+struct ForwardPlan {
+  at::IntArrayRef batch_sizes;
+  at::IntArrayRef rows;
+  at::ArrayRef<double> factors;
+};
+
+// Per-step host data of a backward: running rows, and whether the step used batch statistics.
+struct BackwardPlan {
+  at::IntArrayRef batch_sizes;
+  const c10::List<bool>& use_batch;
+};
+
+// xw: the (T, B, 4H) input product (its dtype and device pick the kernels).
+using ForwardSteps = void (*)(const FwdParams& p, const at::Tensor& xw, const ForwardPlan& plan);
+using BackwardSteps = void (*)(const BwdParams& p, const at::Tensor& xw,
+                               const BackwardPlan& plan);
+
+// loops_cpu.cpp: one GEMM and one fused pass per step and block of hidden units
+void forward_steps_cpu(const FwdParams& p, const at::Tensor& xw, const ForwardPlan& plan);
+void backward_steps_cpu(const BwdParams& p, const at::Tensor& xw, const BackwardPlan& plan);
+
+// loops_cuda.cpp: one kernel launch per step on the current stream of xw's device
+void forward_steps_cuda(const FwdParams& p, const at::Tensor& xw, const ForwardPlan& plan);
+void backward_steps_cuda(const BwdParams& p, const at::Tensor& xw, const BackwardPlan& plan);
+
+}  // namespace bnlstm

@@ -1,0 +1,376 @@
+// The CPU time loops. Each step is one parallel pass over blocks of kUnits hidden units: a task
+// owns all four gates of its units across every running row, so it computes its slice of the
+// recurrent GEMM and every batch statistic of its features itself, and tasks share nothing
+// within a step (the end of the pass is the only barrier). The blocks depend on H alone, never
+// on the thread count, and every sum runs in a fixed order: results are bitwise the same for
+// any number of threads. Inner loops run over a block's contiguous features, so they vectorise
+// (step_math.h's float exp is plain arithmetic for that reason).
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#include "loops.h"
+#include "step_math.h"
+
+#ifdef BNLSTM_WITH_MKL
+// The BLAS and MKL service functions of the MKL that torch links (setup.py checks they are
+// exported before it defines BNLSTM_WITH_MKL).
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b,
+            const int* ldb, const double* beta, double* c, const int* ldc);
+int MKL_Set_Num_Threads_Local(int nt);  // mkl_set_num_threads_local of mkl.h
+}
+#endif
+
+namespace bnlstm {
+namespace {
+
+constexpr int64_t kUnits = 16;  // hidden units per task (all 4 gates of each)
+// Below this many multiply-adds per step (n x H x 4H) a step runs as one task: a fork costs
+// more than the work.
+constexpr int64_t kSerialWork = int64_t(1) << 16;
+
+// Row-major C[m, ncols] (leading dimension ldc) = A[m, k] W^T with W [ncols, k] (transpose_w),
+// or A W with W [k, ncols]; single-threaded inside a task.
+template <typename S>
+void matmul(bool transpose_w, int64_t m, int64_t ncols, int64_t k, const S* a, int64_t lda,
+            const S* w, int64_t ldw, S* c, int64_t ldc) {
+  if (m == 0) return;
+#ifdef BNLSTM_WITH_MKL
+  // column-major BLAS: C^T = op(W) A^T
+  const char ta = transpose_w ? 'T' : 'N', tb = 'N';
+  const int im = static_cast<int>(ncols), in = static_cast<int>(m), ik = static_cast<int>(k);
+  const int ilw = static_cast<int>(ldw), ila = static_cast<int>(lda), ilc = static_cast<int>(ldc);
+  const S one = 1, zero = 0;
+  if constexpr (std::is_same_v<S, float>) {
+    sgemm_(&ta, &tb, &im, &in, &ik, &one, w, &ilw, a, &ila, &zero, c, &ilc);
+  } else {
+    dgemm_(&ta, &tb, &im, &in, &ik, &one, w, &ilw, a, &ila, &zero, c, &ilc);
+  }
+#else
+  const auto dtype = c10::CppTypeToScalarType<S>::value;
+  const auto opts = at::TensorOptions().dtype(dtype);
+  const at::Tensor a_t = at::from_blob(const_cast<S*>(a), {m, k}, {lda, 1}, opts);
+  const at::Tensor w_t = transpose_w
+      ? at::from_blob(const_cast<S*>(w), {ncols, k}, {ldw, 1}, opts).t()
+      : at::from_blob(const_cast<S*>(w), {k, ncols}, {ldw, 1}, opts);
+  at::Tensor c_t = at::from_blob(c, {m, ncols}, {ldc, 1}, opts);
+  at::mm_out(c_t, a_t, w_t);
+#endif
+}
+
+// The GEMMs of a loop run one thread each, inside its tasks, whatever MKL would pick outside a
+// parallel region: the summation order then never depends on the thread count.
+struct SerialBlas {
+#ifdef BNLSTM_WITH_MKL
+  int previous = MKL_Set_Num_Threads_Local(1);
+  ~SerialBlas() { MKL_Set_Num_Threads_Local(previous); }
+#endif
+};
+
+// Runs block(j0, units) for every block of hidden units of step work n x H x 4H.
+template <typename F>
+void for_each_block(int64_t n, int64_t H, const F& block) {
+  const int64_t blocks = (H + kUnits - 1) / kUnits;
+  const int64_t grain = n * H * 4 * H < kSerialWork ? blocks : 1;
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      block(k * kUnits, std::min(kUnits, H - k * kUnits));
+    }
+  });
+}
+
+// The learnable per-feature constants of a block of units j0 .. j0 + w - 1.
+template <typename S>
+struct BlockConstants {
+  S gamma_ih[4][kUnits], gamma_hh[4][kUnits], bias[4][kUnits];
+  S mean_ih[4][kUnits], rstd_ih[4][kUnits], mean_hh[4][kUnits], rstd_hh[4][kUnits];
+  S gamma_c[kUnits], beta_c[kUnits], mean_c[kUnits], rstd_c[kUnits];
+
+  template <typename P>
+  BlockConstants(const P& p, int64_t j0, int64_t w) {
+    const int64_t H = p.H;
+    for (int g = 0; g < 4; ++g) {
+      for (int64_t u = 0; u < w; ++u) {
+        const int64_t c = g * H + j0 + u;
+        gamma_ih[g][u] = static_cast<const S*>(p.gamma_ih)[c];
+        gamma_hh[g][u] = static_cast<const S*>(p.gamma_hh)[c];
+        bias[g][u] = p.bias != nullptr ? static_cast<const S*>(p.bias)[c] : S(0);
+      }
+    }
+    for (int64_t u = 0; u < w; ++u) {
+      gamma_c[u] = static_cast<const S*>(p.gamma_c)[j0 + u];
+      beta_c[u] = static_cast<const S*>(p.beta_c)[j0 + u];
+    }
+  }
+
+  // Pre-activation of gate g at unit u, from a row's xw and hw at the block's first unit.
+  S pre(int g, int64_t u, const S* xw_row, const S* hw_row, int64_t H) const {
+    return preactivation(xw_row[g * H + u], mean_ih[g][u], rstd_ih[g][u], gamma_ih[g][u],
+                         hw_row[g * H + u], mean_hh[g][u], rstd_hh[g][u], gamma_hh[g][u],
+                         bias[g][u]);
+  }
+};
+
+// Batch sums over rows b < n of z[b * ld + u] (u < w), then centred squares when use_batch.
+template <typename S>
+void feature_sums(const S* z, int64_t ld, int64_t n, int64_t w, bool use_batch, S* total,
+                  S* centred) {
+  std::fill(total, total + w, S(0));
+  std::fill(centred, centred + w, S(0));
+  for (int64_t b = 0; b < n; ++b) {
+    const S* row = z + b * ld;
+    for (int64_t u = 0; u < w; ++u) total[u] += row[u];
+  }
+  if (!use_batch) return;
+  for (int64_t b = 0; b < n; ++b) {
+    const S* row = z + b * ld;
+    for (int64_t u = 0; u < w; ++u) {
+      const S d = row[u] - total[u] / S(n);
+      centred[u] += d * d;
+    }
+  }
+}
+
+template <typename S>
+void forward_block(const FwdParams& p, int64_t t, int64_t n, int64_t n_next, int64_t row,
+                   bool use_batch, S factor, int64_t j0, int64_t w) {
+  const int64_t H = p.H, G = 4 * H, B = p.B;
+  const S eps = static_cast<S>(p.eps);
+  const S* xw_t = static_cast<const S*>(p.xw) + t * B * G + j0;
+  S* hw_t = static_cast<S*>(p.hw) + t * B * G + j0;
+  const S* h_prev = static_cast<const S*>(p.y) + t * B * H;
+  S* h_next = static_cast<S*>(p.y) + (t + 1) * B * H + j0;
+  const S* c_prev = static_cast<const S*>(p.cell) + t * B * H + j0;
+  S* c_next = static_cast<S*>(p.cell) + (t + 1) * B * H + j0;
+  S* stat_ih_t = static_cast<S*>(p.stat_ih) + t * 2 * G + j0;
+  S* stat_hh_t = static_cast<S*>(p.stat_hh) + t * 2 * G + j0;
+  S* stat_c_t = static_cast<S*>(p.stat_c) + t * 2 * H + j0;
+  BlockConstants<S> k(p, j0, w);
+  S total[kUnits], centred[kUnits];
+
+  // per gate: hw = h_{t-1} W_hh^T for the block's features, the statistics of both products
+  for (int g = 0; g < 4; ++g) {
+    const int64_t c0 = g * H;
+    matmul(true, n, w, H, h_prev, H, static_cast<const S*>(p.weight_hh) + (c0 + j0) * H, H,
+           hw_t + c0, G);
+    struct { const S* z; S* run_mean; S* run_var; S* stat; S* mean; S* rstd; } norms[2] = {
+        {xw_t + c0, static_cast<S*>(p.run_mean_ih), static_cast<S*>(p.run_var_ih), stat_ih_t,
+         k.mean_ih[g], k.rstd_ih[g]},
+        {hw_t + c0, static_cast<S*>(p.run_mean_hh), static_cast<S*>(p.run_var_hh), stat_hh_t,
+         k.mean_hh[g], k.rstd_hh[g]}};
+    for (const auto& m : norms) {
+      feature_sums(m.z, G, n, w, use_batch, total, centred);
+      const int64_t at = row * G + c0 + j0;
+      for (int64_t u = 0; u < w; ++u) {
+        step_statistics(total[u], centred[u], n, use_batch, factor, eps, m.run_mean + at + u,
+                        m.run_var + at + u, true, m.mean[u], m.rstd[u]);
+        m.stat[c0 + u] = m.mean[u];
+        m.stat[G + c0 + u] = m.rstd[u];
+      }
+    }
+  }
+
+  // c_t = f c_{t-1} + i g, then its statistics
+  for (int64_t b = 0; b < n; ++b) {
+    const S* x = xw_t + b * G;
+    const S* h = hw_t + b * G;
+    for (int64_t u = 0; u < w; ++u) {
+      const S i = sigmoid(k.pre(0, u, x, h, H));
+      const S f = sigmoid(k.pre(1, u, x, h, H));
+      const S gg = tanh_(k.pre(2, u, x, h, H));
+      c_next[b * H + u] = cell_update(i, f, gg, c_prev[b * H + u]);
+    }
+  }
+  feature_sums(c_next, H, n, w, use_batch, total, centred);
+  const int64_t at = row * H + j0;
+  for (int64_t u = 0; u < w; ++u) {
+    step_statistics(total[u], centred[u], n, use_batch, factor, eps,
+                    static_cast<S*>(p.run_mean_c) + at + u, static_cast<S*>(p.run_var_c) + at + u,
+                    true, k.mean_c[u], k.rstd_c[u]);
+    stat_c_t[u] = k.mean_c[u];
+    stat_c_t[H + u] = k.rstd_c[u];
+  }
+
+  // h_t = o tanh(BN(c_t)); a row ending at this step leaves its final state
+  for (int64_t b = 0; b < n; ++b) {
+    const S* x = xw_t + b * G;
+    const S* h = hw_t + b * G;
+    const S* c = c_next + b * H;
+    S* out = h_next + b * H;
+    for (int64_t u = 0; u < w; ++u) {
+      const S o = sigmoid(k.pre(3, u, x, h, H));
+      out[u] = o * tanh_(cell_norm(c[u], k.mean_c[u], k.rstd_c[u], k.gamma_c[u], k.beta_c[u]));
+    }
+    if (b >= n_next) {
+      std::copy(out, out + w, static_cast<S*>(p.h_n) + b * H + j0);
+      std::copy(c, c + w, static_cast<S*>(p.c_n) + b * H + j0);
+    }
+  }
+}
+
+template <typename S>
+void backward_block(const BwdParams& p, int64_t t, int64_t n, int64_t n_next, bool use_batch,
+                    int64_t j0, int64_t w) {
+  const int64_t H = p.H, G = 4 * H, B = p.B;
+  const S* xw_t = static_cast<const S*>(p.xw) + t * B * G + j0;
+  const S* hw_t = static_cast<const S*>(p.hw) + t * B * G + j0;
+  const S* c_prev = static_cast<const S*>(p.cell) + t * B * H + j0;
+  const S* c_t = c_prev + B * H;
+  const S* stat_ih_t = static_cast<const S*>(p.stat_ih) + t * 2 * G + j0;
+  const S* stat_hh_t = static_cast<const S*>(p.stat_hh) + t * 2 * G + j0;
+  const S* stat_c_t = static_cast<const S*>(p.stat_c) + t * 2 * H + j0;
+  const S* dy_t = static_cast<const S*>(p.dy) + t * B * H + j0;
+  const S* dh_n = static_cast<const S*>(p.dh_n) + j0;
+  S* dpre_ih_t = static_cast<S*>(p.dpre_ih) + t * B * G + j0;
+  S* dpre_hh_t = static_cast<S*>(p.dpre_hh) + t * B * G + j0;
+  const S* dpre_hh_next = static_cast<const S*>(p.dpre_hh) + (t + 1) * B * G;
+  S* dh = static_cast<S*>(p.dh) + j0;
+  S* dc = static_cast<S*>(p.dc) + j0;
+  S* dsum_t = static_cast<S*>(p.dsum) + t * 3 * G + j0;
+  S* dsum_c_t = static_cast<S*>(p.dsum_c) + t * 2 * H + j0;
+  BlockConstants<S> k(p, j0, w);
+  for (int g = 0; g < 4; ++g) {
+    for (int64_t u = 0; u < w; ++u) {
+      k.mean_ih[g][u] = stat_ih_t[g * H + u];
+      k.rstd_ih[g][u] = stat_ih_t[G + g * H + u];
+      k.mean_hh[g][u] = stat_hh_t[g * H + u];
+      k.rstd_hh[g][u] = stat_hh_t[G + g * H + u];
+    }
+  }
+  for (int64_t u = 0; u < w; ++u) {
+    k.mean_c[u] = stat_c_t[u];
+    k.rstd_c[u] = stat_c_t[H + u];
+  }
+
+  // 1. dh_t = dy_t + dpre_hh[t+1] W_hh (rows running at t+1) or dh_n (rows ending at t), and
+  //    the batch sums through the cell norm
+  matmul(false, n_next, w, G, dpre_hh_next, G, static_cast<const S*>(p.weight_hh) + j0, H, dh, H);
+  S sum_dcn[kUnits] = {}, sum_dcn_chat[kUnits] = {};
+  for (int64_t b = 0; b < n; ++b) {
+    const S* carried = b < n_next ? dh + b * H : dh_n + b * H;
+    const S* x = xw_t + b * G;
+    const S* h = hw_t + b * G;
+    for (int64_t u = 0; u < w; ++u) {
+      const S dh_b = dy_t[b * H + u] + carried[u];
+      dh[b * H + u] = dh_b;
+      const S c = c_t[b * H + u];
+      const S chat = (c - k.mean_c[u]) * k.rstd_c[u];
+      const S o = sigmoid(k.pre(3, u, x, h, H));
+      const S dcn =
+          dh_b * o * sech2(cell_norm(c, k.mean_c[u], k.rstd_c[u], k.gamma_c[u], k.beta_c[u]));
+      sum_dcn[u] += dcn;
+      sum_dcn_chat[u] += dcn * chat;
+    }
+  }
+  std::copy(sum_dcn_chat, sum_dcn_chat + w, dsum_c_t);
+  std::copy(sum_dcn, sum_dcn + w, dsum_c_t + H);
+
+  // 2. through the gates: the raw pre-activation gradients (in dpre_ih until the norms are
+  //    undone) and the dc carry
+  for (int64_t b = 0; b < n; ++b) {
+    const S* x = xw_t + b * G;
+    const S* h = hw_t + b * G;
+    S* out = dpre_ih_t + b * G;
+    for (int64_t u = 0; u < w; ++u) {
+      const S dh_b = dh[b * H + u];
+      const S c = c_t[b * H + u];
+      const S chat = (c - k.mean_c[u]) * k.rstd_c[u];
+      const S i = sigmoid(k.pre(0, u, x, h, H));
+      const S f = sigmoid(k.pre(1, u, x, h, H));
+      const S pre_g = k.pre(2, u, x, h, H);
+      const S gg = tanh_(pre_g);
+      const S o = sigmoid(k.pre(3, u, x, h, H));
+      const S cn = cell_norm(c, k.mean_c[u], k.rstd_c[u], k.gamma_c[u], k.beta_c[u]);
+      const S dcn = dh_b * o * sech2(cn);
+      const S dc_b = dc[b * H + u] + k.gamma_c[u] * bn_backward(dcn, chat, k.rstd_c[u], sum_dcn[u],
+                                                                sum_dcn_chat[u], n, use_batch);
+      dc[b * H + u] = dc_b * f;
+      out[u] = dc_b * gg * dsigmoid(i);
+      out[H + u] = dc_b * c_prev[b * H + u] * dsigmoid(f);
+      out[2 * H + u] = dc_b * i * sech2(pre_g);
+      out[3 * H + u] = dh_b * tanh_(cn) * dsigmoid(o);
+    }
+  }
+
+  // 3. through both batch norms, one gate at a time
+  for (int g = 0; g < 4; ++g) {
+    const int64_t c0 = g * H;
+    S sum_d[kUnits] = {}, sum_d_ih[kUnits] = {}, sum_d_hh[kUnits] = {};
+    for (int64_t b = 0; b < n; ++b) {
+      const S* d = dpre_ih_t + b * G + c0;
+      const S* x = xw_t + b * G + c0;
+      const S* h = hw_t + b * G + c0;
+      for (int64_t u = 0; u < w; ++u) {
+        sum_d[u] += d[u];
+        sum_d_ih[u] += d[u] * ((x[u] - k.mean_ih[g][u]) * k.rstd_ih[g][u]);
+        sum_d_hh[u] += d[u] * ((h[u] - k.mean_hh[g][u]) * k.rstd_hh[g][u]);
+      }
+    }
+    std::copy(sum_d_ih, sum_d_ih + w, dsum_t + c0);
+    std::copy(sum_d_hh, sum_d_hh + w, dsum_t + G + c0);
+    std::copy(sum_d, sum_d + w, dsum_t + 2 * G + c0);
+    for (int64_t b = 0; b < n; ++b) {
+      S* d_ih = dpre_ih_t + b * G + c0;
+      S* d_hh = dpre_hh_t + b * G + c0;
+      const S* x = xw_t + b * G + c0;
+      const S* h = hw_t + b * G + c0;
+      for (int64_t u = 0; u < w; ++u) {
+        const S gamma_ih = k.gamma_ih[g][u], gamma_hh = k.gamma_hh[g][u], d = d_ih[u];
+        const S xhat_ih = (x[u] - k.mean_ih[g][u]) * k.rstd_ih[g][u];
+        const S xhat_hh = (h[u] - k.mean_hh[g][u]) * k.rstd_hh[g][u];
+        d_ih[u] = bn_backward(gamma_ih * d, xhat_ih, k.rstd_ih[g][u], gamma_ih * sum_d[u],
+                              gamma_ih * sum_d_ih[u], n, use_batch);
+        d_hh[u] = bn_backward(gamma_hh * d, xhat_hh, k.rstd_hh[g][u], gamma_hh * sum_d[u],
+                              gamma_hh * sum_d_hh[u], n, use_batch);
+      }
+    }
+  }
+}
+
+void check_dtype(const char* op, at::ScalarType dtype) {
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op,
+              ": the CPU kernels compute float32 and float64 layers, got ", dtype,
+              " (the Python backend runs half-precision layers in float32)");
+}
+
+}  // namespace
+
+void forward_steps_cpu(const FwdParams& p, const at::Tensor& xw, const ForwardPlan& plan) {
+  check_dtype("bnlstm::forward_loop", xw.scalar_type());
+  const SerialBlas serial;
+  const int64_t T = xw.size(0);
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "bnlstm_forward_cpu", [&] {
+    using S = scalar_t;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t n = plan.batch_sizes[t], n_next = t + 1 < T ? plan.batch_sizes[t + 1] : 0;
+      const bool use_batch = plan.factors[t] >= 0;
+      const S factor = p.factors ? static_cast<const S*>(p.factors)[t] : S(plan.factors[t]);
+      for_each_block(n, p.H, [&](int64_t j0, int64_t w) {
+        forward_block<S>(p, t, n, n_next, plan.rows[t], use_batch, factor, j0, w);
+      });
+    }
+  });
+}
+
+void backward_steps_cpu(const BwdParams& p, const at::Tensor& xw, const BackwardPlan& plan) {
+  check_dtype("bnlstm::backward_loop", xw.scalar_type());
+  const SerialBlas serial;
+  const int64_t T = xw.size(0);
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "bnlstm_backward_cpu", [&] {
+    using S = scalar_t;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t n = plan.batch_sizes[t], n_next = t + 1 < T ? plan.batch_sizes[t + 1] : 0;
+      const bool use_batch = plan.use_batch.get(t);
+      for_each_block(n, p.H, [&](int64_t j0, int64_t w) {
+        backward_block<S>(p, t, n, n_next, use_batch, j0, w);
+      });
+    }
+  });
+}
+
+}  // namespace bnlstm

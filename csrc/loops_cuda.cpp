@@ -1,0 +1,60 @@
+// The CUDA time loops: one kernel launch per step on the current stream of the tensors'
+// device, no Python in between.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "launch.h"
+#include "loops.h"
+
+namespace bnlstm {
+namespace {
+
+template <typename T> struct Tag { using type = T; };
+
+// Calls f(Tag<S>{}) with S the CUDA type of `dtype`.
+template <typename F>
+void dispatch(at::ScalarType dtype, F&& f) {
+  switch (dtype) {
+    case at::kFloat: return f(Tag<float>{});
+    case at::kDouble: return f(Tag<double>{});
+    case at::kHalf: return f(Tag<__half>{});
+    case at::kBFloat16: return f(Tag<__nv_bfloat16>{});
+    default: TORCH_CHECK(false, "bnlstm: unsupported dtype ", dtype);
+  }
+}
+
+}  // namespace
+
+void forward_steps_cuda(const FwdParams& p, const at::Tensor& xw, const ForwardPlan& plan) {
+  const c10::cuda::CUDAGuard guard(xw.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t T = xw.size(0);
+  dispatch(xw.scalar_type(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    for (int64_t t = 0; t < T; ++t) {
+      const int n_next = t + 1 < T ? static_cast<int>(plan.batch_sizes[t + 1]) : 0;
+      launch_fwd_step<S>(p, static_cast<int>(t), static_cast<int>(plan.batch_sizes[t]), n_next,
+                         static_cast<int>(plan.rows[t]), plan.factors[t], stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+}
+
+void backward_steps_cuda(const BwdParams& p, const at::Tensor& xw, const BackwardPlan& plan) {
+  const c10::cuda::CUDAGuard guard(xw.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t T = xw.size(0);
+  dispatch(xw.scalar_type(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t n_next = t + 1 < T ? plan.batch_sizes[t + 1] : 0;
+      launch_bwd_step<S>(p, static_cast<int>(t), static_cast<int>(plan.batch_sizes[t]),
+                         static_cast<int>(n_next), plan.use_batch.get(t), stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+}
+
+}  // namespace bnlstm
