@@ -1,6 +1,8 @@
 // The time loops each device supplies behind the ops. bnlstm.cpp checks every argument and
 // allocates every output first; a loop runs the steps over the buffers the params point at
-// (forward t = 0 .. T-1, backward t = T-1 .. 0) and updates the running rows in place.
+// (forward t = 0 .. T-1, backward t = T-1 .. 0) and updates the running rows in place. A
+// forward loop writes every element of hw and of cell's rows 1 .. T: rows past a step's
+// running rows are zero there (the op's outputs are then defined, run to run).
 #pragma once
 
 #include <ATen/ATen.h>

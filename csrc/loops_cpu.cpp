@@ -152,6 +152,10 @@ void forward_block(const FwdParams& p, int64_t t, int64_t n, int64_t n_next, int
   S* stat_c_t = static_cast<S*>(p.stat_c) + t * 2 * H + j0;
   BlockConstants<S> k(p, j0, w);
   S total[kUnits], centred[kUnits];
+  for (int64_t b = n; b < B; ++b) {  // rows not running: zero, as loops.h promises
+    for (int g = 0; g < 4; ++g) std::fill_n(hw_t + b * G + g * H, w, S(0));
+    std::fill_n(c_next + b * H, w, S(0));
+  }
 
   // per gate: hw = h_{t-1} W_hh^T for the block's features, the statistics of both products
   for (int g = 0; g < 4; ++g) {

@@ -5,6 +5,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <type_traits>
+
 #include "launch.h"
 #include "loops.h"
 
@@ -33,6 +35,13 @@ void forward_steps_cuda(const FwdParams& p, const at::Tensor& xw, const ForwardP
   const int64_t T = xw.size(0);
   dispatch(xw.scalar_type(), [&](auto tag) {
     using S = typename decltype(tag)::type;
+    if (plan.batch_sizes[T - 1] < p.B) {  // rows that stop running: zero, as loops.h promises
+      const size_t acc = std::is_same_v<S, double> ? sizeof(double) : sizeof(float);
+      const size_t hw = T * p.B * 4 * p.H * acc, cell = T * p.B * p.H * acc;
+      C10_CUDA_CHECK(cudaMemsetAsync(p.hw, 0, hw, stream));
+      C10_CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(p.cell) + p.B * p.H * acc, 0, cell,
+                                     stream));
+    }
     for (int64_t t = 0; t < T; ++t) {
       const int n_next = t + 1 < T ? static_cast<int>(plan.batch_sizes[t + 1]) : 0;
       launch_fwd_step<S>(p, static_cast<int>(t), static_cast<int>(plan.batch_sizes[t]), n_next,

@@ -30,7 +30,7 @@ def pytest_generate_tests(metafunc):
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     heavy = metafunc.definition.get_closest_marker("heavy") is not None
     skip = pytest.mark.skip(reason="heavy under the Triton interpreter")
-    params = [pytest.param(name, id=name, marks=[skip] if heavy and interpreted and name != "torch"
+    params = [pytest.param(name, id=name, marks=[skip] if heavy and interpreted and name == "triton"
                            else []) for name, (ok, _) in available_backends().items() if ok]
     metafunc.parametrize("backend", params)
 

@@ -1,6 +1,8 @@
-"""The CUDA extension (bnlstm_cuda._C, csrc/): registration, schemas, fake kernels, argument
-checks and the setup.py decisions run on any machine where it is built (CI: the .venv-cuda with
-the CUDA build of torch, no GPU); the kernels themselves run with BNLSTM_TEST_DEVICE=cuda.
+"""The C++ extension (bnlstm_cuda._C, csrc/): registration, schemas, fake kernels, argument
+checks, the CPU kernels' op-level checks and the setup.py decisions run on any machine where it
+is built (CI: .venv with the CPU build of torch, and .venv-cuda with the CUDA build, no GPU);
+the CUDA kernels themselves run with BNLSTM_TEST_DEVICE=cuda. The CPU kernels also run in every
+test that takes the `backend` fixture.
 
 GPU checks, through the autograd Function (the backend contract): float64 kernels against the
 torch backend in float64 to 1e-10 (the math), and fp32/bf16/fp16 within the rule of
@@ -22,14 +24,14 @@ from gpu_contract import CASES, DTYPES, MUTATED, check_against_torch_ops
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from bnlstm_cuda import BNLSTM, backends
-from bnlstm_cuda.backends import cuda_ext, fused, torch_ops, triton_step
+from bnlstm_cuda.backends import cpp, fused, torch_ops, triton_step
 from bnlstm_cuda.function import run_layer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-built, why_not_built = cuda_ext.built()
+built, why_not_built = cpp.available()
 needs_ext = pytest.mark.skipif(not built, reason=why_not_built)
-needs_gpu = pytest.mark.skipif(DEVICE.type != "cuda" or not built,
-                               reason="needs BNLSTM_TEST_DEVICE=cuda and the built extension")
+needs_gpu = pytest.mark.skipif(DEVICE.type != "cuda" or not cpp.cuda_kernels(),
+                               reason="needs BNLSTM_TEST_DEVICE=cuda and the CUDA kernels built")
 
 
 def op_args(device, dtype=torch.float32, T=5, B=3, H=8, L=4, bias=True):
@@ -62,41 +64,43 @@ def backward_args(fwd_args, outputs):
             stat_c, dy, dh_n, dc_n, fwd_args[15], use_batch)
 
 
-def test_registry_lists_cuda_after_triton_and_says_why_it_cannot_run():
-    assert list(backends._REGISTRY)[:2] == ["triton", "cuda"]
-    ok, reason = backends.available_backends()["cuda"]
+def test_registry_lists_cpp_after_triton_and_says_why_it_cannot_run():
+    assert list(backends._REGISTRY) == ["triton", "cpp", "torch"]
+    ok, reason = backends.available_backends()["cpp"]
     if not built:
         assert not ok and "not built" in reason
-    elif not torch.cuda.is_available():
-        assert not ok and reason == "no CUDA device"
-    assert "CUDA tensors only" in cuda_ext.supports(torch.device("cpu"))
-    assert cuda_ext.supports(torch.device("cuda")) is None
+    else:
+        assert ok and "CPU" in reason
+    assert cpp.supports(torch.device("cpu")) is None
+    assert "CPU and CUDA tensors" in cpp.supports(torch.device("mps"))
+    if cpp.cuda_kernels():
+        assert cpp.supports(torch.device("cuda")) is None
+    else:
+        assert "built without its CUDA kernels" in cpp.supports(torch.device("cuda"))
 
 
-def test_auto_picks_cuda_for_cuda_tensors_when_triton_cannot(monkeypatch):
-    monkeypatch.setattr(cuda_ext, "available", lambda: (True, "stub"))
+def test_auto_picks_cpp_for_cpu_tensors_and_for_cuda_tensors_when_triton_cannot(monkeypatch):
+    monkeypatch.setattr(cpp, "available", lambda: (True, "stub"))
+    monkeypatch.setattr(cpp, "cuda_kernels", lambda: True)
     monkeypatch.setattr(triton_step, "available", lambda: (False, "stub"))
-    assert backends.resolve("auto", torch.device("cuda")) is cuda_ext
+    assert backends.resolve("auto", torch.device("cuda")) is cpp
+    assert backends.resolve("auto", torch.device("cpu")) is cpp
+    monkeypatch.setattr(cpp, "available", lambda: (False, "stub"))
     assert backends.resolve("auto", torch.device("cpu")) is torch_ops
 
 
-def test_cpu_tensors_get_a_clear_error(monkeypatch):
-    monkeypatch.setattr(cuda_ext, "available", lambda: (True, "as on a GPU machine"))
-    with pytest.raises(ValueError, match="backend 'cuda' cannot run on cpu: .*CUDA tensors"):
-        BNLSTM(3, 8, backend="cuda")(torch.randn(4, 2, 3))
+def test_cuda_tensors_without_cuda_kernels_get_a_clear_error(monkeypatch):
+    monkeypatch.setattr(cpp, "available", lambda: (True, "CPU only"))
+    monkeypatch.setattr(cpp, "cuda_kernels", lambda: False)
+    with pytest.raises(ValueError, match="backend 'cpp' cannot run on cuda: .*without its CUDA"):
+        backends.resolve("cpp", torch.device("cuda"))
 
 
 @needs_ext
-def test_op_on_cpu_tensors_names_the_problem():
-    args = op_args("cpu")
-    with pytest.raises(RuntimeError, match="CUDA tensors only, got cpu tensors"):
-        torch.ops.bnlstm.forward_loop(*args)
-    T, B, H = 5, 3, 8
-    outputs = [torch.zeros(*shape) for shape in ((T + 1, B, H), (B, H), (B, H), (T + 1, B, H),
-                                                 (T, B, 4 * H), (T, 2, 4 * H), (T, 2, 4 * H),
-                                                 (T, 2, H))]
-    with pytest.raises(RuntimeError, match="CUDA tensors only, got cpu tensors"):
-        torch.ops.bnlstm.backward_loop(*backward_args(args, outputs))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_op_names_the_dtypes_it_computes(dtype):
+    with pytest.raises(RuntimeError, match="CPU kernels compute float32 and float64"):
+        torch.ops.bnlstm.forward_loop(*op_args("cpu", dtype))
 
 
 @needs_ext
@@ -155,9 +159,8 @@ def test_fake_kernels_give_shapes_and_dtypes_without_running(dtype):
 @needs_ext
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 def test_opcheck_on_meta_tensors(bias):
-    """What opcheck can do without running a kernel: on meta tensors the fake kernel serves as
-    the meta kernel, so the schema, autograd-registration, fake-tensor and AOT-dispatch checks
-    run against it (the full check against the CUDA kernels is test_opcheck_on_gpu)."""
+    """On meta tensors the fake kernel serves as the meta kernel, so the schema,
+    autograd-registration, fake-tensor and AOT-dispatch checks run against it."""
     args = op_args("meta", bias=bias)
     torch.library.opcheck(torch.ops.bnlstm.forward_loop.default, args)
     fwd_out = torch.ops.bnlstm.forward_loop(*op_args("meta", bias=bias))
@@ -165,8 +168,19 @@ def test_opcheck_on_meta_tensors(bias):
 
 
 @needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_opcheck_on_cpu(dtype):
+    """The full opcheck against the CPU kernels: schema, fake kernel against the real outputs,
+    aliasing of the mutated running statistics."""
+    args = op_args("cpu", dtype, T=5, B=3, H=40)
+    torch.library.opcheck(torch.ops.bnlstm.forward_loop.default, args)
+    out = torch.ops.bnlstm.forward_loop(*op_args("cpu", dtype, T=5, B=3, H=40))
+    torch.library.opcheck(torch.ops.bnlstm.backward_loop.default, backward_args(args, out))
+
+
+@needs_ext
 def test_function_runs_forward_and_backward_on_meta_tensors():
-    """The whole layer (hoisted GEMMs, both loops, the handwritten backward) with the cuda
+    """The whole layer (hoisted GEMMs, both loops, the handwritten backward) with the cpp
     backend on meta tensors, where the fake kernels serve: every output and gradient shape.
     (Fake CUDA tensors work for the forward, but the autograd engine wants a CUDA device.)"""
     T, B, H, input_size = 6, 4, 8, 3
@@ -176,7 +190,7 @@ def test_function_runs_forward_and_backward_on_meta_tensors():
     h0 = torch.zeros(B, H, device="meta", requires_grad=True)
     c0 = torch.zeros(B, H, device="meta")
     y, h_n, c_n = run_layer(x, h0, c0, weights, stats, [4, 4, 3, 2, 2, 1], False, 0.1, 1e-5,
-                            cuda_ext)
+                            cpp)
     (y.sum() + h_n.sum() + c_n.sum()).backward()
     assert y.shape == (T, B, H) and h_n.shape == c_n.shape == (B, H)
     assert x.grad.shape == x.shape and h0.grad.shape == h0.shape
@@ -185,7 +199,7 @@ def test_function_runs_forward_and_backward_on_meta_tensors():
 
 @needs_ext
 def test_compile_fullgraph_traces_the_ops_on_meta_tensors():
-    """torch.compile(fullgraph=True) through the layer with the cuda backend, forwards and
+    """torch.compile(fullgraph=True) through the layer with the cpp backend, forwards and
     backwards, on meta tensors (aot_eager: no GPU needed); evaluation mode, where the step
     plan needs no running count."""
     T, B, H = 5, 3, 8
@@ -196,7 +210,7 @@ def test_compile_fullgraph_traces_the_ops_on_meta_tensors():
 
     def layer(x):
         y, h, c = run_layer(x, h0, c0, weights, stats, [3, 3, 2, 2, 1], False, 0.1, 1e-5,
-                            cuda_ext)
+                            cpp)
         return y.sum() + h.sum() + c.sum()
 
     torch._dynamo.reset()
@@ -209,29 +223,47 @@ def _load_setup():
 
 
 def test_setup_skips_the_extension_when_asked(monkeypatch, capsys):
-    monkeypatch.setenv("BNLSTM_SKIP_CUDA_BUILD", "1")
+    monkeypatch.setenv("BNLSTM_SKIP_BUILD", "1")
     assert _load_setup()["extension_build"]() == ([], {})
+    assert "BNLSTM_SKIP_BUILD is set" in capsys.readouterr().err
+
+
+def test_setup_without_a_compiler_installs_without_the_extension(monkeypatch, capsys):
+    monkeypatch.delenv("BNLSTM_SKIP_BUILD", raising=False)
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    assert _load_setup()["extension_build"]() == ([], {})
+    assert "no C++ compiler ('no-such-compiler'" in capsys.readouterr().err
+
+
+def test_setup_builds_the_cpu_kernels_when_cuda_is_skipped(monkeypatch, capsys):
+    monkeypatch.delenv("BNLSTM_SKIP_BUILD", raising=False)
+    monkeypatch.setenv("BNLSTM_SKIP_CUDA_BUILD", "1")
+    (ext,), cmdclass = _load_setup()["extension_build"]()
     assert "BNLSTM_SKIP_CUDA_BUILD is set" in capsys.readouterr().err
+    assert ext.name == "bnlstm_cuda._C" and "build_ext" in cmdclass
+    assert ext.sources == ["csrc/bnlstm.cpp", "csrc/loops_cpu.cpp"]
+    assert ("BNLSTM_WITH_CUDA", None) not in ext.define_macros
 
 
-def test_setup_builds_only_with_a_cuda_torch_and_a_toolkit(monkeypatch, capsys):
+def test_setup_adds_the_cuda_kernels_only_with_a_cuda_torch_and_a_toolkit(monkeypatch, capsys):
     from torch.utils.cpp_extension import CUDA_HOME
 
+    monkeypatch.delenv("BNLSTM_SKIP_BUILD", raising=False)
     monkeypatch.delenv("BNLSTM_SKIP_CUDA_BUILD", raising=False)
     monkeypatch.setenv("BNLSTM_CUDA_ARCHS", "9.0")
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "7.5")  # ours takes precedence
-    ext_modules, cmdclass = _load_setup()["extension_build"]()
+    (ext,), cmdclass = _load_setup()["extension_build"]()
     err = capsys.readouterr().err
+    assert ext.name == "bnlstm_cuda._C" and "build_ext" in cmdclass
+    assert all(os.path.exists(os.path.join(ROOT, s)) for s in ext.sources)
     if torch.version.cuda is None:
-        assert ext_modules == [] and "is a CPU build" in err
+        assert "CPU kernels only: torch" in err and "is a CPU build" in err
     elif CUDA_HOME is None:
-        assert ext_modules == [] and "no CUDA toolkit" in err
+        assert "CPU kernels only: no CUDA toolkit" in err
     else:
-        (ext,) = ext_modules
-        assert ext.name == "bnlstm_cuda._C" and "build_ext" in cmdclass
+        assert ("BNLSTM_WITH_CUDA", None) in ext.define_macros
         assert "-Xptxas=-v" in ext.extra_compile_args["nvcc"]
         assert os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0"
-        assert all(os.path.exists(os.path.join(ROOT, s)) for s in ext.sources)
 
 
 # GPU only (BNLSTM_TEST_DEVICE=cuda): the kernels themselves
@@ -242,18 +274,18 @@ def test_setup_builds_only_with_a_cuda_torch_and_a_toolkit(monkeypatch, capsys):
 @CASES
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_kernels_against_torch_ops(dtype, B, H, T, packed, bias, training):
-    check_against_torch_ops(cuda_ext, dtype, B, H, T, packed, bias, training)
+    check_against_torch_ops(cpp, dtype, B, H, T, packed, bias, training)
 
 
 @needs_gpu
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_module_against_reference_float64(training):
     """Packed, unsorted, bidirectional, two layers, beyond max_length, cumulative momentum:
-    the module on the cuda backend against the oracle, three SGD steps."""
+    the module on the cpp backend against the oracle, three SGD steps."""
     from conftest import packed
 
     model = BNLSTM(3, 24, num_layers=2, bidirectional=True, max_length=4, momentum=None,
-                   backend="cuda", dtype=torch.float64, device=DEVICE).train(training)
+                   backend="cpp", dtype=torch.float64, device=DEVICE).train(training)
     lengths = [3, 7, 1, 5, 6]
 
     def make_input():
@@ -264,7 +296,7 @@ def test_module_against_reference_float64(training):
 
 
 @needs_gpu
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_compile_fullgraph_matches_eager(backend, training):
     torch.manual_seed(0)
@@ -304,8 +336,8 @@ def test_launch_factors_pass_numbers_and_keep_device_weights_on_the_device():
 def test_final_states_come_from_each_rows_last_step(op):
     """Both fused forward ops write h_n / c_n of a row at its last running step; a row that
     never runs (batch_sizes[0] < B) keeps h0 / c0."""
-    if op == "bnlstm" and (DEVICE.type != "cuda" or not built):
-        pytest.skip("needs BNLSTM_TEST_DEVICE=cuda and the built extension")
+    if op == "bnlstm" and not (built and cpp.supports(DEVICE) is None):
+        pytest.skip(f"the C++ kernels cannot run on {DEVICE} here")
     if op == "bnlstm_triton" and not backends.available_backends()["triton"][0]:
         pytest.skip("the Triton backend cannot run here")
     args = list(op_args(DEVICE))
