@@ -22,18 +22,19 @@ DTYPES = ("fp32", "bf16", "fp16", "fp64")
 IO_POINTERS = {"x_ptr", "w_ih_ptr", "xw_ptr", "y_ptr", "w_hh_ptr", "gamma_ih_ptr",
                "gamma_hh_ptr", "bias_ptr", "gamma_c_ptr", "beta_c_ptr",
                "dy_ptr"}  # the layer's dtype; the rest accumulate
-FLOATS = {"factor", "eps"}
 
 
 def _signature(fn, constexprs, dtype, acc):
+    """Each argument typed as the launcher types it: tensors by dtype, an annotated scalar by its
+    annotation (factor, eps: fp64), any other int i32."""
     sig = {}
-    for p in inspect.signature(fn.fn).parameters:
-        if p in constexprs:
-            sig[p] = "constexpr"
-        elif p.endswith("_ptr"):
-            sig[p] = f"*{dtype}" if p in IO_POINTERS else f"*{acc}"  # running stats: fp32+
+    for param in fn.params:
+        if param.name in constexprs:
+            sig[param.name] = "constexpr"
+        elif param.name.endswith("_ptr"):  # running stats: fp32+
+            sig[param.name] = f"*{dtype}" if param.name in IO_POINTERS else f"*{acc}"
         else:
-            sig[p] = "fp32" if p in FLOATS else "i32"
+            sig[param.name] = param.annotation_type or "i32"
     return sig
 
 

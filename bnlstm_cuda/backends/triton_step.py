@@ -35,9 +35,12 @@ except ImportError:  # the registry reports the backend as unavailable
     triton = None
 
 name = "triton"
-# computed natively: statistics, cell state and products accumulate in float32 (float64 for
-# float64 layers, which exists to check the kernels' math to float64 rounding)
-dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def dtypes(device: torch.device) -> tuple[torch.dtype, ...]:
+    """Computed natively: statistics, cell state and products accumulate in float32 (float64
+    for float64 layers, which exist to check the kernels' math to float64 rounding)."""
+    return (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 class Config(NamedTuple):
@@ -92,18 +95,26 @@ def supports(device: torch.device) -> Optional[str]:
 if triton is not None:
 
     @triton.jit
+    def _tile_ptrs(ptr, stride, rows, cols):
+        """Pointers to [rows, cols] of a row-major matrix; rows x stride in 64 bits, as it passes
+        2^31 once B x 4H does (the column offsets stay below 4H)."""
+        return ptr + (rows.to(tl.int64) * stride)[:, None] + cols[None, :]
+
+    @triton.jit
     def _tile_matmul(a_ptr, a_stride, rows, row_mask, K, w_ptr, w_k_stride, w_n_stride, cols,
                      col_mask, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, UPCAST_DOT: tl.constexpr,
                      INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr):
-        """[BLOCK_B, BLOCK_N] = A[rows, :K] @ W[:K, cols] in ACC, W read through its strides."""
+        """[BLOCK_B, BLOCK_N] = A[rows, :K] @ W[:K, cols] in ACC, W read through its strides
+        (offsets in 64 bits: W's pass 2^31 once 4H x H does)."""
         acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+        w_cols = w_ptr + (cols.to(tl.int64) * w_n_stride)[None, :]
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             k_mask = ks < K
-            a = tl.load(a_ptr + rows[:, None] * a_stride + ks[None, :],
+            a = tl.load(_tile_ptrs(a_ptr, a_stride, rows, ks),
                         mask=row_mask[:, None] & k_mask[None, :], other=0.0)  # [BB, BK]
-            w = tl.load(w_ptr + ks[:, None] * w_k_stride + cols[None, :] * w_n_stride,
+            w = tl.load(w_cols + (ks.to(tl.int64) * w_k_stride)[:, None],
                         mask=k_mask[:, None] & col_mask[None, :], other=0.0)  # [BK, BN]
             if UPCAST_DOT:
                 acc += tl.dot(a.to(ACC), w.to(ACC))
@@ -114,7 +125,7 @@ if triton is not None:
     @triton.jit
     def _load_tile(ptr, stride, rows, row_mask, cols, col_mask, ACC: tl.constexpr):
         """[rows, cols] of a row-major matrix, in ACC; masked entries are 0."""
-        return tl.load(ptr + rows[:, None] * stride + cols[None, :],
+        return tl.load(_tile_ptrs(ptr, stride, rows, cols),
                        mask=row_mask[:, None] & col_mask[None, :], other=0.0).to(ACC)
 
     @triton.jit
@@ -210,13 +221,17 @@ if triton is not None:
         stat_c_ptr,  # [T, 2, H] ACC out
         h_n_ptr, c_n_ptr,  # [B, H] out: rows n_next..n-1 end at this step
         factor_ptr,  # [T] ACC: the update weights, read only with FACTOR_IN_MEMORY
-        t, n, n_next, row, factor, eps, B, H, K_in,
+        t, n, n_next, row, factor: tl.float64, eps: tl.float64, B, H, K_in,
         USE_BATCH: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST_DOT: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr, FUSED_INPUT: tl.constexpr,
         FACTOR_IN_MEMORY: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         G = 4 * H
+        # float64 arguments (the launcher would round an unannotated float to float32), used in
+        # ACC; tl.full casts both a GPU argument and the interpreter's plain float
+        factor = tl.full((), factor, ACC)
+        eps = tl.full((), eps, ACC)
         if FACTOR_IN_MEMORY:  # a cumulative average: the weight lives on the device
             factor = tl.load(factor_ptr + t)
         j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -227,6 +242,8 @@ if triton is not None:
         hw_t = hw_ptr + t64 * B * G
         h_prev = y_ptr + t64 * B * H
         c_prev = cell_ptr + t64 * B * H
+        h_t = y_ptr + (t64 + 1) * B * H
+        c_t = cell_ptr + (t64 + 1) * B * H
         stat_ih_t = stat_ih_ptr + t64 * 2 * G
         stat_hh_t = stat_hh_ptr + t64 * 2 * G
         stat_c_t = stat_c_ptr + t64 * 2 * H
@@ -245,13 +262,13 @@ if triton is not None:
             m2 = r_mask[:, None] & c_mask[None, :]
             hw = _tile_matmul(h_prev, H, rows, r_mask, H, w_hh_ptr, 1, H, cols, c_mask, BLOCK_B,
                               4 * BLOCK_H, BLOCK_K, UPCAST_DOT, INPUT_PRECISION, ACC)
-            tl.store(hw_t + rows[:, None] * G + cols[None, :], hw, mask=m2)
+            tl.store(_tile_ptrs(hw_t, G, rows, cols), hw, mask=m2)
             sum_h += tl.sum(hw, axis=0)
             if FUSED_INPUT:  # rounded to the layer's dtype, as the hoisted GEMM's result
                 xw = _tile_matmul(x_ptr + t64 * B * K_in, K_in, rows, r_mask, K_in, w_ih_ptr, 1,
                                   K_in, cols, c_mask, BLOCK_B, 4 * BLOCK_H, BLOCK_K, UPCAST_DOT,
                                   INPUT_PRECISION, ACC).to(xw_ptr.dtype.element_ty)
-                tl.store(xw_t + rows[:, None] * G + cols[None, :], xw, mask=m2)
+                tl.store(_tile_ptrs(xw_t, G, rows, cols), xw, mask=m2)
                 sum_x += tl.sum(xw.to(ACC), axis=0)
             else:
                 sum_x += tl.sum(_load_tile(xw_t, G, rows, r_mask, cols, c_mask, ACC), axis=0)
@@ -288,8 +305,8 @@ if triton is not None:
                                       gamma_hh_ptr, bias_ptr, G, rows, r_mask, 2 * H + j,
                                       j_mask, HAS_BIAS, ACC))
             c = f * _load_tile(c_prev, H, rows, r_mask, j, j_mask, ACC) + i * gg
-            tl.store(c_prev + B * H + rows[:, None] * H + j[None, :], c, mask=m2)
-            tl.store(c_n_ptr + rows[:, None] * H + j[None, :], c.to(c_n_ptr.dtype.element_ty),
+            tl.store(_tile_ptrs(c_t, H, rows, j), c, mask=m2)
+            tl.store(_tile_ptrs(c_n_ptr, H, rows, j), c.to(c_n_ptr.dtype.element_ty),
                      mask=m2 & (rows >= n_next)[:, None])
             sum_c += tl.sum(tl.where(m2, c, 0.0), axis=0)
         tl.debug_barrier()
@@ -299,7 +316,7 @@ if triton is not None:
                 rows = b0 + rb
                 r_mask = rows < n
                 m2 = r_mask[:, None] & j_mask[None, :]
-                c = _load_tile(c_prev + B * H, H, rows, r_mask, j, j_mask, ACC)
+                c = _load_tile(c_t, H, rows, r_mask, j, j_mask, ACC)
                 d = c - (sum_c / n)[None, :]
                 sq_c += tl.sum(tl.where(m2, d * d, 0.0), axis=0)
         _statistics(sum_c, sq_c, n, factor, eps, run_mean_c_ptr + row64 * H,
@@ -311,15 +328,14 @@ if triton is not None:
         for b0 in range(0, n, BLOCK_B):
             rows = b0 + rb
             r_mask = rows < n
-            chat = _normalised(c_prev + B * H, H, stat_c_t, H, rows, r_mask, j, j_mask, ACC)
+            chat = _normalised(c_t, H, stat_c_t, H, rows, r_mask, j, j_mask, ACC)
             o = tl.sigmoid(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
                                           gamma_hh_ptr, bias_ptr, G, rows, r_mask, 3 * H + j,
                                           j_mask, HAS_BIAS, ACC))
             h = o * _tanh(gamma_c[None, :] * chat + beta_c[None, :])
             m2 = r_mask[:, None] & j_mask[None, :]
-            offs = rows[:, None] * H + j[None, :]
-            tl.store(h_prev + B * H + offs, h.to(y_ptr.dtype.element_ty), mask=m2)
-            tl.store(h_n_ptr + offs, h.to(h_n_ptr.dtype.element_ty),
+            tl.store(_tile_ptrs(h_t, H, rows, j), h.to(y_ptr.dtype.element_ty), mask=m2)
+            tl.store(_tile_ptrs(h_n_ptr, H, rows, j), h.to(h_n_ptr.dtype.element_ty),
                      mask=m2 & (rows >= n_next)[:, None])
 
     @triton.jit
@@ -358,12 +374,13 @@ if triton is not None:
         xw_t = xw_ptr + t64 * B * G
         hw_t = hw_ptr + t64 * B * G
         c_prev = cell_ptr + t64 * B * H
-        c_t = c_prev + B * H
+        c_t = cell_ptr + (t64 + 1) * B * H
         stat_ih_t = stat_ih_ptr + t64 * 2 * G
         stat_hh_t = stat_hh_ptr + t64 * 2 * G
         stat_c_t = stat_c_ptr + t64 * 2 * H
         dpre_ih_t = dpre_ih_ptr + t64 * B * G
         dpre_hh_t = dpre_hh_ptr + t64 * B * G
+        dpre_hh_next = dpre_hh_ptr + (t64 + 1) * B * G
         gamma_c = tl.load(gamma_c_ptr + j, mask=j_mask, other=0.0).to(ACC)
         beta_c = tl.load(beta_c_ptr + j, mask=j_mask, other=0.0).to(ACC)
         rstd_c = tl.load(stat_c_t + H + j, mask=j_mask, other=0.0)
@@ -375,13 +392,13 @@ if triton is not None:
             rows = b0 + rb
             r_mask = rows < n
             m2 = r_mask[:, None] & j_mask[None, :]
-            carried = _tile_matmul(dpre_hh_t + B * G, G, rows, rows < n_next, G, w_hh_ptr, H, 1,
+            carried = _tile_matmul(dpre_hh_next, G, rows, rows < n_next, G, w_hh_ptr, H, 1,
                                    j, j_mask, BLOCK_B, BLOCK_H, BLOCK_K, UPCAST_DOT,
                                   INPUT_PRECISION, ACC)
             ending = _load_tile(dh_n_ptr, H, rows, r_mask & (rows >= n_next), j, j_mask, ACC)
             dy = _load_tile(dy_ptr + t64 * B * H, H, rows, r_mask, j, j_mask, ACC)
             dh = dy + carried + ending
-            tl.store(dh_ptr + rows[:, None] * H + j[None, :], dh, mask=m2)
+            tl.store(_tile_ptrs(dh_ptr, H, rows, j), dh, mask=m2)
             chat = _normalised(c_t, H, stat_c_t, H, rows, r_mask, j, j_mask, ACC)
             o = tl.sigmoid(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
                                           gamma_hh_ptr, bias_ptr, G, rows, r_mask, 3 * H + j,
@@ -419,8 +436,8 @@ if triton is not None:
             dc += gamma_c[None, :] * _bn_backward(dcn, chat, rstd_c, sum_dcn, sum_dcn_chat, n,
                                                   USE_BATCH)
             c_before = _load_tile(c_prev, H, rows, r_mask, j, j_mask, ACC)
-            tl.store(dc_ptr + rows[:, None] * H + j[None, :], dc * f, mask=m2)
-            out = dpre_ih_t + rows[:, None] * G + j[None, :]
+            tl.store(_tile_ptrs(dc_ptr, H, rows, j), dc * f, mask=m2)
+            out = _tile_ptrs(dpre_ih_t, G, rows, j)
             tl.store(out, dc * gg * i * (1.0 - i), mask=m2)
             tl.store(out + H, dc * c_before * f * (1.0 - f), mask=m2)
             tl.store(out + 2 * H, dc * i * sech2_g, mask=m2)
@@ -461,9 +478,8 @@ if triton is not None:
                                     gamma_ih * sum_d_ih, n, USE_BATCH)
                 d_hh = _bn_backward(gamma_hh[None, :] * d, xhat_hh, rstd_hh, gamma_hh * sum_d,
                                     gamma_hh * sum_d_hh, n, USE_BATCH)
-                offs = rows[:, None] * G + cols[None, :]
-                tl.store(dpre_ih_t + offs, d_ih, mask=m2)
-                tl.store(dpre_hh_t + offs, d_hh, mask=m2)
+                tl.store(_tile_ptrs(dpre_ih_t, G, rows, cols), d_ih, mask=m2)
+                tl.store(_tile_ptrs(dpre_hh_t, G, rows, cols), d_hh, mask=m2)
 
 
 def _kernel_flags(weights: LayerWeights, device: torch.device, acc: torch.dtype) -> dict:
@@ -642,7 +658,8 @@ def _launch_forward(x, weight_ih, xw, weight_hh, bias, gamma_ih, gamma_hh, gamma
     hw = torch.empty(T, B, G, device=dev, dtype=acc)
     stat_ih, stat_hh = (torch.empty(T, 2, G, device=dev, dtype=acc) for _ in range(2))
     stat_c = torch.empty(T, 2, H, device=dev, dtype=acc)
-    h_n, c_n = h0.clone(), c0.clone()  # rows that never run (batch_sizes[0] < B) keep these
+    # rows that never run (batch_sizes[0] < B) keep h0/c0; row-major, as the kernel writes them
+    h_n, c_n = (t.clone(memory_format=torch.contiguous_format) for t in (h0, c0))
     flags = _kernel_flags(w, dev, acc)
     bias = w.bias if w.bias is not None else w.gamma_ih  # never read without HAS_BIAS
     grid = (triton.cdiv(H, cfg.block_h),)
@@ -704,7 +721,7 @@ def _backward_op(xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, bet
     dpre_ih = torch.zeros(T, B, G, device=dev, dtype=acc)
     dpre_hh = torch.zeros(T, B, G, device=dev, dtype=acc)  # step T-1 reads no row past it
     dh = torch.empty(B, H, device=dev, dtype=acc)
-    dc = dc_n.to(acc).clone()
+    dc = dc_n.to(acc).clone(memory_format=torch.contiguous_format)  # the kernel's carry
     dsum = torch.empty(T, 3, G, device=dev, dtype=acc)
     dsum_c = torch.empty(T, 2, H, device=dev, dtype=acc)
     grid = (triton.cdiv(H, cfg.block_h),)
