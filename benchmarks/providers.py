@@ -17,7 +17,7 @@ from torch import nn
 
 import bnlstm_cuda
 from bnlstm_cuda import reference
-from bnlstm_cuda.backends import triton_step
+from bnlstm_cuda.backends import step_graphs, triton_step
 
 from .eager_loop import eager_loop_forward
 
@@ -56,7 +56,7 @@ def backend_provider(backend: str, device: torch.device) -> Provider:
     variants = ()
     if backend == "triton" and device.type == "cuda":
         # every step launched from Python; the input product inside each step's launch
-        variants = (("per_step", triton_step.launches_from_python),
+        variants = (("per_step", step_graphs.launches_from_python),
                     ("fused_input", lambda: triton_step.use_input_product("fused")))
     return Provider(f"bnlstm[{backend}]", "bnlstm", build, graphs=True, variants=variants)
 

@@ -9,7 +9,7 @@ from conftest import DEVICE
 from gpu_contract import CASES, DTYPES, check_against_torch_ops
 
 from bnlstm_cuda import BNLSTM
-from bnlstm_cuda.backends import triton_step
+from bnlstm_cuda.backends import step_graphs, triton_step
 from bnlstm_cuda.layer_state import RunningStats
 from bnlstm_cuda.layout import batch_sizes_of
 
@@ -52,7 +52,7 @@ def test_graph_replays_match_eager_launches():
                                           torch.zeros_like(h), torch.zeros_like(c))
         runs.append([t.clone() for t in (y, h, c, *grads, *stats_copy)])
         del y, h, c, saved, grads, stats_copy  # free, so the next loop gets the same addresses
-    assert any(entry is not None for entry in triton_step.GRAPHS.entries.values())
+    assert any(entry is not None for entry in step_graphs.GRAPHS.entries.values())
     for later in runs[1:]:
         for a, b in zip(runs[0], later):
             assert torch.equal(a, b)

@@ -12,6 +12,10 @@ Forward step t (rows b < n = batch_sizes[t]):
 Backward step t (reverse): dh_t = dy_t + dpre_hh[t+1] W_hh (or dh_n for rows that end at t);
   back through BN(c), the gates and both BNs; writes dpre_ih[t], dpre_hh[t], the dc carry and the
   per-step sums that become the gamma, beta_c and bias gradients.
+
+The file reads: launch configurations and settings, the kernels, their launchers, the custom ops,
+then the backend contract (forward_loop, backward_loop). Launchers hand their loop to
+step_graphs, which replays it as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -19,13 +23,12 @@ from __future__ import annotations
 import contextlib
 import os
 import types
-from collections import OrderedDict
 from typing import NamedTuple, Optional
 
 import torch
 
 from ..layer_state import LayerWeights, RunningStats, input_product, step_plan, update_counts
-from . import fused
+from . import fused, step_graphs
 from .fused import Saved, accumulator, launch_factors
 
 try:
@@ -71,6 +74,43 @@ def pick_config(B: int, H: int, device: torch.device) -> Config:
     if B <= 32:
         return CONFIGS[1]
     return CONFIGS[3] if H >= 1024 else CONFIGS[2]
+
+
+INPUT_PRODUCTS = ("hoisted", "fused")
+# input_product: how the forward gets x W_ih^T: "hoisted", one GEMM over all steps ahead of the
+# loop (the default), or "fused", each step's launch computes its own beside h W_hh^T (the design
+# card's first plan). The benchmark times both (launch "fused_input"); the default follows its
+# numbers. config: the launch configuration forced on every launch (None: pick_config's choice).
+SETTINGS = types.SimpleNamespace(input_product=os.environ.get("BNLSTM_TRITON_INPUT_PRODUCT",
+                                                              "hoisted"), config=None)
+
+
+@contextlib.contextmanager
+def _setting(name: str, value):
+    """SETTINGS.name = value inside the block, restored after it."""
+    before = getattr(SETTINGS, name)
+    setattr(SETTINGS, name, value)
+    try:
+        yield
+    finally:
+        setattr(SETTINGS, name, before)
+
+
+def use_input_product(mode: str):
+    """Run forwards inside the block with the input product `mode` (one of INPUT_PRODUCTS)."""
+    _check_input_product(mode, "mode")
+    return _setting("input_product", mode)
+
+
+def use_config(cfg: Config):
+    """Every launch inside the block uses `cfg`, whatever the shape (the backward with at least
+    16 units per program, the narrowest tl.dot): for the tile sweep and the tests."""
+    return _setting("config", cfg)
+
+
+def _check_input_product(mode, what: str) -> None:
+    if mode not in INPUT_PRODUCTS:
+        raise ValueError(f"{what}: expected one of {INPUT_PRODUCTS}, got {mode!r}")
 
 
 def available() -> tuple[bool, str]:
@@ -491,150 +531,9 @@ def _kernel_flags(weights: LayerWeights, device: torch.device, acc: torch.dtype)
                 ACC=tl.float64 if acc == torch.float64 else tl.float32)
 
 
-class StepGraphs:
-    """Replays a step loop as one CUDA graph, to take Python's per-launch cost off long loops.
-
-    A loop is captured the second time the very same launches come (same tensor addresses and
-    dtypes, same per-step scalars and flags: the key), and replayed from then on; a replay runs
-    exactly the kernels, with exactly the arguments, that eager launching would. In a training
-    loop the caching allocator hands out the same addresses every iteration, so steady state
-    replays; when addresses never repeat nothing is captured. Off on the CPU (interpreter) and
-    with BNLSTM_CUDA_GRAPHS=0. `capture(launch) -> replay` is injectable for tests.
-    """
-
-    def __init__(self, capacity: int = 32, capture=None):
-        self.capacity = capacity
-        self.capture = capture or _capture_cuda_graph
-        self.entries: OrderedDict = OrderedDict()  # key -> None (seen once) or replay callable
-        self.enabled = True  # see launches_from_python()
-
-    def run(self, key, launch, device: torch.device) -> None:
-        if not (self.enabled and graphs_enabled(device)) or _capturing():
-            launch()  # inside someone else's capture the launches are simply recorded there
-            return
-        if key not in self.entries:
-            self.entries[key] = None
-            if len(self.entries) > self.capacity:
-                self.entries.popitem(last=False)
-            launch()
-            return
-        self.entries.move_to_end(key)
-        if self.entries[key] is None:
-            self.entries[key] = self.capture(launch)
-        self.entries[key]()
-
-
-def _capturing() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-
-
-@contextlib.contextmanager
-def launches_from_python():
-    """Launch every step from Python, replaying nothing: what the replay saves, measured."""
-    GRAPHS.enabled = False
-    try:
-        yield
-    finally:
-        GRAPHS.enabled = True
-
-
-def graphs_enabled(device: torch.device) -> bool:
-    return device.type == "cuda" and os.environ.get("BNLSTM_CUDA_GRAPHS", "1") != "0"
-
-
-def _capture_cuda_graph(launch):
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        launch()
-    return graph.replay
-
-
-GRAPHS = StepGraphs()
-
-
-def _graph_key(tensors, *scalars):
-    return (tuple((t.data_ptr(), t.dtype) for t in tensors), *scalars)
-
-
-INPUT_PRODUCTS = ("hoisted", "fused")
-# input_product: how the forward gets x W_ih^T: "hoisted", one GEMM over all steps ahead of the
-# loop (the default), or "fused", each step's launch computes its own beside h W_hh^T (the design
-# card's first plan). The benchmark times both (launch "fused_input"); the default follows its
-# numbers. config: the launch configuration forced on every launch (None: pick_config's choice).
-SETTINGS = types.SimpleNamespace(input_product=os.environ.get("BNLSTM_TRITON_INPUT_PRODUCT",
-                                                              "hoisted"), config=None)
-
-
-@contextlib.contextmanager
-def _setting(name: str, value):
-    """SETTINGS.name = value inside the block, restored after it."""
-    before = getattr(SETTINGS, name)
-    setattr(SETTINGS, name, value)
-    try:
-        yield
-    finally:
-        setattr(SETTINGS, name, before)
-
-
-def use_input_product(mode: str):
-    """Run forwards inside the block with the input product `mode` (one of INPUT_PRODUCTS)."""
-    _check_input_product(mode, "mode")
-    return _setting("input_product", mode)
-
-
-def use_config(cfg: Config):
-    """Every launch inside the block uses `cfg`, whatever the shape (the backward with at least
-    16 units per program, the narrowest tl.dot): for the tile sweep and the tests."""
-    return _setting("config", cfg)
-
-
 def _config(B: int, H: int, device: torch.device, backward: bool = False) -> Config:
     cfg = SETTINGS.config or pick_config(B, H, device)
     return cfg._replace(block_h=max(cfg.block_h, 16)) if backward else cfg
-
-
-def _check_input_product(mode, what: str) -> None:
-    if mode not in INPUT_PRODUCTS:
-        raise ValueError(f"{what}: expected one of {INPUT_PRODUCTS}, got {mode!r}")
-
-
-def forward_loop(x, weights, h0, c0, stats: RunningStats, batch_sizes, training, momentum, eps,
-                 save):
-    """The contract of backends.torch_ops.forward_loop; the steps run in the custom op
-    bnlstm_triton::forward_loop (or forward_loop_fused_input), which torch.compile keeps whole
-    (fullgraph)."""
-    if not all(t.is_contiguous() for t in stats):  # the kernels update rows in place
-        work = RunningStats(*(t.contiguous() for t in stats))
-        out = forward_loop(x, weights, h0, c0, work, batch_sizes, training, momentum, eps, save)
-        for t, w in zip(stats, work):
-            t.copy_(w)
-        return out
-    _check_input_product(SETTINGS.input_product, "BNLSTM_TRITON_INPUT_PRODUCT")
-    plan = step_plan(batch_sizes, stats.max_length, training)
-    steps = (list(batch_sizes), [row for row, _ in plan],
-             *launch_factors(update_counts(stats, plan, momentum), accumulator(x.dtype)),
-             float(eps))
-    w = weights
-    layer = (w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *stats[:6])
-    if SETTINGS.input_product == "fused":
-        *out, xw = torch.ops.bnlstm_triton.forward_loop_fused_input(x, w.weight_ih, *layer,
-                                                                     *steps)
-    else:
-        xw = input_product(x, weights)
-        out = torch.ops.bnlstm_triton.forward_loop(xw, *layer, *steps)
-    y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = out
-    saved = Saved(xw, hw, cell, stat_ih, stat_hh, stat_c) if save else None
-    return y[1:], h_n, c_n, saved
-
-
-def backward_loop(saved: Saved, weights, c0, batch_sizes, batch_stats, dy, dh_n, dc_n):
-    """The contract of backends.torch_ops.backward_loop; the steps run in the custom op
-    bnlstm_triton::backward_loop (c0 is saved.cell[0] there)."""
-    w = weights
-    return tuple(torch.ops.bnlstm_triton.backward_loop(
-        saved.xw, saved.hw, saved.cell, w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c,
-        w.beta_c, saved.stat_ih, saved.stat_hh, saved.stat_c, dy, dh_n, dc_n, list(batch_sizes),
-        [bool(u) for u in batch_stats]))
 
 
 def _launch_forward(x, weight_ih, xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, h0,
@@ -682,32 +581,15 @@ def _launch_forward(x, weight_ih, xw, weight_hh, bias, gamma_ih, gamma_hh, gamma
                 num_warps=cfg.num_warps,
             )
 
-    key = _graph_key(tensors, "fwd", tuple(batch_sizes), tuple(rows), tuple(factors), eps,
-                     tuple(flags.items()), fused_input, in_memory, cfg)
-    GRAPHS.run(key, launch, dev)
+    key = step_graphs.graph_key(tensors, "fwd", tuple(batch_sizes), tuple(rows),
+                                tuple(factors), eps, tuple(flags.items()), fused_input,
+                                in_memory, cfg)
+    step_graphs.GRAPHS.run(key, launch, dev)
     return y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c
 
 
-@torch.library.custom_op("bnlstm_triton::forward_loop", mutates_args=fused.MUTATED,
-                         schema=fused.FORWARD_SCHEMA)
-def _forward_op(xw, *args):
-    """The step loop given the hoisted input product xw."""
-    return _launch_forward(None, None, xw.contiguous(), *args)
-
-
-@torch.library.custom_op("bnlstm_triton::forward_loop_fused_input", mutates_args=fused.MUTATED,
-                         schema=fused.FUSED_INPUT_SCHEMA)
-def _forward_fused_input_op(x, weight_ih, *args):
-    """The step loop computing each step's input product in its launch; xw is returned last."""
-    T, B, _ = x.shape
-    xw = x.new_empty(T, B, weight_ih.shape[0])
-    return (*_launch_forward(x, weight_ih, xw, *args), xw)
-
-
-@torch.library.custom_op("bnlstm_triton::backward_loop", mutates_args=(),
-                         schema=fused.BACKWARD_SCHEMA)
-def _backward_op(xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, stat_ih,
-                 stat_hh, stat_c, dy, dh_n, dc_n, batch_sizes, use_batch):
+def _launch_backward(xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c,
+                     stat_ih, stat_hh, stat_c, dy, dh_n, dc_n, batch_sizes, use_batch):
     """One fused launch per step in reverse, then dh0 and the per-feature sums over steps."""
     T, B, G = hw.shape
     H = G // 4
@@ -737,15 +619,79 @@ def _backward_op(xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, bet
                 BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
             )
 
-    key = _graph_key(tensors, "bwd", tuple(batch_sizes), tuple(use_batch),
-                     tuple(flags.items()), cfg)
-    GRAPHS.run(key, launch, dev)
+    key = step_graphs.graph_key(tensors, "bwd", tuple(batch_sizes), tuple(use_batch),
+                                tuple(flags.items()), cfg)
+    step_graphs.GRAPHS.run(key, launch, dev)
     dh0 = dpre_hh[0] @ w.weight_hh.to(acc)
     dgamma_ih, dgamma_hh, dbias = (dsum[:, k].sum(0) for k in range(3))  # outputs may not alias
     dgamma_c, dbeta_c = (dsum_c[:, k].sum(0) for k in range(2))
     return dpre_ih, dpre_hh, dh0, dc, dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias
 
 
+@torch.library.custom_op("bnlstm_triton::forward_loop", mutates_args=fused.MUTATED,
+                         schema=fused.FORWARD_SCHEMA)
+def _forward_op(xw, *args):
+    """The step loop given the hoisted input product xw."""
+    return _launch_forward(None, None, xw.contiguous(), *args)
+
+
+@torch.library.custom_op("bnlstm_triton::forward_loop_fused_input", mutates_args=fused.MUTATED,
+                         schema=fused.FUSED_INPUT_SCHEMA)
+def _forward_fused_input_op(x, weight_ih, *args):
+    """The step loop computing each step's input product in its launch; xw is returned last."""
+    T, B, _ = x.shape
+    xw = x.new_empty(T, B, weight_ih.shape[0])
+    return (*_launch_forward(x, weight_ih, xw, *args), xw)
+
+
+@torch.library.custom_op("bnlstm_triton::backward_loop", mutates_args=(),
+                         schema=fused.BACKWARD_SCHEMA)
+def _backward_op(xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, stat_ih,
+                 stat_hh, stat_c, dy, dh_n, dc_n, batch_sizes, use_batch):
+    """The reverse step loop, dh0 and the per-feature sums over steps."""
+    return _launch_backward(xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c,
+                            stat_ih, stat_hh, stat_c, dy, dh_n, dc_n, batch_sizes, use_batch)
+
+
 _forward_op.register_fake(fused.forward_loop_fake)
 _forward_fused_input_op.register_fake(fused.forward_loop_fused_input_fake)
 _backward_op.register_fake(fused.backward_loop_fake)
+
+
+def forward_loop(x, weights, h0, c0, stats: RunningStats, batch_sizes, training, momentum, eps,
+                 save):
+    """The contract of backends.torch_ops.forward_loop; the steps run in the custom op
+    bnlstm_triton::forward_loop (or forward_loop_fused_input), which torch.compile keeps whole
+    (fullgraph)."""
+    if not all(t.is_contiguous() for t in stats):  # the kernels update rows in place
+        work = RunningStats(*(t.contiguous() for t in stats))
+        out = forward_loop(x, weights, h0, c0, work, batch_sizes, training, momentum, eps, save)
+        for t, w in zip(stats, work):
+            t.copy_(w)
+        return out
+    _check_input_product(SETTINGS.input_product, "BNLSTM_TRITON_INPUT_PRODUCT")
+    plan = step_plan(batch_sizes, stats.max_length, training)
+    steps = (list(batch_sizes), [row for row, _ in plan],
+             *launch_factors(update_counts(stats, plan, momentum), accumulator(x.dtype)),
+             float(eps))
+    w = weights
+    layer = (w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *stats[:6])
+    if SETTINGS.input_product == "fused":
+        *out, xw = torch.ops.bnlstm_triton.forward_loop_fused_input(x, w.weight_ih, *layer,
+                                                                     *steps)
+    else:
+        xw = input_product(x, weights)
+        out = torch.ops.bnlstm_triton.forward_loop(xw, *layer, *steps)
+    y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = out
+    saved = Saved(xw, hw, cell, stat_ih, stat_hh, stat_c) if save else None
+    return y[1:], h_n, c_n, saved
+
+
+def backward_loop(saved: Saved, weights, c0, batch_sizes, batch_stats, dy, dh_n, dc_n):
+    """The contract of backends.torch_ops.backward_loop; the steps run in the custom op
+    bnlstm_triton::backward_loop (c0 is saved.cell[0] there)."""
+    w = weights
+    return tuple(torch.ops.bnlstm_triton.backward_loop(
+        saved.xw, saved.hw, saved.cell, w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c,
+        w.beta_c, saved.stat_ih, saved.stat_hh, saved.stat_c, dy, dh_n, dc_n, list(batch_sizes),
+        [bool(u) for u in batch_stats]))
