@@ -49,14 +49,22 @@ void check_weights(const char* op, const Tensor& xw, const Tensor& weight_hh,
   check_like(op, "beta_c", beta_c, xw, {H});
 }
 
+// Running rows per step: within [1, B] and non-increasing (all 0 for an empty batch).
 void check_batch_sizes(const char* op, at::IntArrayRef batch_sizes, int64_t T, int64_t B) {
   TORCH_CHECK(static_cast<int64_t>(batch_sizes.size()) == T, op, ": batch_sizes must have T = ",
               T, " entries, got ", batch_sizes.size());
+  const int64_t least = B > 0 ? 1 : 0;
   for (int64_t t = 0; t < T; ++t) {
     const int64_t n = batch_sizes[t], before = t == 0 ? B : batch_sizes[t - 1];
-    TORCH_CHECK(n >= 1 && n <= before, op, ": batch_sizes must be non-increasing within [1, B = ",
-                B, "], got ", n, " at step ", t);
+    TORCH_CHECK(n >= least && n <= before, op, ": batch_sizes must be non-increasing within [",
+                least, ", B = ", B, "], got ", n, " at step ", t);
   }
+}
+
+// xw is (T, B, 4H) with T >= 1 and H >= 1; B may be 0 (an empty batch).
+void check_input_product(const char* op, const Tensor& xw) {
+  TORCH_CHECK(xw.dim() == 3 && xw.size(0) > 0 && xw.size(2) > 0 && xw.size(2) % 4 == 0, op,
+              ": xw must be a (T, B, 4H) tensor with T >= 1 and H >= 1, got ", xw.sizes());
 }
 
 template <ForwardSteps steps>
@@ -68,8 +76,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forwa
     at::IntArrayRef rows, at::ArrayRef<double> factors,
     const std::optional<Tensor>& factor_values, double eps) {
   const char* op = "bnlstm::forward_loop";
-  TORCH_CHECK(xw.dim() == 3 && xw.size(2) % 4 == 0 && xw.numel() > 0, op,
-              ": xw must be a non-empty (T, B, 4H) tensor, got ", xw.sizes());
+  check_input_product(op, xw);
   const int64_t T = xw.size(0), B = xw.size(1), G = xw.size(2), H = G / 4;
   const int64_t L = mean_ih.dim() == 2 ? mean_ih.size(0) : 0;
   TORCH_CHECK(L >= 1, op, ": mean_ih must be (max_length, 4H), got ", mean_ih.sizes());
@@ -137,8 +144,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const Tensor& stat_c, const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n,
     at::IntArrayRef batch_sizes, const c10::List<bool>& use_batch) {
   const char* op = "bnlstm::backward_loop";
-  TORCH_CHECK(xw.dim() == 3 && xw.size(2) % 4 == 0 && xw.numel() > 0, op,
-              ": xw must be a non-empty (T, B, 4H) tensor, got ", xw.sizes());
+  check_input_product(op, xw);
   const int64_t T = xw.size(0), B = xw.size(1), G = xw.size(2), H = G / 4;
   const auto acc = accumulator(xw.scalar_type());
   TORCH_CHECK(hw.scalar_type() == acc && cell.scalar_type() == acc &&
@@ -192,11 +198,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
 
 }  // namespace
 
+// The ops' namespace: bnlstm, or in the emulation build (csrc/emulation/) another, so that
+// its ops and bnlstm_cuda._C's coexist in one process. TORCH_LIBRARY pastes its argument:
+// expand the macro first.
+#ifndef BNLSTM_OPS
+#define BNLSTM_OPS bnlstm
+#endif
+#define BNLSTM_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define BNLSTM_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+
 // Running-statistics buffers are mutated in place (Tensor(a!) ...): functionalization and
 // torch.compile see the writes. Per-step host data come as lists: batch_sizes (running rows),
 // rows (running-statistics row), factors (weight of the batch statistic; < 0: use the row);
 // factor_values, where given, holds those weights on the device (a cumulative average).
-TORCH_LIBRARY(bnlstm, m) {
+BNLSTM_LIBRARY(BNLSTM_OPS, m) {
   m.def(
       "forward_loop(Tensor xw, Tensor weight_hh, Tensor? bias, Tensor gamma_ih, "
       "Tensor gamma_hh, Tensor gamma_c, Tensor beta_c, Tensor h0, Tensor c0, "
@@ -213,13 +228,22 @@ TORCH_LIBRARY(bnlstm, m) {
       "Tensor dgamma_ih, Tensor dgamma_hh, Tensor dgamma_c, Tensor dbeta_c, Tensor dbias)");
 }
 
-TORCH_LIBRARY_IMPL(bnlstm, CPU, m) {
-  m.impl("forward_loop", &forward_loop<forward_steps_cpu>);
-  m.impl("backward_loop", &backward_loop<backward_steps_cpu>);
+// CPU tensors: the CPU kernels, or in the emulation build the CUDA loops and kernels
+#ifdef BNLSTM_CUDA_EMULATION
+constexpr ForwardSteps kCpuForward = forward_steps_cuda;
+constexpr BackwardSteps kCpuBackward = backward_steps_cuda;
+#else
+constexpr ForwardSteps kCpuForward = forward_steps_cpu;
+constexpr BackwardSteps kCpuBackward = backward_steps_cpu;
+#endif
+
+BNLSTM_LIBRARY_IMPL(BNLSTM_OPS, CPU, m) {
+  m.impl("forward_loop", &forward_loop<kCpuForward>);
+  m.impl("backward_loop", &backward_loop<kCpuBackward>);
 }
 
 #ifdef BNLSTM_WITH_CUDA
-TORCH_LIBRARY_IMPL(bnlstm, CUDA, m) {
+BNLSTM_LIBRARY_IMPL(BNLSTM_OPS, CUDA, m) {
   m.impl("forward_loop", &forward_loop<forward_steps_cuda>);
   m.impl("backward_loop", &backward_loop<backward_steps_cuda>);
 }

@@ -1,7 +1,11 @@
 // The CUDA time loops: one kernel launch per step on the current stream of the tensors'
 // device, no Python in between.
+#ifdef BNLSTM_CUDA_EMULATION  // the kernels on CPU threads (csrc/emulation/)
+#include "emulation/cuda_context.h"
+#else
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#endif
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

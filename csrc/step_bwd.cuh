@@ -144,7 +144,7 @@ template <typename S>
 void launch_bwd_step(const BwdParams& p, int t, int n, int n_next, bool use_batch,
                      cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((p.H + kBlockH - 1) / kBlockH));
-  bwd_step_kernel<S><<<grid, kThreads, 0, stream>>>(p, t, n, n_next, use_batch);
+  BNLSTM_LAUNCH(bwd_step_kernel<S>, grid, kThreads, stream, p, t, n, n_next, use_batch);
 }
 
 }  // namespace bnlstm

@@ -13,6 +13,12 @@
 #include "bnlstm.h"
 #include "step_math.h"
 
+// A kernel launch: `<<<>>>` under nvcc; the CPU emulation (csrc/emulation/) defines its own.
+#ifndef BNLSTM_LAUNCH
+#define BNLSTM_LAUNCH(kernel, grid, block, stream, ...) \
+  kernel<<<grid, block, 0, stream>>>(__VA_ARGS__)
+#endif
+
 namespace bnlstm {
 
 template <typename S> struct AccType { using type = float; };

@@ -145,7 +145,7 @@ template <typename S>
 void launch_fwd_step(const FwdParams& p, int t, int n, int n_next, int row, double factor,
                      cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((p.H + kBlockH - 1) / kBlockH));
-  fwd_step_kernel<S><<<grid, kThreads, 0, stream>>>(p, t, n, n_next, row, factor);
+  BNLSTM_LAUNCH(fwd_step_kernel<S>, grid, kThreads, stream, p, t, n, n_next, row, factor);
 }
 
 }  // namespace bnlstm

@@ -39,7 +39,8 @@ def skip_native_half(backend):
     """These bounds hold for backends that compute half-precision layers in float32; one that
     computes them natively (bf16 state and products, as cuDNN) is held to the rule against
     plain PyTorch in the same dtype instead (test_triton.py)."""
-    if torch.float16 in bnlstm_cuda.backends.resolve(backend, torch.device("cpu")).dtypes:
+    cpu = torch.device("cpu")
+    if torch.float16 in bnlstm_cuda.backends.resolve(backend, cpu).dtypes(cpu):
         pytest.skip("computes half precision natively: see the rule in test_triton.py")
 
 

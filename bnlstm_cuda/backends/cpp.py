@@ -40,14 +40,16 @@ def _import_extension() -> Optional[str]:
 
 
 _IMPORT_ERROR = _import_extension()
+# asked once: torch.compile cannot trace the dispatcher query
+_CUDA_KERNELS = _IMPORT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "bnlstm::forward_loop", "CUDA")
 
 name = "cpp"
 
 
 def cuda_kernels() -> bool:
     """Whether the extension was built with its CUDA kernels."""
-    return _IMPORT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "bnlstm::forward_loop", "CUDA")
+    return _CUDA_KERNELS
 
 
 def dtypes(device: torch.device) -> tuple[torch.dtype, ...]:
@@ -79,8 +81,9 @@ def supports(device: torch.device) -> Optional[str]:
 
 
 def forward_loop(x, weights: LayerWeights, h0, c0, stats: RunningStats, batch_sizes, training,
-                 momentum, eps, save):
-    """The contract of backends.torch_ops.forward_loop; the steps run in bnlstm::forward_loop."""
+                 momentum, eps, save, ops=torch.ops.bnlstm):
+    """The contract of backends.torch_ops.forward_loop; the steps run in bnlstm::forward_loop
+    (`ops`: the namespace of the ops; tests/test_emulation.py's build registers bnlstm_emu)."""
     running = stats[:6]
     acc = accumulator(x.dtype)
     if not all(t.is_contiguous() and t.dtype == acc for t in running):
@@ -88,7 +91,8 @@ def forward_loop(x, weights: LayerWeights, h0, c0, stats: RunningStats, batch_si
         # copies, write back
         work = RunningStats(*(t.to(acc).contiguous() for t in running),
                             stats.num_batches_tracked)
-        out = forward_loop(x, weights, h0, c0, work, batch_sizes, training, momentum, eps, save)
+        out = forward_loop(x, weights, h0, c0, work, batch_sizes, training, momentum, eps, save,
+                           ops)
         for t, w in zip(running, work):
             t.copy_(w)
         return out
@@ -96,7 +100,7 @@ def forward_loop(x, weights: LayerWeights, h0, c0, stats: RunningStats, batch_si
     factors = update_counts(stats, plan, momentum)
     w = weights
     xw = input_product(x, weights)
-    y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = torch.ops.bnlstm.forward_loop(
+    y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = ops.forward_loop(
         xw, w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *running,
         list(batch_sizes), [row for row, _ in plan],
         *launch_factors(factors, acc), float(eps),
@@ -106,11 +110,11 @@ def forward_loop(x, weights: LayerWeights, h0, c0, stats: RunningStats, batch_si
 
 
 def backward_loop(saved: Saved, weights: LayerWeights, c0, batch_sizes, batch_stats, dy, dh_n,
-                  dc_n):
+                  dc_n, ops=torch.ops.bnlstm):
     """The contract of backends.torch_ops.backward_loop; the steps run in bnlstm::backward_loop
     (c0 is saved.cell[0] there)."""
     w = weights
-    return tuple(torch.ops.bnlstm.backward_loop(
+    return tuple(ops.backward_loop(
         saved.xw, saved.hw, saved.cell, w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c,
         w.beta_c, saved.stat_ih, saved.stat_hh, saved.stat_c, dy, dh_n, dc_n, list(batch_sizes),
         [bool(u) for u in batch_stats],

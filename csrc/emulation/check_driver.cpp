@@ -1,0 +1,127 @@
+// A standalone program over the emulated kernels (no torch, no Python), for the checks that
+// want their own process: built with -fsanitize=thread it runs forward and backward steps under
+// ThreadSanitizer, and it runs the barrier watchdog on a kernel that breaks the barrier rule.
+//   check_driver races B H T n_1 .. n_T   the float steps over T steps of n_t <= B running rows
+//   check_driver barrier MODE             MODE: returned, divergent or late (see below)
+// Exit status 0 when the kernels ran; the emulator's error, if any, goes to stderr.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cuda_emu.h"
+
+#include "../launch.h"
+
+namespace {
+
+using bnlstm::BwdParams;
+using bnlstm::FwdParams;
+
+std::vector<float> random(size_t n, std::mt19937& gen, float lo, float hi) {
+  std::uniform_real_distribution<float> u(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = u(gen);
+  return v;
+}
+
+// Forward steps then the reverse loop, as loops_cuda.cpp launches them; running row t per step,
+// batch statistics where at least 2 rows run.
+double run_steps(int B, int H, const std::vector<int>& batch_sizes) {
+  const int T = static_cast<int>(batch_sizes.size()), G = 4 * H, L = T;
+  std::mt19937 gen(0);
+  auto xw = random(size_t(T) * B * G, gen, -1, 1), weight_hh = random(size_t(G) * H, gen, -.3f, .3f);
+  auto gamma_ih = random(G, gen, .05f, .2f), gamma_hh = random(G, gen, .05f, .2f);
+  auto bias = random(G, gen, -.1f, .1f), gamma_c = random(H, gen, .05f, .2f);
+  auto beta_c = random(H, gen, -.1f, .1f);
+  auto mean_ih = random(size_t(L) * G, gen, -.5f, .5f), var_ih = random(size_t(L) * G, gen, .5f, 1);
+  auto mean_hh = random(size_t(L) * G, gen, -.5f, .5f), var_hh = random(size_t(L) * G, gen, .5f, 1);
+  auto mean_c = random(size_t(L) * H, gen, -.5f, .5f), var_c = random(size_t(L) * H, gen, .5f, 1);
+  std::vector<float> y(size_t(T + 1) * B * H), cell(size_t(T + 1) * B * H);
+  const auto h0 = random(size_t(B) * H, gen, -1, 1), c0 = random(size_t(B) * H, gen, -1, 1);
+  std::copy(h0.begin(), h0.end(), y.begin());
+  std::copy(c0.begin(), c0.end(), cell.begin());
+  std::vector<float> hw(size_t(T) * B * G), stat_ih(size_t(T) * 2 * G), stat_hh(size_t(T) * 2 * G);
+  std::vector<float> stat_c(size_t(T) * 2 * H), h_n(h0), c_n(c0);
+
+  const FwdParams fwd{xw.data(), hw.data(), y.data(), cell.data(), weight_hh.data(),
+                      gamma_ih.data(), gamma_hh.data(), bias.data(), gamma_c.data(), beta_c.data(),
+                      mean_ih.data(), var_ih.data(), mean_hh.data(), var_hh.data(), mean_c.data(),
+                      var_c.data(), stat_ih.data(), stat_hh.data(), stat_c.data(), h_n.data(),
+                      c_n.data(), nullptr, B, H, 1e-5};
+  for (int t = 0; t < T; ++t) {
+    const int n = batch_sizes[t], n_next = t + 1 < T ? batch_sizes[t + 1] : 0;
+    bnlstm::launch_fwd_step<float>(fwd, t, n, n_next, t, n >= 2 ? 0.1 : -1.0, nullptr);
+  }
+
+  auto dy = random(size_t(T) * B * H, gen, -1, 1), dh_n = random(size_t(B) * H, gen, -1, 1);
+  auto dc = random(size_t(B) * H, gen, -1, 1);
+  std::vector<float> dpre_ih(size_t(T) * B * G), dpre_hh(size_t(T + 1) * B * G), dh(size_t(B) * H);
+  std::vector<float> dsum(size_t(T) * 3 * G), dsum_c(size_t(T) * 2 * H);
+  const BwdParams bwd{xw.data(), hw.data(), cell.data(), weight_hh.data(), gamma_ih.data(),
+                      gamma_hh.data(), bias.data(), gamma_c.data(), beta_c.data(),
+                      stat_ih.data(), stat_hh.data(), stat_c.data(), dy.data(), dh_n.data(),
+                      dpre_ih.data(), dpre_hh.data(), dh.data(), dc.data(), dsum.data(),
+                      dsum_c.data(), B, H};
+  for (int t = T - 1; t >= 0; --t) {
+    const int n = batch_sizes[t], n_next = t + 1 < T ? batch_sizes[t + 1] : 0;
+    bnlstm::launch_bwd_step<float>(bwd, t, n, n_next, n >= 2, nullptr);
+  }
+  double total = 0;
+  for (float v : y) total += v;
+  for (float v : dpre_hh) total += v;
+  for (float v : dc) total += v;
+  return total;
+}
+
+// A kernel that breaks the barrier rule, one way per mode.
+__global__ void barrier_misuse_kernel(int mode) {
+  if (mode == 0) {  // returned: the upper half of the block leaves before the barrier
+    if (threadIdx.x >= blockDim.x / 2) return;
+    __syncthreads();
+  } else if (mode == 1) {  // divergent: the two halves wait at different barriers
+    if (threadIdx.x % 2 == 0) {
+      __syncthreads();
+    } else {
+      __syncthreads();
+    }
+  } else {  // late: thread 0 arrives long after the watchdog gave up on it
+    if (threadIdx.x == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    __syncthreads();
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string what = argc > 1 ? argv[1] : "";
+  try {
+    if (what == "races" && argc > 4) {
+      const int B = std::atoi(argv[2]), H = std::atoi(argv[3]), T = std::atoi(argv[4]);
+      std::vector<int> batch_sizes;
+      for (int t = 0; t < T && 5 + t < argc; ++t) batch_sizes.push_back(std::atoi(argv[5 + t]));
+      if (static_cast<int>(batch_sizes.size()) != T) throw std::invalid_argument("T sizes");
+      const double total = run_steps(B, H, batch_sizes);
+      std::printf("B=%d H=%d T=%d: checksum %.6g\n", B, H, T, total);
+      return std::isfinite(total) ? 0 : 1;
+    }
+    if (what == "barrier" && argc == 3) {
+      const std::string mode = argv[2];
+      const int m = mode == "returned" ? 0 : mode == "divergent" ? 1 : mode == "late" ? 2 : -1;
+      if (m < 0) throw std::invalid_argument("mode " + mode);
+      BNLSTM_LAUNCH(barrier_misuse_kernel, dim3(2), dim3(bnlstm::kThreads), nullptr, m);
+      return 0;
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
+  std::fprintf(stderr, "usage: %s races B H T n_1 .. n_T | barrier returned|divergent|late\n",
+               argv[0]);
+  return 2;
+}
