@@ -38,9 +38,10 @@ SETTINGS = [
 ]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("setting", SETTINGS)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_gradcheck(setting, training):
+def test_gradcheck(backend, setting, training):
     # max_length = T: a step that reads its running row (one running sequence) must not read one
     # that an earlier step of the same call moved, which gradcheck would see as a dependence
     x, hx, weights, stats = layer_inputs(T=4, B=4, input_size=2, H=3, max_length=4)
@@ -48,7 +49,7 @@ def test_gradcheck(setting, training):
     def op(x, h0, c0, *weights):
         fresh = type(stats)(*(t.clone() for t in stats))  # every call sees the same buffers
         y, (h, c) = bnlstm_cuda.bnlstm(x, *weights, fresh, (h0, c0), training=training,
-                                       **setting)
+                                       backend=backend, **setting)
         return y, h, c
 
     assert torch.autograd.gradcheck(op, (x, *hx, *weights), eps=1e-6, atol=1e-7, rtol=1e-5)
@@ -58,7 +59,8 @@ def test_gradcheck(setting, training):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
-def test_every_gradient_matches_the_oracle(setting, training, bias, momentum):
+@pytest.mark.heavy
+def test_every_gradient_matches_the_oracle(backend, setting, training, bias, momentum):
     T, B, H = 7, 5, 24
     lengths = setting["lengths"] and [7, 3, 1, 6, 4]
     x, hx, weights, stats = layer_inputs(T, B, input_size=3, H=H, max_length=5, bias=bias)
@@ -68,7 +70,7 @@ def test_every_gradient_matches_the_oracle(setting, training, bias, momentum):
 
     y, (h, c) = bnlstm_cuda.bnlstm(x, *weights, stats, tuple(hx), lengths=lengths,
                                    reverse=setting["reverse"], training=training,
-                                   momentum=momentum)
+                                   momentum=momentum, backend=backend)
     ((y * dy).sum() + (h * dh).sum() + (c * dc).sum()).backward()
     leaves = [x, *hx, *weights]
     fast = [None if t is None else t.grad for t in leaves]
@@ -97,12 +99,13 @@ def test_every_gradient_matches_the_oracle(setting, training, bias, momentum):
         assert_rel_close(t, ref_stats[name], name=name)
 
 
-def test_no_grad_forward_matches_and_saves_nothing():
+@pytest.mark.heavy
+def test_no_grad_forward_matches_and_saves_nothing(backend):
     x, hx, weights, stats = layer_inputs(T=5, B=4, input_size=3, H=8, max_length=5)
     stats2 = copy.deepcopy(stats)
-    y, _ = bnlstm_cuda.bnlstm(x, *weights, stats, tuple(hx))
+    y, _ = bnlstm_cuda.bnlstm(x, *weights, stats, tuple(hx), backend=backend)
     with torch.no_grad():
-        y2, _ = bnlstm_cuda.bnlstm(x, *weights, stats2, tuple(hx))
+        y2, _ = bnlstm_cuda.bnlstm(x, *weights, stats2, tuple(hx), backend=backend)
     assert y2.grad_fn is None
     assert torch.equal(y.detach(), y2)
     for a, b in zip(stats, stats2):

@@ -36,10 +36,12 @@ CASES = [
 ]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("kwargs,shape", CASES)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_tensor_input(kwargs, shape, training):
-    model = BNLSTM(3, 24, dtype=D, **{"max_length": 10, **kwargs}).train(training)
+def test_tensor_input(backend, kwargs, shape, training):
+    model = BNLSTM(3, 24, dtype=D, backend=backend,
+                   **{"max_length": 10, **kwargs}).train(training)
     T, B = shape["T"], shape["B"]
     dims = (B, T, 3) if kwargs.get("batch_first") else (T, B, 3)
     L = model.num_layers * model.num_directions
@@ -47,12 +49,13 @@ def test_tensor_input(kwargs, shape, training):
                                                                       leaf(L, B, 24)))
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bidir"])
 @pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_packed_unsorted_lengths(bidirectional, num_layers, training):
+def test_packed_unsorted_lengths(backend, bidirectional, num_layers, training):
     model = BNLSTM(3, 24, num_layers=num_layers, bidirectional=bidirectional, max_length=4,
-                   dtype=D).train(training)
+                   dtype=D, backend=backend).train(training)
     lengths = [3, 7, 1, 5, 6]  # unsorted; a length-1 sequence; step 6 runs one; T > max_length
     L = model.num_layers * model.num_directions
     compare_with_reference(model, lambda: packed_leaf(7, lengths, 3),
@@ -74,8 +77,10 @@ def test_packed_output_keeps_the_input_packing():
         assert torch.equal(h_n[1, b], padded[0, b, 8:])
 
 
-def test_eval_beyond_max_length_after_training():
-    model = BNLSTM(3, 24, num_layers=2, bidirectional=True, max_length=4, dtype=D)
+@pytest.mark.heavy
+def test_eval_beyond_max_length_after_training(backend):
+    model = BNLSTM(3, 24, num_layers=2, bidirectional=True, max_length=4, dtype=D,
+                   backend=backend)
     compare_with_reference(model, lambda: leaf(4, 5, 3))  # train: fills every row
     model.eval()
     compare_with_reference(model, lambda: leaf(9, 5, 3))
@@ -97,14 +102,15 @@ def test_unbatched_input():
     compare_with_reference(model, lambda: leaf(6, 3), hx_fn=lambda: (leaf(2, 24), leaf(2, 24)))
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bidir"])
 @pytest.mark.parametrize("use_packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-def test_reduces_to_nn_lstm(bidirectional, use_packed, bias):
+def test_reduces_to_nn_lstm(backend, bidirectional, use_packed, bias):
     """Eval, running mean 0 / var 1, eps 0, gammas 1, beta_c 0: BN is the identity, so BNLSTM
     built by from_lstm (bias = bias_ih + bias_hh) is the nn.LSTM."""
     lstm = torch.nn.LSTM(3, 24, num_layers=2, bias=bias, bidirectional=bidirectional, dtype=D)
-    model = BNLSTM.from_lstm(lstm, eps=0.0, gamma_init=1.0).eval()
+    model = BNLSTM.from_lstm(lstm, eps=0.0, gamma_init=1.0, backend=backend).eval()
     x = torch.randn(7, 5, 3, dtype=D)
     hx = (torch.randn(2 + 2 * bidirectional, 5, 24, dtype=D),) * 2
     if use_packed:
