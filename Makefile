@@ -1,7 +1,8 @@
 # Two commands on a fresh machine: `make bench` (the main job) and `make test`.
-# Each creates .venv on first use; TORCH_SPEC and TRITON_SPEC pick what they install.
-# `make test` also builds the CUDA extension in .venv-cuda (the CUDA build of torch, no GPU
-# needed) and runs its CPU-side tests there; `make gpu-build` builds it on the GPU machine.
+# Each creates .venv on first use (TORCH_SPEC and TRITON_SPEC pick what it installs) and builds
+# the C++ extension's CPU kernels there. `make test` also builds the extension with its CUDA
+# kernels in .venv-cuda (the CUDA build of torch, no GPU needed) and runs its CPU-side tests
+# there; `make gpu-build` builds it on the GPU machine.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,24 +14,35 @@ CUDA_TORCH_SPEC ?= torch==2.14.1
 CUDA_HOME ?= /usr/local/cuda
 CI_CUDA_ARCHS ?= 9.0
 EXT_LOG := build/ext-build.log
+CPU_EXT_LOG := build/cpu-ext-build.log
 
 .PHONY: bench paper demo test build-ext gpu-build gpu-check clean
 
+# The package and its dependencies; the extension is built by the next rule (an editable
+# install keeps the built module in bnlstm_cuda/, so reinstalling without a build keeps it).
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)" "$(TRITON_SPEC)"
-	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	BNLSTM_SKIP_BUILD=1 $(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+# The C++ extension with its CPU kernels, rebuilt whenever a source changes.
+$(VENV)/.ext-built: $(VENV)/.installed setup.py $(wildcard csrc/*)
+	mkdir -p build
+	MAX_JOBS=2 $(PY) -m pip install -v --no-build-isolation --no-deps -e . > $(CPU_EXT_LOG) 2>&1 \
+	  || { grep -v "^WARNING: Location" $(CPU_EXT_LOG) | tail -n 80; exit 1; }
+	$(PY) -c "import bnlstm_cuda._C, torch; print('bnlstm_cuda._C:', torch.ops.bnlstm.forward_loop)"
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.installed
-	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench]"
+	BNLSTM_SKIP_BUILD=1 $(PY) -m pip install -q --no-build-isolation -e ".[test,bench]"
 	touch $@
 
-bench: $(VENV)/.bench
+bench: $(VENV)/.bench $(VENV)/.ext-built
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.plot
 
-paper: $(VENV)/.bench
+paper: $(VENV)/.bench $(VENV)/.ext-built
 	$(PY) -m benchmarks.paper_fig1
 	$(PY) -m examples.digits
 
@@ -53,21 +65,21 @@ $(CUDA_VENV)/.ext-built: $(CUDA_VENV)/.installed setup.py $(wildcard csrc/*)
 	touch $@
 
 build-ext: $(CUDA_VENV)/.ext-built
-	@echo "ptxas report of the CUDA extension (sm $(CI_CUDA_ARCHS); full log in $(EXT_LOG)):"
+	@echo "ptxas report of the extension's CUDA kernels (sm $(CI_CUDA_ARCHS); full log in $(EXT_LOG)):"
 	@grep -E "Compiling entry function|registers|spill stores" $(EXT_LOG) \
 	  | sed -E "s/.*Compiling entry function '([^']*)' for '([^']*)'/\1 \2/; s/^ +//" | c++filt
 
-test: $(VENV)/.installed build-ext
+test: $(VENV)/.ext-built build-ext
 	$(VENV)/bin/ruff check bnlstm_cuda tests examples benchmarks tools setup.py
 	env -u TRITON_INTERPRET $(PY) tools/triton_report.py
 	$(PY) -m pytest -q tests
-	$(CUDA_PY) -m pytest -q -p no:logging tests/test_cuda_ext.py
+	$(CUDA_PY) -m pytest -q -p no:logging tests/test_cpp_ext.py
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.ext-built
 	$(PY) examples/demo.py
 
 # On the GPU machine (its own python3 with torch, nvcc, ninja; no internet). Then:
-# BNLSTM_TEST_DEVICE=cuda python3 -m pytest tests/test_cuda_ext.py
+# BNLSTM_TEST_DEVICE=cuda python3 -m pytest tests/test_cpp_ext.py
 gpu-build:
 	MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps -e .
 
