@@ -52,6 +52,8 @@ def check_against_torch_ops(backend, dtype, B, H, T, packed, bias, training):
         for s in model.running_stats(0)[:6]:  # running rows away from 0 and 1
             s.add_(0.5 * torch.rand_like(s))
     lengths = sorted(torch.randint(1, T + 1, (B,)).tolist(), reverse=True) if packed else None
+    if lengths:
+        lengths[0] = T  # a packed batch of T steps: the longest sequence runs all of them
     x = torch.randn(T, B, H, dtype=torch.float64, device=DEVICE)
     hx = [torch.randn(B, H, dtype=torch.float64, device=DEVICE) for _ in range(2)]
     tensors = [x, *hx, *model.layer_weights(0)]

@@ -1,0 +1,253 @@
+"""The CUDA C++ kernels (csrc/step_*.cuh) run on the CPU: the same source, compiled by the host
+compiler under csrc/emulation/cuda_emu.h (every CUDA thread an OS thread, __syncthreads a
+barrier of the block with a watchdog, blocks one after another), behind the CUDA time loops
+(loops_cuda.cpp) and the ops (bnlstm.cpp) registered as torch.ops.bnlstm_emu.* on CPU tensors.
+
+They run the contract the GPU runs (gpu_contract.py and test_cpp_ext.py's module cases) at sizes
+that reach every path of the kernels: B in {2, 5, 33, 70} (one to three row chunks of 32), H in
+{8, 24, 40, 72} (one to three blocks, partial ones, one to three k tiles), T in {1, 7}, packed
+unsorted lengths, train and eval, T > max_length, momentum=None with steps where one sequence
+runs. Then: every launch in ascending and descending block order, bitwise equal; a standalone
+driver built with ThreadSanitizer runs forward and backward steps, where a race fails; the
+barrier watchdog names the kernel. Needs the CUDA toolkit's headers ($CUDA_HOME/include) and
+ninja; `make emulate` runs this file.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import types
+
+import pytest
+import test_cpp_ext
+import torch
+from conftest import DEVICE, compare_with_reference, packed
+from gpu_contract import MUTATED, check_against_torch_ops
+from torch.utils import cpp_extension
+
+from bnlstm_cuda import BNLSTM, backends
+from bnlstm_cuda.backends import cpp, fused
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(ROOT, "csrc")
+EMULATION = os.path.join(CSRC, "emulation")
+BUILD = os.path.join(ROOT, "build", "emulation")
+CUDA_INCLUDE = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")
+CFLAGS = ["-O2", "-Wno-unknown-pragmas"]
+
+
+def _why_not() -> str | None:
+    if DEVICE.type != "cpu":
+        return f"the emulation runs on CPU tensors, BNLSTM_TEST_DEVICE is {DEVICE.type}"
+    if not os.path.exists(os.path.join(CUDA_INCLUDE, "cuda_fp16.h")):
+        return f"no CUDA toolkit headers at {CUDA_INCLUDE} (set CUDA_HOME)"
+    if not cpp_extension.is_ninja_available():
+        return "ninja is not installed (pip install ninja)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
+
+
+@pytest.fixture(scope="module")
+def emu():
+    """Builds the emulation (ninja: only what changed) and returns it as a backend module: the
+    cpp backend's loops on the bnlstm_emu ops, every dtype the CUDA kernels compute."""
+    os.makedirs(BUILD, exist_ok=True)
+    cpp_extension.load(
+        name="bnlstm_emu",
+        sources=[os.path.join(CSRC, "bnlstm.cpp"), os.path.join(CSRC, "loops_cuda.cpp"),
+                 os.path.join(EMULATION, "kernels.cpp"), os.path.join(EMULATION, "runtime.cpp")],
+        extra_cflags=[*CFLAGS, "-DBNLSTM_CUDA_EMULATION", "-DBNLSTM_OPS=bnlstm_emu"],
+        extra_include_paths=[CUDA_INCLUDE], build_directory=BUILD, is_python_module=False)
+    for op, fake in (("forward_loop", fused.forward_loop_fake),
+                     ("backward_loop", fused.backward_loop_fake)):
+        torch.library.register_fake(f"bnlstm_emu::{op}")(fake)
+    ops = torch.ops.bnlstm_emu
+    return types.SimpleNamespace(
+        name="emulated CUDA kernels",
+        dtypes=lambda device: cpp.dtypes(torch.device("cuda")),
+        available=lambda: (True, "the CUDA kernels on CPU threads (csrc/emulation/)"),
+        supports=lambda device: None if device.type == "cpu" else "CPU tensors only",
+        forward_loop=functools.partial(cpp.forward_loop, ops=ops),
+        backward_loop=functools.partial(cpp.backward_loop, ops=ops),
+    )
+
+
+# Contract cases (B, H, T, packed, bias): every B, H and T of the docstring, the multi-chunk and
+# multi-block shapes together, packed and not.
+CASES = [
+    pytest.param(2, 72, 7, True, True, id="B2-H72-T7-packed"),
+    pytest.param(5, 24, 7, True, True, id="B5-H24-T7-packed"),
+    pytest.param(33, 40, 1, False, True, id="B33-H40-T1"),
+    pytest.param(70, 8, 7, True, False, id="B70-H8-T7-packed-nobias"),
+    pytest.param(70, 72, 7, True, True, id="B70-H72-T7-packed"),
+]
+TRAINING = pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+
+
+@TRAINING
+@pytest.mark.parametrize("B,H,T,packed_,bias", CASES)
+def test_kernels_against_torch_ops_float64(emu, B, H, T, packed_, bias, training):
+    check_against_torch_ops(emu, torch.float64, B, H, T, packed_, bias, training)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("B,H,T,packed_,bias", [
+    CASES[1], pytest.param(33, 40, 7, True, True, id="B33-H40-T7-packed")])
+def test_kernels_against_torch_ops_low_precision(emu, dtype, B, H, T, packed_, bias):
+    check_against_torch_ops(emu, dtype, B, H, T, packed_, bias, True)
+
+
+@TRAINING
+def test_module_against_reference(emu, monkeypatch, training):
+    """test_cpp_ext's module case (packed, unsorted, bidirectional, two layers, T > max_length,
+    momentum=None, the last step with one running sequence) with the emulated kernels."""
+    monkeypatch.setitem(backends._REGISTRY, "cpp", emu)
+    test_cpp_ext.test_module_against_reference_float64(training)
+
+
+@pytest.mark.parametrize("B,H", [(33, 40), (70, 8)], ids=["B33-H40", "B70-H8"])
+def test_momentum_none_with_single_sequence_steps(emu, monkeypatch, B, H):
+    """Training with a cumulative average (momentum=None), T = 7 > max_length = 4, and one
+    sequence longer than the rest: its last steps normalise with the running rows, which
+    must stay unchanged there, while the others use batch statistics and move theirs."""
+    monkeypatch.setitem(backends._REGISTRY, "cpp", emu)
+    model = BNLSTM(3, H, max_length=4, momentum=None, backend="cpp", dtype=torch.float64)
+    lengths = [5 - i % 3 for i in range(B)]
+    lengths[B // 2] = 7
+
+    def make_input():
+        return packed(torch.randn(7, B, 3, dtype=torch.float64), lengths)
+
+    compare_with_reference(model, make_input, steps=2)
+
+
+def test_final_states_come_from_each_rows_last_step(emu):
+    test_cpp_ext.test_final_states_come_from_each_rows_last_step("bnlstm_emu")
+
+
+def test_opcheck(emu):
+    """torch.library.opcheck on the emulated ops (its eager vs AOT comparison wants every output
+    element defined run to run: the CUDA loop's memset of rows that stop running)."""
+    args = test_cpp_ext.op_args("cpu")
+    torch.library.opcheck(torch.ops.bnlstm_emu.forward_loop.default, args)
+    out = torch.ops.bnlstm_emu.forward_loop(*test_cpp_ext.op_args("cpu"))
+    torch.library.opcheck(torch.ops.bnlstm_emu.backward_loop.default,
+                          test_cpp_ext.backward_args(args, out))
+
+
+def _run_ops(B, H, T, dtype):
+    """Forward and backward ops on fixed random inputs (packed, T > max_length, the last steps
+    with one sequence); every output, the updated running rows and every gradient."""
+    g = torch.Generator().manual_seed(0)
+    G, L = 4 * H, max(T - 2, 1)
+    acc = fused.accumulator(dtype)
+
+    def r(*shape, dtype=dtype):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    lengths = sorted(torch.randint(1, T + 1, (B,), generator=g).tolist(), reverse=True)
+    lengths[0] = T
+    sizes = [sum(n > t for n in lengths) for t in range(T)]
+    running = [r(L, G, dtype=acc), r(L, G, dtype=acc).abs(), r(L, G, dtype=acc),
+               r(L, G, dtype=acc).abs(), r(L, H, dtype=acc), r(L, H, dtype=acc).abs()]
+    args = (r(T, B, G), 0.3 * r(G, H), r(G), r(G), r(G), r(H), r(H), r(B, H), r(B, H), *running,
+            sizes, [min(t, L - 1) for t in range(T)], [0.1 if n >= 2 else -1.0 for n in sizes],
+            None, 1e-5)
+    out = torch.ops.bnlstm_emu.forward_loop(*args)
+    _, _, _, cell, hw, stat_ih, stat_hh, stat_c = out
+    dy, dh_n, dc_n = r(T, B, H), r(B, H, dtype=acc), r(B, H, dtype=acc)
+    grads = torch.ops.bnlstm_emu.backward_loop(
+        args[0], hw, cell, *args[1:7], stat_ih, stat_hh, stat_c, dy, dh_n, dc_n, sizes,
+        [n >= 2 for n in sizes])
+    return [*out, *running, *grads]
+
+
+@pytest.mark.parametrize("B,H,T", [(70, 72, 7), (33, 40, 7), (5, 40, 1)],
+                         ids=["B70-H72-T7", "B33-H40-T7", "B5-H40-T1"])
+def test_block_order_does_not_change_a_bit(emu, monkeypatch, B, H, T):
+    """Every launch with its blocks in ascending, then descending order: a block that read what
+    another block of the same launch writes would see a difference."""
+    results = []
+    for order in ("ascending", "descending"):
+        monkeypatch.setenv("BNLSTM_EMU_BLOCK_ORDER", order)
+        results.append(_run_ops(B, H, T, torch.float32))
+    for i, (a, b) in enumerate(zip(*results)):
+        assert torch.equal(a, b), f"result {i} differs between block orders"
+
+
+def _driver() -> str:
+    """The standalone driver over the emulated kernels, built with ThreadSanitizer (cached by
+    the sources' content)."""
+    sources = sorted(os.path.join(d, f) for d in (CSRC, EMULATION) for f in os.listdir(d)
+                     if f.endswith((".h", ".cuh", ".cu", ".cpp")) and f != "loops_cpu.cpp")
+    flags = ["-std=c++17", "-O1", "-g", "-fsanitize=thread", "-pthread", "-Wno-unknown-pragmas",
+             "-I", CUDA_INCLUDE]
+    digest = hashlib.sha256(" ".join(flags).encode())
+    for path in sources:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    exe = os.path.join(BUILD, f"check_driver_tsan_{digest.hexdigest()[:16]}")
+    if not os.path.exists(exe):
+        compiler = os.environ.get("CXX", "g++")
+        units = [os.path.join(EMULATION, f) for f in ("check_driver.cpp", "runtime.cpp",
+                                                      "kernels.cpp")]
+        os.makedirs(BUILD, exist_ok=True)
+        subprocess.run([compiler, *flags, *units, "-o", exe + ".tmp"], check=True)
+        os.replace(exe + ".tmp", exe)
+    return exe
+
+
+def _run_driver(*args, **env) -> subprocess.CompletedProcess:
+    command = [_driver(), *map(str, args)]
+    environ = {**os.environ, "TSAN_OPTIONS": "halt_on_error=1", **env}
+    done = subprocess.run(command, capture_output=True, text=True, env=environ, timeout=300)
+    if "unexpected memory mapping" in done.stderr and shutil.which("setarch"):
+        # TSan's shadow layout and a kernel with more ASLR bits: run without randomisation
+        command = ["setarch", os.uname().machine, "-R", *command]
+        done = subprocess.run(command, capture_output=True, text=True, env=environ, timeout=300)
+    return done
+
+
+@pytest.mark.parametrize("B,H,sizes", [
+    (70, 40, [70, 40, 1]),
+    (40, 72, [40, 33]),
+], ids=["B70-H40-T3", "B40-H72-T2"])
+def test_no_data_race(B, H, sizes):
+    """Forward and backward steps under ThreadSanitizer, on shapes with more than one k tile and
+    more than one row chunk (below that the next barrier hides a missing one), partial blocks,
+    rows that stop, and a step with one running sequence."""
+    done = _run_driver("races", B, H, len(sizes), *sizes)
+    assert "ThreadSanitizer" not in done.stderr, done.stderr[-6000:]
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("mode,message", [
+    ("returned", "reached by 128 of 256 threads; the other 128 returned from the kernel"),
+    ("divergent", "divergent __syncthreads: a thread at "),
+    ("late", "reached by 255 of 256 threads within the watchdog's 0.5 s"),
+])
+def test_barrier_watchdog_names_the_kernel(mode, message):
+    """A __syncthreads only part of the block reaches is an error naming the kernel, block and
+    barrier, never a hang."""
+    done = _run_driver("barrier", mode, BNLSTM_EMU_WATCHDOG_S="0.5")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "barrier_misuse_kernel, block 0: " in done.stderr and message in done.stderr, (
+        done.stderr)
+    assert "ThreadSanitizer" not in done.stderr, done.stderr
+
+
+def test_emulated_ops_coexist_with_the_extension(emu):
+    """bnlstm_emu's ops serve CPU tensors beside bnlstm_cuda._C's, with the same schemas."""
+    emu_schema = torch.ops.bnlstm_emu.forward_loop.default._schema
+    written = [a.name for a in emu_schema.arguments if a.alias_info and a.alias_info.is_write]
+    assert written == MUTATED
+    if cpp.available()[0]:
+        assert str(torch.ops.bnlstm.forward_loop.default._schema).replace("bnlstm::", "") == (
+            str(emu_schema).replace("bnlstm_emu::", ""))
