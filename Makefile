@@ -72,8 +72,14 @@ build-ext: $(CUDA_VENV)/.ext-built
 test: $(VENV)/.ext-built build-ext
 	$(VENV)/bin/ruff check bnlstm_cuda tests examples benchmarks tools setup.py
 	env -u TRITON_INTERPRET $(PY) tools/triton_report.py
-	$(PY) -m pytest -q tests
+	CUDA_HOME=$(CUDA_HOME) $(PY) -m pytest -q tests
 	$(CUDA_PY) -m pytest -q -p no:logging tests/test_cpp_ext.py
+
+# The CUDA kernels run on the CPU (csrc/emulation/, tests/test_emulation.py): the GPU contract,
+# both block orders, ThreadSanitizer, the barrier watchdog. Needs the toolkit's headers, no GPU;
+# `make test` runs it with the rest of tests/.
+emulate: $(VENV)/.installed
+	CUDA_HOME=$(CUDA_HOME) $(PY) -m pytest -q tests/test_emulation.py
 
 demo: $(VENV)/.ext-built
 	$(PY) examples/demo.py
