@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check, for a lent GPU machine (its own python3 with torch, triton, nvcc):
-# build the extension, run the GPU tests, run the benchmark. Each stage has a time limit so the
-# whole check stays under 8 minutes; logs and the CSV go to OUT (default benchmarks/results/gpu).
+# build the extension, check every backend (bnlstm_cuda.info), run the GPU tests and the benchmark.
+# Each stage has a time limit so the whole check stays under 8 minutes; logs and the CSV go to OUT
+# (default benchmarks/results/gpu).
 # Usage from the repository root: COMMIT=<sha> bash tools/gpu_check.sh [OUT]
 set -uo pipefail
 OUT=${1:-${OUT:-benchmarks/results/gpu}}
@@ -26,13 +27,18 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a limit, log to OUT/NAME.lo
 }
 
 stage build 140 env MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps -e .
+# first, in seconds: versions, and each backend against the reference in every dtype on this GPU
+# (the Triton kernels it compiles stay cached for the tests)
+stage info 150 python3 -m bnlstm_cuda.info
 # most telling first: the contract checks at GPU sizes, then the small oracle checks on the GPU
 stage tests 160 python3 -m pytest -q -rs --durations=15 tests/test_triton_gpu.py \
-  tests/test_cuda_ext.py tests/test_triton.py
+  tests/test_cpp_ext.py tests/test_triton.py
 stage bench 120 python3 -m benchmarks.run --device cuda --budget-ms 150 --csv "$OUT/results.csv"
 # which tiles pick_config should choose at the target shape (fp32, bf16)
 stage tune 60 python3 -m benchmarks.tune --budget-ms 80
 
+echo "--- info"
+cat "$OUT/info.log"
 echo "--- tests (tail)"
 tail -n 15 "$OUT/tests.log"
 echo "--- tile sweep"
