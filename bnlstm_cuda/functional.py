@@ -119,7 +119,8 @@ def bnlstm(
     momentum = check_momentum(momentum)
     eps = check_real("eps", eps, 0.0)
     reverse, training = check_bool("reverse", reverse), check_bool("training", training)
-    impl = backends.resolve(check_backend_name(backend, backends.NAMES), input.device)
+    impl = backends.resolve(check_backend_name(backend, backends.NAMES), input.device,
+                            autocast_dtype(input.device) or input.dtype)
     if hx is None:
         h0 = c0 = input.new_zeros(B, H)
     else:

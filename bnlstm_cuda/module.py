@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import backends
+from .autocast import autocast_dtype
 from .functional import run_direction
 from .layer_state import LayerWeights, RunningStats
 from .validation import (
@@ -274,7 +275,7 @@ class BNLSTM(nn.Module):
             if x.shape[0] == 0:
                 raise ValueError("input: expected at least one time step, got 0")
         h0, c0 = self._initial_state(hx, x, unbatched, sorted_indices)
-        impl = backends.resolve(self.backend, x.device)
+        impl = backends.resolve(self.backend, x.device, autocast_dtype(x.device) or x.dtype)
         h_n, c_n = [], []
         for k in range(self.num_layers):
             ys = []

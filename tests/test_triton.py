@@ -322,7 +322,8 @@ def test_input_product_switch_is_checked(monkeypatch):
         model(torch.randn(3, 2, 3, device=DEVICE))
 
 
-def test_auto_picks_torch_on_cpu_and_triton_needs_a_device_it_supports():
-    assert bnlstm_cuda.backends.resolve("auto", torch.device("cpu")).name == "torch"
+def test_auto_never_takes_the_interpreter_and_triton_needs_a_device_it_supports():
+    for dtype in (None, torch.float32):  # without and with the first-use check
+        assert bnlstm_cuda.backends.resolve("auto", torch.device("cpu"), dtype) is not triton_step
     with pytest.raises(ValueError, match="backend .triton. cannot run on meta"):
         bnlstm_cuda.backends.resolve("triton", torch.device("meta"))

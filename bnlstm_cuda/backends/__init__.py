@@ -5,9 +5,11 @@ backends/torch_ops.py)."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-from . import cpp, torch_ops, triton_step
+from . import cpp, torch_ops, triton_step, verify
 
 # "auto" prefers the earlier on CUDA tensors: Triton first, as its kernels are the ones proven
 # against the oracle (in the interpreter); the CUDA C++ kernels have yet to run on a GPU.
@@ -21,15 +23,16 @@ def available_backends() -> dict[str, tuple[bool, str]]:
     return {name: module.available() for name, module in _REGISTRY.items()}
 
 
-def resolve(name: str, device: torch.device):
-    """The backend module for `name` on `device`; "auto" picks the first that runs there (on
-    CPU tensors the C++ kernels, else torch: the Triton interpreter is for tests, not for
-    work)."""
+def resolve(name: str, device: torch.device, dtype: Optional[torch.dtype] = None):
+    """The backend module for `name` on `device`; "auto" picks the first that runs there and,
+    given the tensors' `dtype`, whose first-use check passes there (backends/verify.py). On CPU
+    tensors "auto" never takes the Triton interpreter: it is for tests, not for work."""
     if name == "auto":
-        if device.type == "cpu":
-            return cpp if cpp.available()[0] else torch_ops
         for module in _REGISTRY.values():
-            if module.available()[0] and module.supports(device) is None:
+            if (module.available()[0] and module.supports(device) is None
+                    and not (module is triton_step and device.type == "cpu")
+                    and (module is torch_ops or dtype is None
+                         or verify.trusted(module, device, dtype))):
                 return module
         return torch_ops
     if name not in _REGISTRY:
