@@ -35,7 +35,8 @@ std::vector<float> random(size_t n, std::mt19937& gen, float lo, float hi) {
 double run_steps(int B, int H, const std::vector<int>& batch_sizes) {
   const int T = static_cast<int>(batch_sizes.size()), G = 4 * H, L = T;
   std::mt19937 gen(0);
-  auto xw = random(size_t(T) * B * G, gen, -1, 1), weight_hh = random(size_t(G) * H, gen, -.3f, .3f);
+  auto xw = random(size_t(T) * B * G, gen, -1, 1);
+  auto weight_hh = random(size_t(G) * H, gen, -.3f, .3f);
   auto gamma_ih = random(G, gen, .05f, .2f), gamma_hh = random(G, gen, .05f, .2f);
   auto bias = random(G, gen, -.1f, .1f), gamma_c = random(H, gen, .05f, .2f);
   auto beta_c = random(H, gen, -.1f, .1f);

@@ -44,6 +44,12 @@ std::string seconds(double s) {
   return text;
 }
 
+// "step_common.cuh:52" of a __syncthreads site "<path>/step_common.cuh:52"
+std::string where(const char* site) {
+  const char* slash = std::strrchr(site, '/');
+  return slash != nullptr ? slash + 1 : site;
+}
+
 // Thrown out of the kernel in every thread of a block whose barrier failed.
 struct Aborted {};
 
@@ -85,8 +91,8 @@ struct Block {
     const char* first = nullptr;
     if (!site.compare_exchange_strong(first, here) && first != here &&
         std::strcmp(first, here) != 0) {
-      fail(std::string("divergent __syncthreads: a thread at ") + here + " while others wait at " +
-           first);
+      fail("divergent __syncthreads: a thread at " + where(here) + " while others wait at " +
+           where(first));
     }
     const unsigned gen = generation.load(std::memory_order_acquire);
     if (arrived.fetch_add(1, std::memory_order_acq_rel) + 1 == threads) {
@@ -100,16 +106,17 @@ struct Block {
     while (generation.load(std::memory_order_acquire) == gen) {
       if (failed.load()) throw Aborted{};
       const unsigned waiting = arrived.load();
+      const std::string reached = "__syncthreads at " + where(here) + " reached by " +
+                                  std::to_string(waiting) + " of " + std::to_string(threads) +
+                                  " threads";
       if (stranded()) {
-        fail("__syncthreads at " + std::string(here) + " reached by " + std::to_string(waiting) +
-             " of " + std::to_string(threads) + " threads; the other " +
-             std::to_string(threads - waiting) + " returned from the kernel");
+        fail(reached + "; the other " + std::to_string(threads - waiting) +
+             " returned from the kernel");
       }
       const double left = watchdog_s - std::chrono::duration<double>(
                                            std::chrono::steady_clock::now() - start).count();
       if (left <= 0) {
-        fail("__syncthreads at " + std::string(here) + " reached by " + std::to_string(waiting) +
-             " of " + std::to_string(threads) + " threads within the watchdog's " + seconds(watchdog_s) +
+        fail(reached + " within the watchdog's " + seconds(watchdog_s) +
              " (BNLSTM_EMU_WATCHDOG_S)");
       }
       futex_wait(generation, gen, left);
