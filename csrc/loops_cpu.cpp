@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "loops.h"
 #include "step_math.h"
@@ -24,6 +25,16 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
             const int* ldb, const double* beta, double* c, const int* ldc);
 int MKL_Set_Num_Threads_Local(int nt);  // mkl_set_num_threads_local of mkl.h
 }
+#endif
+
+// The block passes are inlined into their float32 wrappers, which GCC on x86-64 also builds for
+// AVX2 and FMA (function multiversioning: one binary, the CPU picks at load time).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define BNLSTM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define BNLSTM_INLINE inline __attribute__((always_inline))
+#else
+#define BNLSTM_CLONES
+#define BNLSTM_INLINE inline
 #endif
 
 namespace bnlstm {
@@ -118,17 +129,17 @@ struct BlockConstants {
 
 // Batch sums over rows b < n of z[b * ld + u] (u < w), then centred squares when use_batch.
 template <typename S>
-void feature_sums(const S* z, int64_t ld, int64_t n, int64_t w, bool use_batch, S* total,
-                  S* centred) {
+BNLSTM_INLINE void feature_sums(const S* __restrict__ z, int64_t ld, int64_t n, int64_t w,
+                                bool use_batch, S* __restrict__ total, S* __restrict__ centred) {
   std::fill(total, total + w, S(0));
   std::fill(centred, centred + w, S(0));
   for (int64_t b = 0; b < n; ++b) {
-    const S* row = z + b * ld;
+    const S* __restrict__ row = z + b * ld;
     for (int64_t u = 0; u < w; ++u) total[u] += row[u];
   }
   if (!use_batch) return;
   for (int64_t b = 0; b < n; ++b) {
-    const S* row = z + b * ld;
+    const S* __restrict__ row = z + b * ld;
     for (int64_t u = 0; u < w; ++u) {
       const S d = row[u] - total[u] / S(n);
       centred[u] += d * d;
@@ -137,8 +148,8 @@ void feature_sums(const S* z, int64_t ld, int64_t n, int64_t w, bool use_batch, 
 }
 
 template <typename S>
-void forward_block(const FwdParams& p, int64_t t, int64_t n, int64_t n_next, int64_t row,
-                   bool use_batch, S factor, int64_t j0, int64_t w) {
+BNLSTM_INLINE void forward_block(const FwdParams& p, int64_t t, int64_t n, int64_t n_next,
+                                 int64_t row, bool use_batch, S factor, int64_t j0, int64_t w) {
   const int64_t H = p.H, G = 4 * H, B = p.B;
   const S eps = static_cast<S>(p.eps);
   const S* xw_t = static_cast<const S*>(p.xw) + t * B * G + j0;
@@ -181,13 +192,15 @@ void forward_block(const FwdParams& p, int64_t t, int64_t n, int64_t n_next, int
 
   // c_t = f c_{t-1} + i g, then its statistics
   for (int64_t b = 0; b < n; ++b) {
-    const S* x = xw_t + b * G;
-    const S* h = hw_t + b * G;
+    const S* __restrict__ x = xw_t + b * G;
+    const S* __restrict__ h = hw_t + b * G;
+    const S* __restrict__ c_in = c_prev + b * H;
+    S* __restrict__ c_out = c_next + b * H;
     for (int64_t u = 0; u < w; ++u) {
       const S i = sigmoid(k.pre(0, u, x, h, H));
       const S f = sigmoid(k.pre(1, u, x, h, H));
       const S gg = tanh_(k.pre(2, u, x, h, H));
-      c_next[b * H + u] = cell_update(i, f, gg, c_prev[b * H + u]);
+      c_out[u] = cell_update(i, f, gg, c_in[u]);
     }
   }
   feature_sums(c_next, H, n, w, use_batch, total, centred);
@@ -202,10 +215,10 @@ void forward_block(const FwdParams& p, int64_t t, int64_t n, int64_t n_next, int
 
   // h_t = o tanh(BN(c_t)); a row ending at this step leaves its final state
   for (int64_t b = 0; b < n; ++b) {
-    const S* x = xw_t + b * G;
-    const S* h = hw_t + b * G;
-    const S* c = c_next + b * H;
-    S* out = h_next + b * H;
+    const S* __restrict__ x = xw_t + b * G;
+    const S* __restrict__ h = hw_t + b * G;
+    const S* __restrict__ c = c_next + b * H;
+    S* __restrict__ out = h_next + b * H;
     for (int64_t u = 0; u < w; ++u) {
       const S o = sigmoid(k.pre(3, u, x, h, H));
       out[u] = o * tanh_(cell_norm(c[u], k.mean_c[u], k.rstd_c[u], k.gamma_c[u], k.beta_c[u]));
@@ -217,10 +230,13 @@ void forward_block(const FwdParams& p, int64_t t, int64_t n, int64_t n_next, int
   }
 }
 
-template <typename S>
-void backward_block(const BwdParams& p, int64_t t, int64_t n, int64_t n_next, bool use_batch,
-                    int64_t j0, int64_t w) {
+// use_batch is a template argument: a run-time flag inside bn_backward keeps GCC from
+// vectorising the loops that call it.
+template <typename S, bool use_batch>
+BNLSTM_INLINE void backward_block(const BwdParams& p, int64_t t, int64_t n, int64_t n_next,
+                                  int64_t j0, int64_t w) {
   const int64_t H = p.H, G = 4 * H, B = p.B;
+  const S rows = S(n);
   const S* xw_t = static_cast<const S*>(p.xw) + t * B * G + j0;
   const S* hw_t = static_cast<const S*>(p.hw) + t * B * G + j0;
   const S* c_prev = static_cast<const S*>(p.cell) + t * B * H + j0;
@@ -256,13 +272,20 @@ void backward_block(const BwdParams& p, int64_t t, int64_t n, int64_t n_next, bo
   matmul(false, n_next, w, G, dpre_hh_next, G, static_cast<const S*>(p.weight_hh) + j0, H, dh, H);
   S sum_dcn[kUnits] = {}, sum_dcn_chat[kUnits] = {};
   for (int64_t b = 0; b < n; ++b) {
-    const S* carried = b < n_next ? dh + b * H : dh_n + b * H;
-    const S* x = xw_t + b * G;
-    const S* h = hw_t + b * G;
+    // row b's dh: the product above while it runs at t+1, else dh_n; rewritten in place
+    S* dh_row = dh + b * H;
+    const S* carried = b < n_next ? dh_row : dh_n + b * H;
+    const S* __restrict__ dy_row = dy_t + b * H;
+    for (int64_t u = 0; u < w; ++u) dh_row[u] = dy_row[u] + carried[u];
+  }
+  for (int64_t b = 0; b < n; ++b) {
+    const S* __restrict__ dh_row = dh + b * H;
+    const S* __restrict__ c_row = c_t + b * H;
+    const S* __restrict__ x = xw_t + b * G;
+    const S* __restrict__ h = hw_t + b * G;
     for (int64_t u = 0; u < w; ++u) {
-      const S dh_b = dy_t[b * H + u] + carried[u];
-      dh[b * H + u] = dh_b;
-      const S c = c_t[b * H + u];
+      const S dh_b = dh_row[u];
+      const S c = c_row[u];
       const S chat = (c - k.mean_c[u]) * k.rstd_c[u];
       const S o = sigmoid(k.pre(3, u, x, h, H));
       const S dcn =
@@ -277,12 +300,21 @@ void backward_block(const BwdParams& p, int64_t t, int64_t n, int64_t n_next, bo
   // 2. through the gates: the raw pre-activation gradients (in dpre_ih until the norms are
   //    undone) and the dc carry
   for (int64_t b = 0; b < n; ++b) {
-    const S* x = xw_t + b * G;
-    const S* h = hw_t + b * G;
-    S* out = dpre_ih_t + b * G;
+    const S* __restrict__ x = xw_t + b * G;
+    const S* __restrict__ h = hw_t + b * G;
+    const S* __restrict__ dh_row = dh + b * H;
+    const S* __restrict__ c_row = c_t + b * H;
+    const S* __restrict__ c_in = c_prev + b * H;
+    S* __restrict__ dc_row = dc + b * H;
+    S* __restrict__ d_i = dpre_ih_t + b * G;  // one pointer per gate: disjoint stores
+    S* __restrict__ d_f = d_i + H;
+    S* __restrict__ d_g = d_i + 2 * H;
+    S* __restrict__ d_o = d_i + 3 * H;
+    // GCC's alias analysis gives up on this many streams; every store is to its own row slice
+#pragma omp simd
     for (int64_t u = 0; u < w; ++u) {
-      const S dh_b = dh[b * H + u];
-      const S c = c_t[b * H + u];
+      const S dh_b = dh_row[u];
+      const S c = c_row[u];
       const S chat = (c - k.mean_c[u]) * k.rstd_c[u];
       const S i = sigmoid(k.pre(0, u, x, h, H));
       const S f = sigmoid(k.pre(1, u, x, h, H));
@@ -291,13 +323,13 @@ void backward_block(const BwdParams& p, int64_t t, int64_t n, int64_t n_next, bo
       const S o = sigmoid(k.pre(3, u, x, h, H));
       const S cn = cell_norm(c, k.mean_c[u], k.rstd_c[u], k.gamma_c[u], k.beta_c[u]);
       const S dcn = dh_b * o * sech2(cn);
-      const S dc_b = dc[b * H + u] + k.gamma_c[u] * bn_backward(dcn, chat, k.rstd_c[u], sum_dcn[u],
-                                                                sum_dcn_chat[u], n, use_batch);
-      dc[b * H + u] = dc_b * f;
-      out[u] = dc_b * gg * dsigmoid(i);
-      out[H + u] = dc_b * c_prev[b * H + u] * dsigmoid(f);
-      out[2 * H + u] = dc_b * i * sech2(pre_g);
-      out[3 * H + u] = dh_b * tanh_(cn) * dsigmoid(o);
+      const S dc_b = dc_row[u] + k.gamma_c[u] * bn_backward(dcn, chat, k.rstd_c[u], sum_dcn[u],
+                                                            sum_dcn_chat[u], rows, use_batch);
+      dc_row[u] = dc_b * f;
+      d_i[u] = dc_b * gg * dsigmoid(i);
+      d_f[u] = dc_b * c_in[u] * dsigmoid(f);
+      d_g[u] = dc_b * i * sech2(pre_g);
+      d_o[u] = dh_b * tanh_(cn) * dsigmoid(o);
     }
   }
 
@@ -306,9 +338,9 @@ void backward_block(const BwdParams& p, int64_t t, int64_t n, int64_t n_next, bo
     const int64_t c0 = g * H;
     S sum_d[kUnits] = {}, sum_d_ih[kUnits] = {}, sum_d_hh[kUnits] = {};
     for (int64_t b = 0; b < n; ++b) {
-      const S* d = dpre_ih_t + b * G + c0;
-      const S* x = xw_t + b * G + c0;
-      const S* h = hw_t + b * G + c0;
+      const S* __restrict__ d = dpre_ih_t + b * G + c0;
+      const S* __restrict__ x = xw_t + b * G + c0;
+      const S* __restrict__ h = hw_t + b * G + c0;
       for (int64_t u = 0; u < w; ++u) {
         sum_d[u] += d[u];
         sum_d_ih[u] += d[u] * ((x[u] - k.mean_ih[g][u]) * k.rstd_ih[g][u]);
@@ -319,20 +351,37 @@ void backward_block(const BwdParams& p, int64_t t, int64_t n, int64_t n_next, bo
     std::copy(sum_d_hh, sum_d_hh + w, dsum_t + G + c0);
     std::copy(sum_d, sum_d + w, dsum_t + 2 * G + c0);
     for (int64_t b = 0; b < n; ++b) {
-      S* d_ih = dpre_ih_t + b * G + c0;
-      S* d_hh = dpre_hh_t + b * G + c0;
-      const S* x = xw_t + b * G + c0;
-      const S* h = hw_t + b * G + c0;
-      for (int64_t u = 0; u < w; ++u) {
+      S* __restrict__ d_ih = dpre_ih_t + b * G + c0;
+      S* __restrict__ d_hh = dpre_hh_t + b * G + c0;
+      const S* __restrict__ x = xw_t + b * G + c0;
+      const S* __restrict__ h = hw_t + b * G + c0;
+            for (int64_t u = 0; u < w; ++u) {
         const S gamma_ih = k.gamma_ih[g][u], gamma_hh = k.gamma_hh[g][u], d = d_ih[u];
         const S xhat_ih = (x[u] - k.mean_ih[g][u]) * k.rstd_ih[g][u];
         const S xhat_hh = (h[u] - k.mean_hh[g][u]) * k.rstd_hh[g][u];
         d_ih[u] = bn_backward(gamma_ih * d, xhat_ih, k.rstd_ih[g][u], gamma_ih * sum_d[u],
-                              gamma_ih * sum_d_ih[u], n, use_batch);
+                              gamma_ih * sum_d_ih[u], rows, use_batch);
         d_hh[u] = bn_backward(gamma_hh * d, xhat_hh, k.rstd_hh[g][u], gamma_hh * sum_d[u],
-                              gamma_hh * sum_d_hh[u], n, use_batch);
+                              gamma_hh * sum_d_hh[u], rows, use_batch);
       }
     }
+  }
+}
+
+// float32 blocks: also built as an x86-64-v3 (AVX2, FMA) clone, which the loader picks where the
+// CPU has it (8 floats per instruction where the x86-64 baseline has 4).
+BNLSTM_CLONES void forward_block_f32(const FwdParams& p, int64_t t, int64_t n, int64_t n_next,
+                                     int64_t row, bool use_batch, float factor, int64_t j0,
+                                     int64_t w) {
+  forward_block<float>(p, t, n, n_next, row, use_batch, factor, j0, w);
+}
+
+BNLSTM_CLONES void backward_block_f32(const BwdParams& p, int64_t t, int64_t n, int64_t n_next,
+                                      bool use_batch, int64_t j0, int64_t w) {
+  if (use_batch) {
+    backward_block<float, true>(p, t, n, n_next, j0, w);
+  } else {
+    backward_block<float, false>(p, t, n, n_next, j0, w);
   }
 }
 
@@ -355,7 +404,11 @@ void forward_steps_cpu(const FwdParams& p, const at::Tensor& xw, const ForwardPl
       const bool use_batch = plan.factors[t] >= 0;
       const S factor = p.factors ? static_cast<const S*>(p.factors)[t] : S(plan.factors[t]);
       for_each_block(n, p.H, [&](int64_t j0, int64_t w) {
-        forward_block<S>(p, t, n, n_next, plan.rows[t], use_batch, factor, j0, w);
+        if constexpr (std::is_same_v<S, float>) {
+          forward_block_f32(p, t, n, n_next, plan.rows[t], use_batch, factor, j0, w);
+        } else {
+          forward_block<S>(p, t, n, n_next, plan.rows[t], use_batch, factor, j0, w);
+        }
       });
     }
   });
@@ -371,7 +424,13 @@ void backward_steps_cpu(const BwdParams& p, const at::Tensor& xw, const Backward
       const int64_t n = plan.batch_sizes[t], n_next = t + 1 < T ? plan.batch_sizes[t + 1] : 0;
       const bool use_batch = plan.use_batch.get(t);
       for_each_block(n, p.H, [&](int64_t j0, int64_t w) {
-        backward_block<S>(p, t, n, n_next, use_batch, j0, w);
+        if constexpr (std::is_same_v<S, float>) {
+          backward_block_f32(p, t, n, n_next, use_batch, j0, w);
+        } else if (use_batch) {
+          backward_block<S, true>(p, t, n, n_next, j0, w);
+        } else {
+          backward_block<S, false>(p, t, n, n_next, j0, w);
+        }
       });
     }
   });

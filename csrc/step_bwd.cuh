@@ -100,7 +100,7 @@ bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
     const A tanh_cn = tanh_(cn);
     const A dcn = dh_b * o * sech2(cn);
     const A dc_b = dc[b * H + j] + k.gamma_c[col] * bn_backward(dcn, chat, k.rstd_c[col], sum_dcn,
-                                                                sum_dcn_chat, n, use_batch);
+                                                                sum_dcn_chat, A(n), use_batch);
     dc[b * H + j] = dc_b * f;
     A* out = dpre_ih_t + b * G + j;
     out[0] = dc_b * gg * dsigmoid(i);
@@ -133,9 +133,9 @@ bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
       const A xhat_ih = (to_acc(xw_t[b * G + c]) - k.mean_ih[g][col]) * k.rstd_ih[g][col];
       const A xhat_hh = (hw_t[b * G + c] - k.mean_hh[g][col]) * k.rstd_hh[g][col];
       dpre_ih_t[b * G + c] = bn_backward(gamma_ih * d, xhat_ih, k.rstd_ih[g][col],
-                                         gamma_ih * sum_d, gamma_ih * sum_d_ih, n, use_batch);
+                                         gamma_ih * sum_d, gamma_ih * sum_d_ih, A(n), use_batch);
       dpre_hh_t[b * G + c] = bn_backward(gamma_hh * d, xhat_hh, k.rstd_hh[g][col],
-                                         gamma_hh * sum_d, gamma_hh * sum_d_hh, n, use_batch);
+                                         gamma_hh * sum_d, gamma_hh * sum_d_hh, A(n), use_batch);
     }
   }
 }

@@ -117,10 +117,11 @@ BNLSTM_HD A cell_norm(A c, A mean_c, A rstd_c, A gamma_c, A beta_c) {
 }
 
 // Gradient through (z - mean) * rstd given d = dL/dxhat; with batch statistics the mean and
-// variance depend on every row (sum_d, sum_dx: batch sums of d and d * xhat over n rows).
+// variance depend on every row (sum_d, sum_dx: batch sums of d and d * xhat over the n rows;
+// n comes as an A, so no integer conversion sits in a vectorised loop).
 template <typename A>
-BNLSTM_HD A bn_backward(A d, A xhat, A rstd, A sum_d, A sum_dx, int64_t n, bool use_batch) {
-  return use_batch ? rstd * (d - sum_d / A(n) - xhat * (sum_dx / A(n))) : rstd * d;
+BNLSTM_HD A bn_backward(A d, A xhat, A rstd, A sum_d, A sum_dx, A n, bool use_batch) {
+  return use_batch ? rstd * (d - sum_d / n - xhat * (sum_dx / n)) : rstd * d;
 }
 
 }  // namespace bnlstm

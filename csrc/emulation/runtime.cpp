@@ -21,7 +21,8 @@
 namespace bnlstm_emu {
 namespace {
 
-// Sleeps while *word == value, at most `seconds` (< 0: no limit), or until futex_wake.
+// The barrier sleeps on a futex: a timed wait (the watchdog) that std::barrier lacks, and one
+// wake for the whole block. Sleeps while word == value, at most `seconds` (< 0: no limit).
 void futex_wait(std::atomic<unsigned>& word, unsigned value, double seconds = -1) {
   timespec limit{static_cast<time_t>(seconds), static_cast<long>((seconds - long(seconds)) * 1e9)};
   syscall(SYS_futex, reinterpret_cast<unsigned*>(&word), FUTEX_WAIT_PRIVATE, value,
