@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include "loops.h"
 #include "step_math.h"
@@ -73,6 +74,40 @@ void matmul(bool transpose_w, int64_t m, int64_t ncols, int64_t k, const S* a, i
   at::mm_out(c_t, a_t, w_t);
 #endif
 }
+
+// The recurrent weights as one loop's per-step GEMMs read them. Forward, each block's four gate
+// slices (rows g H + j0 .. j0 + w - 1 of W_hh [4H, H]) are copied next to each other once per
+// call, so a step multiplies them in one GEMM: C[m, 4w] = h_{t-1} slices^T. Backward, a block
+// reads its columns j0 .. j0 + w - 1 of W_hh in place: C[m, w] = dpre_hh W_hh[:, j0:j0+w].
+template <typename S>
+class StepWeights {
+ public:
+  StepWeights(const S* weight_hh, int64_t H, bool forward) : weight_hh_(weight_hh), H_(H) {
+    if (!forward) return;
+    blocks_.resize(4 * H * H);
+    for (int64_t j0 = 0; j0 < H; j0 += kUnits) {
+      const int64_t w = std::min(kUnits, H - j0);
+      for (int g = 0; g < 4; ++g) {
+        std::copy_n(weight_hh + (g * H + j0) * H, w * H, blocks_.data() + (4 * j0 + g * w) * H);
+      }
+    }
+  }
+
+  // C[m, 4w] (gate g at columns g w ..) = A[m, H] times the block's gate slices transposed
+  void forward(int64_t j0, int64_t w, int64_t m, const S* a, S* c) const {
+    matmul(true, m, 4 * w, H_, a, H_, blocks_.data() + 4 * j0 * H_, H_, c, 4 * w);
+  }
+
+  // C[m, w] (leading dimension ldc) = A[m, 4H] times W_hh's columns j0 .. j0 + w - 1
+  void backward(int64_t j0, int64_t w, int64_t m, const S* a, S* c, int64_t ldc) const {
+    matmul(false, m, w, 4 * H_, a, 4 * H_, weight_hh_ + j0, H_, c, ldc);
+  }
+
+ private:
+  const S* weight_hh_;
+  int64_t H_;
+  std::vector<S> blocks_;  // forward: [block][gate][unit][H]
+};
 
 // The GEMMs of a loop run one thread each, inside its tasks, whatever MKL would pick outside a
 // parallel region: the summation order then never depends on the thread count.
@@ -148,8 +183,9 @@ BNLSTM_INLINE void feature_sums(const S* __restrict__ z, int64_t ld, int64_t n, 
 }
 
 template <typename S>
-BNLSTM_INLINE void forward_block(const FwdParams& p, int64_t t, int64_t n, int64_t n_next,
-                                 int64_t row, bool use_batch, S factor, int64_t j0, int64_t w) {
+BNLSTM_INLINE void forward_block(const FwdParams& p, const StepWeights<S>& weights, int64_t t,
+                                 int64_t n, int64_t n_next, int64_t row, bool use_batch, S factor,
+                                 int64_t j0, int64_t w) {
   const int64_t H = p.H, G = 4 * H, B = p.B;
   const S eps = static_cast<S>(p.eps);
   const S* xw_t = static_cast<const S*>(p.xw) + t * B * G + j0;
@@ -168,11 +204,19 @@ BNLSTM_INLINE void forward_block(const FwdParams& p, int64_t t, int64_t n, int64
     std::fill_n(c_next + b * H, w, S(0));
   }
 
-  // per gate: hw = h_{t-1} W_hh^T for the block's features, the statistics of both products
+  // hw = h_{t-1} W_hh^T for the block's features of all four gates in one GEMM, kept as hw_t
+  thread_local std::vector<S> product;
+  product.resize(n * 4 * w);
+  weights.forward(j0, w, n, h_prev, product.data());
+  for (int64_t b = 0; b < n; ++b) {
+    for (int g = 0; g < 4; ++g) {
+      std::copy_n(product.data() + (b * 4 + g) * w, w, hw_t + b * G + g * H);
+    }
+  }
+
+  // per gate: the statistics of both products
   for (int g = 0; g < 4; ++g) {
     const int64_t c0 = g * H;
-    matmul(true, n, w, H, h_prev, H, static_cast<const S*>(p.weight_hh) + (c0 + j0) * H, H,
-           hw_t + c0, G);
     struct { const S* z; S* run_mean; S* run_var; S* stat; S* mean; S* rstd; } norms[2] = {
         {xw_t + c0, static_cast<S*>(p.run_mean_ih), static_cast<S*>(p.run_var_ih), stat_ih_t,
          k.mean_ih[g], k.rstd_ih[g]},
@@ -233,8 +277,8 @@ BNLSTM_INLINE void forward_block(const FwdParams& p, int64_t t, int64_t n, int64
 // use_batch is a template argument: a run-time flag inside bn_backward keeps GCC from
 // vectorising the loops that call it.
 template <typename S, bool use_batch>
-BNLSTM_INLINE void backward_block(const BwdParams& p, int64_t t, int64_t n, int64_t n_next,
-                                  int64_t j0, int64_t w) {
+BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weights, int64_t t,
+                                  int64_t n, int64_t n_next, int64_t j0, int64_t w) {
   const int64_t H = p.H, G = 4 * H, B = p.B;
   const S rows = S(n);
   const S* xw_t = static_cast<const S*>(p.xw) + t * B * G + j0;
@@ -269,7 +313,7 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, int64_t t, int64_t n, int6
 
   // 1. dh_t = dy_t + dpre_hh[t+1] W_hh (rows running at t+1) or dh_n (rows ending at t), and
   //    the batch sums through the cell norm
-  matmul(false, n_next, w, G, dpre_hh_next, G, static_cast<const S*>(p.weight_hh) + j0, H, dh, H);
+  weights.backward(j0, w, n_next, dpre_hh_next, dh, H);
   S sum_dcn[kUnits] = {}, sum_dcn_chat[kUnits] = {};
   for (int64_t b = 0; b < n; ++b) {
     // row b's dh: the product above while it runs at t+1, else dh_n; rewritten in place
@@ -368,20 +412,39 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, int64_t t, int64_t n, int6
   }
 }
 
-// float32 blocks: also built as an x86-64-v3 (AVX2, FMA) clone, which the loader picks where the
-// CPU has it (8 floats per instruction where the x86-64 baseline has 4).
-BNLSTM_CLONES void forward_block_f32(const FwdParams& p, int64_t t, int64_t n, int64_t n_next,
-                                     int64_t row, bool use_batch, float factor, int64_t j0,
-                                     int64_t w) {
-  forward_block<float>(p, t, n, n_next, row, use_batch, factor, j0, w);
+// A block's step, forward and backward: a template for float64, and for float32 an overload
+// also built as an x86-64-v3 (AVX2, FMA) clone, which the loader picks where the CPU has it (8
+// floats per instruction where the x86-64 baseline has 4).
+template <typename S>
+void run_forward_block(const FwdParams& p, const StepWeights<S>& weights, int64_t t, int64_t n,
+                       int64_t n_next, int64_t row, bool use_batch, S factor, int64_t j0,
+                       int64_t w) {
+  forward_block<S>(p, weights, t, n, n_next, row, use_batch, factor, j0, w);
 }
 
-BNLSTM_CLONES void backward_block_f32(const BwdParams& p, int64_t t, int64_t n, int64_t n_next,
-                                      bool use_batch, int64_t j0, int64_t w) {
+BNLSTM_CLONES void run_forward_block(const FwdParams& p, const StepWeights<float>& weights,
+                                     int64_t t, int64_t n, int64_t n_next, int64_t row,
+                                     bool use_batch, float factor, int64_t j0, int64_t w) {
+  forward_block<float>(p, weights, t, n, n_next, row, use_batch, factor, j0, w);
+}
+
+template <typename S>
+void run_backward_block(const BwdParams& p, const StepWeights<S>& weights, int64_t t, int64_t n,
+                        int64_t n_next, bool use_batch, int64_t j0, int64_t w) {
   if (use_batch) {
-    backward_block<float, true>(p, t, n, n_next, j0, w);
+    backward_block<S, true>(p, weights, t, n, n_next, j0, w);
   } else {
-    backward_block<float, false>(p, t, n, n_next, j0, w);
+    backward_block<S, false>(p, weights, t, n, n_next, j0, w);
+  }
+}
+
+BNLSTM_CLONES void run_backward_block(const BwdParams& p, const StepWeights<float>& weights,
+                                      int64_t t, int64_t n, int64_t n_next, bool use_batch,
+                                      int64_t j0, int64_t w) {
+  if (use_batch) {
+    backward_block<float, true>(p, weights, t, n, n_next, j0, w);
+  } else {
+    backward_block<float, false>(p, weights, t, n, n_next, j0, w);
   }
 }
 
@@ -399,16 +462,13 @@ void forward_steps_cpu(const FwdParams& p, const at::Tensor& xw, const ForwardPl
   const int64_t T = xw.size(0);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "bnlstm_forward_cpu", [&] {
     using S = scalar_t;
+    const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, /*forward=*/true);
     for (int64_t t = 0; t < T; ++t) {
       const int64_t n = plan.batch_sizes[t], n_next = t + 1 < T ? plan.batch_sizes[t + 1] : 0;
       const bool use_batch = plan.factors[t] >= 0;
       const S factor = p.factors ? static_cast<const S*>(p.factors)[t] : S(plan.factors[t]);
       for_each_block(n, p.H, [&](int64_t j0, int64_t w) {
-        if constexpr (std::is_same_v<S, float>) {
-          forward_block_f32(p, t, n, n_next, plan.rows[t], use_batch, factor, j0, w);
-        } else {
-          forward_block<S>(p, t, n, n_next, plan.rows[t], use_batch, factor, j0, w);
-        }
+        run_forward_block(p, weights, t, n, n_next, plan.rows[t], use_batch, factor, j0, w);
       });
     }
   });
@@ -420,17 +480,12 @@ void backward_steps_cpu(const BwdParams& p, const at::Tensor& xw, const Backward
   const int64_t T = xw.size(0);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "bnlstm_backward_cpu", [&] {
     using S = scalar_t;
+    const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, /*forward=*/false);
     for (int64_t t = T - 1; t >= 0; --t) {
       const int64_t n = plan.batch_sizes[t], n_next = t + 1 < T ? plan.batch_sizes[t + 1] : 0;
       const bool use_batch = plan.use_batch.get(t);
       for_each_block(n, p.H, [&](int64_t j0, int64_t w) {
-        if constexpr (std::is_same_v<S, float>) {
-          backward_block_f32(p, t, n, n_next, use_batch, j0, w);
-        } else if (use_batch) {
-          backward_block<S, true>(p, t, n, n_next, j0, w);
-        } else {
-          backward_block<S, false>(p, t, n, n_next, j0, w);
-        }
+        run_backward_block(p, weights, t, n, n_next, use_batch, j0, w);
       });
     }
   });
