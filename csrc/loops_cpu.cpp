@@ -41,7 +41,7 @@ int MKL_Set_Num_Threads_Local(int nt);  // mkl_set_num_threads_local of mkl.h
 namespace bnlstm {
 namespace {
 
-constexpr int64_t kUnits = 16;  // hidden units per task (all 4 gates of each)
+constexpr int64_t kUnits = 32;  // hidden units per task (all 4 gates of each)
 // Below this many multiply-adds per step (n x H x 4H) a step runs as one task: a fork costs
 // more than the work.
 constexpr int64_t kSerialWork = int64_t(1) << 16;
