@@ -348,3 +348,33 @@ def test_final_states_come_from_each_rows_last_step(op):
         assert torch.equal(h_n[b], y[last, b])
         assert torch.equal(c_n[b], cell[last, b].to(c_n.dtype))
     assert torch.equal(h_n[2], h0[2]) and torch.equal(c_n[2], c0[2])
+
+
+@needs_ext
+def test_cpu_kernels_give_the_same_bits_on_one_and_two_threads():
+    """Blocks of units depend on H alone and every sum runs in a fixed order, so the thread
+    count changes nothing: H = 72 is three blocks (32, 32, 8), B = 33 rows with unsorted
+    lengths, enough work per step for the blocks to run on both threads."""
+    from conftest import packed, run_and_backward
+    from torch.nn.utils.rnn import PackedSequence
+
+    torch.manual_seed(0)
+    model = BNLSTM(5, 72, num_layers=2, bidirectional=True, max_length=4, backend="cpp")
+    lengths = torch.randint(1, 9, (33,)).tolist()
+    lengths[3] = 9
+    x = packed(torch.randn(9, 33, 5), lengths)
+    x = PackedSequence(x.data.requires_grad_(), x.batch_sizes, x.sorted_indices,
+                       x.unsorted_indices)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            m = copy.deepcopy(model)
+            upstream = {}
+            torch.manual_seed(1)
+            out, h_n, c_n, grads = run_and_backward(m, lambda m, i, h: m(i, h), x, None, upstream)
+            runs.append([out, h_n, c_n, *grads.values(), *m.buffers()])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
