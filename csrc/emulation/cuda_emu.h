@@ -23,9 +23,10 @@
 #define BNLSTM_EMU_STR2(x) #x
 #define BNLSTM_EMU_STR(x) BNLSTM_EMU_STR2(x)
 #define __syncthreads() ::bnlstm_emu::sync_threads(__FILE__ ":" BNLSTM_EMU_STR(__LINE__))
-// the launch site of step_*.cuh; the launch returns when every block has run (stream order)
+// the launch site of step_*.cuh; the launch returns when every block has run, so one stream
+// (in order) is all there is
 #define BNLSTM_LAUNCH(kernel, grid, block, stream, ...) \
-  ::bnlstm_emu::launch<&kernel>(grid, block, __VA_ARGS__)
+  ((void)(stream), ::bnlstm_emu::launch<&kernel>(grid, block, __VA_ARGS__))
 
 // per emulated thread, set before it enters the kernel
 inline thread_local uint3 threadIdx, blockIdx;

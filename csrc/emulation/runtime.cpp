@@ -81,10 +81,17 @@ struct Block {
     throw Aborted{};
   }
 
-  // Part of the block waits at a barrier the rest has left the kernel without reaching.
-  bool stranded() const {
+  // The threads waiting at a barrier the rest of the block has left the kernel without
+  // reaching, or 0. One snapshot: a thread that arrived cannot exit, so a + e == threads holds
+  // only when neither count can change any more.
+  unsigned stranded() const {
     const unsigned e = exited.load(), a = arrived.load();
-    return e > 0 && a > 0 && a + e == threads;
+    return e > 0 && a + e == threads ? a : 0;
+  }
+
+  std::string reached(const char* here, unsigned waiting) const {
+    return "__syncthreads at " + where(here) + " reached by " + std::to_string(waiting) +
+           " of " + std::to_string(threads) + " threads";
   }
 
   void sync(const char* here) {
@@ -106,18 +113,14 @@ struct Block {
     const auto start = std::chrono::steady_clock::now();
     while (generation.load(std::memory_order_acquire) == gen) {
       if (failed.load()) throw Aborted{};
-      const unsigned waiting = arrived.load();
-      const std::string reached = "__syncthreads at " + where(here) + " reached by " +
-                                  std::to_string(waiting) + " of " + std::to_string(threads) +
-                                  " threads";
-      if (stranded()) {
-        fail(reached + "; the other " + std::to_string(threads - waiting) +
+      if (const unsigned waiting = stranded()) {
+        fail(reached(here, waiting) + "; the other " + std::to_string(threads - waiting) +
              " returned from the kernel");
       }
       const double left = watchdog_s - std::chrono::duration<double>(
                                            std::chrono::steady_clock::now() - start).count();
       if (left <= 0) {
-        fail(reached + " within the watchdog's " + seconds(watchdog_s) +
+        fail(reached(here, arrived.load()) + " within the watchdog's " + seconds(watchdog_s) +
              " (BNLSTM_EMU_WATCHDOG_S)");
       }
       futex_wait(generation, gen, left);
