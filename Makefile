@@ -53,15 +53,17 @@ $(CUDA_VENV)/.installed: pyproject.toml Makefile
 
 # The toolkit here lacks cuBLAS/cuSPARSE headers: take the CUDA 13 wheels' (shared/CUDA_BUILD.md).
 # Rebuilt whenever a source changes; pip builds in a fresh directory, so every kernel's ptxas
-# report (registers, spills) is in the log each time.
+# report (registers, spills) is in the log each time. Installed into the venv, not in place: the
+# source tree's bnlstm_cuda/_C*.so is .venv's CPU build, so this venv imports and tests its own
+# copy (python -I and the pytest script keep the source tree off sys.path).
 $(CUDA_VENV)/.ext-built: $(CUDA_VENV)/.installed setup.py $(wildcard csrc/*)
 	mkdir -p build
 	NV=$$($(CUDA_PY) -c "import nvidia, os; print(os.path.join(nvidia.__path__[0], 'cu13'))") && \
 	  CUDA_HOME=$(CUDA_HOME) CPATH=$$NV/include LIBRARY_PATH=$$NV/lib \
 	  BNLSTM_CUDA_ARCHS="$(CI_CUDA_ARCHS)" MAX_JOBS=2 \
-	  $(CUDA_PY) -m pip install -v --no-build-isolation --no-deps -e . > $(EXT_LOG) 2>&1 \
+	  $(CUDA_PY) -m pip install -v --no-build-isolation --no-deps . > $(EXT_LOG) 2>&1 \
 	  || { grep -v "^WARNING: Location" $(EXT_LOG) | tail -n 80; exit 1; }
-	$(CUDA_PY) -c "import bnlstm_cuda._C, torch; print('bnlstm_cuda._C:', torch.ops.bnlstm.forward_loop)"
+	$(CUDA_PY) -I -c "import bnlstm_cuda._C, torch; print('bnlstm_cuda._C:', torch.ops.bnlstm.forward_loop)"
 	touch $@
 
 build-ext: $(CUDA_VENV)/.ext-built
@@ -73,7 +75,7 @@ test: $(VENV)/.ext-built build-ext
 	$(VENV)/bin/ruff check bnlstm_cuda tests examples benchmarks tools setup.py
 	env -u TRITON_INTERPRET $(PY) tools/triton_report.py
 	CUDA_HOME=$(CUDA_HOME) $(PY) -m pytest -q tests
-	$(CUDA_PY) -m pytest -q -p no:logging tests/test_cpp_ext.py
+	$(CUDA_VENV)/bin/pytest -q -p no:logging tests/test_cpp_ext.py
 
 # The CUDA kernels run on the CPU (csrc/emulation/, tests/test_emulation.py): the GPU contract,
 # both block orders, ThreadSanitizer, the barrier watchdog. Needs the toolkit's headers, no GPU;
