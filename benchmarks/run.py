@@ -21,7 +21,7 @@ import bnlstm_cuda
 
 from . import measure
 from .check import check_provider
-from .providers import BASELINE, REFERENCE, Built, Provider, providers
+from .providers import BASELINE, EAGER_LOOP, REFERENCE, Built, Provider, providers
 from .shapes import SUITES, Shape
 
 MODES = ("inference", "train_fwd", "fwd_bwd")
@@ -146,14 +146,15 @@ def _ratio(rows, row, provider):
 
 
 def format_table(shape: Shape, rows: list[dict], notes: list[str], baseline_label: str) -> str:
-    """One block per shape: time, per-step cost, rate, memory, ratio to the baseline and
-    speedup over the eager reference."""
+    """One block per shape: time, per-step cost, rate, memory, ratios to the baseline and to
+    the eager BN loop (what users write today), and speedup over the eager reference."""
     head = (f"{'provider':<18} {'mode':<10} {'launch':<10} {'ms p50 [p20, p80]':>26} "
             f"{'us/step':>9} {'tokens/s':>10} {'peak MB':>8} {'x ' + baseline_label:>13} "
-            f"{'vs reference':>12}")
+            f"{'x eager loop':>12} {'vs reference':>12}")
     lines = [f"== {shape.describe()}", head]
     for r in rows:
         to_base = _ratio(rows, r, BASELINE)
+        to_loop = _ratio(rows, r, EAGER_LOOP)
         from_ref = _ratio(rows, r, REFERENCE)
         peak = r["peak_mem_mb"]
         lines.append(
@@ -162,6 +163,7 @@ def format_table(shape: Shape, rows: list[dict], notes: list[str], baseline_labe
             f"{r['us_per_step']:>9.1f} {r['tokens_per_s']:>10.3g} "
             f"{peak if isinstance(peak, str) else f'{peak:.1f}':>8} "
             f"{'n/a' if to_base is None else f'{to_base:.2f}x':>13} "
+            f"{'n/a' if to_loop is None else f'{to_loop:.2f}x':>12} "
             f"{'n/a' if from_ref is None else f'{1 / from_ref:.1f}x faster':>12}")
     lines += [f"   {note}" for note in notes]
     return "\n".join(lines)
@@ -216,8 +218,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     if args.device == "auto" and not cuda:
-        print("No CUDA device: running the CPU suite (torch backend vs nn.LSTM on the CPU vs "
-              "the reference). On a GPU this command measures against cuDNN.")
+        print("No CUDA device: running the CPU suite (the backends that run on the CPU vs nn.LSTM "
+              "and the eager BN loop on the CPU). On a GPU this command measures against cuDNN.")
     device = torch.device("cuda" if cuda else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     shapes = SUITES[(device.type, args.suite)]
@@ -238,6 +240,7 @@ def main(argv=None) -> None:
             append_csv(rows, args.csv)
     close()
     print(f"\nx {baseline_label}: time over {BASELINE}'s in the same run (lower is better); "
+          f"x eager loop: time over the {EAGER_LOOP}'s (per-step F.batch_norm, benchmarks/eager_loop.py); "
           "vs reference: the eager reference's time over this row's.")
     if not args.no_csv:
         print(f"rows appended to {args.csv}")

@@ -110,10 +110,13 @@ class StepWeights {
 };
 
 // The GEMMs of a loop run one thread each, inside its tasks, whatever MKL would pick outside a
-// parallel region: the summation order then never depends on the thread count.
+// parallel region: the summation order then never depends on the thread count. ATen sizes a
+// thread's OpenMP pool from MKL's count the first time that thread reaches at::parallel_for
+// (unless torch.set_num_threads was called): do that first, or the pool, and every later torch
+// op on the thread, would stay at one thread.
 struct SerialBlas {
 #ifdef BNLSTM_WITH_MKL
-  int previous = MKL_Set_Num_Threads_Local(1);
+  int previous = (at::internal::lazy_init_num_threads(), MKL_Set_Num_Threads_Local(1));
   ~SerialBlas() { MKL_Set_Num_Threads_Local(previous); }
 #endif
 };

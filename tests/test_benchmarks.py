@@ -91,6 +91,19 @@ def test_run_shape_rows_csv_and_table(tmp_path):
     assert "1.00x" in table and "skewed: FAILED" in table
 
 
+def test_table_states_each_row_against_nn_lstm_and_the_eager_loop():
+    """The issue's targets read off one run: time over nn.LSTM's and over the eager loop's."""
+    def row(provider, ms):
+        return {"provider": provider, "mode": "inference", "launch": "eager", "ms_p50": ms,
+                "ms_p20": ms, "ms_p80": ms, "us_per_step": ms * 200, "tokens_per_s": 1.0,
+                "peak_mem_mb": "n/a"}
+    rows = [row("bnlstm[cpp]", 3.0), row(BASELINE, 2.0), row(EAGER_LOOP, 6.0)]
+    lines = format_table(TINY, rows, [], "nn.LSTM").splitlines()
+    assert "x eager loop" in lines[1]
+    assert lines[2].split()[-3:-1] == ["1.50x", "0.50x"]  # bnlstm[cpp]: x nn.LSTM, x loop
+    assert lines[4].split()[-3:-1] == ["3.00x", "1.00x"]
+
+
 def test_every_variant_is_checked_before_it_is_timed():
     """A variant (a launch mode or an algorithm switch, entered as a context) that computes a
     wrong result is left out with a note; a correct one gets rows labelled with its name."""

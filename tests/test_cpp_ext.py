@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import os
 import runpy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -378,3 +380,22 @@ def test_cpu_kernels_give_the_same_bits_on_one_and_two_threads():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@needs_ext
+def test_cpu_kernels_leave_the_thread_count_alone():
+    """ATen sizes a thread's OpenMP pool from MKL's count the first time the thread reaches
+    at::parallel_for; reached with MKL held at one thread, a fresh process dropped to one thread
+    for good: every op after the first BN-LSTM call, nn.LSTM's included, ran on one core."""
+    script = ("import torch, bnlstm_cuda; before = torch.get_num_threads(); "
+              "m = bnlstm_cuda.BNLSTM(8, 64, max_length=4, backend='cpp'); "
+              "m(torch.randn(4, 32, 8))[0].sum().backward(); "
+              "print(before, torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=120)
+    assert run.returncode == 0, run.stderr
+    before, after = map(int, run.stdout.split())
+    if before < 2:
+        pytest.skip("one thread by default here: nothing to lose")
+    assert after == before
