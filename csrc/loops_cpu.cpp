@@ -461,7 +461,7 @@ void check_dtype(const char* op, at::ScalarType dtype) {
 
 void forward_steps_cpu(const FwdParams& p, const at::Tensor& xw, const ForwardPlan& plan) {
   check_dtype("bnlstm::forward_loop", xw.scalar_type());
-  const SerialBlas serial;
+  [[maybe_unused]] const SerialBlas serial;  // empty without MKL
   const int64_t T = xw.size(0);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "bnlstm_forward_cpu", [&] {
     using S = scalar_t;
@@ -479,7 +479,7 @@ void forward_steps_cpu(const FwdParams& p, const at::Tensor& xw, const ForwardPl
 
 void backward_steps_cpu(const BwdParams& p, const at::Tensor& xw, const BackwardPlan& plan) {
   check_dtype("bnlstm::backward_loop", xw.scalar_type());
-  const SerialBlas serial;
+  [[maybe_unused]] const SerialBlas serial;  // empty without MKL
   const int64_t T = xw.size(0);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "bnlstm_backward_cpu", [&] {
     using S = scalar_t;
