@@ -240,7 +240,8 @@ def main(argv=None) -> None:
             append_csv(rows, args.csv)
     close()
     print(f"\nx {baseline_label}: time over {BASELINE}'s in the same run (lower is better); "
-          f"x eager loop: time over the {EAGER_LOOP}'s (per-step F.batch_norm, benchmarks/eager_loop.py); "
+          f"x eager loop: time over the {EAGER_LOOP}'s (per-step F.batch_norm, "
+          "benchmarks/eager_loop.py); "
           "vs reference: the eager reference's time over this row's.")
     if not args.no_csv:
         print(f"rows appended to {args.csv}")
