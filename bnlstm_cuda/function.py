@@ -1,9 +1,12 @@
 """The autograd Function for one layer and direction, with a handwritten backward.
 
-The work every backend shares lives here: after the reverse loop the input and weight gradients
-as single GEMMs over all steps. A backend supplies the per-step loops (`forward_loop`,
-`backward_loop`); the forward loop gets x and computes the input product of all steps as one
-GEMM ahead of its loop (layer_state.input_product), or inside its step kernel.
+The work every backend shares lives here: before the loop the input product of all steps as one
+GEMM and its batch norm for all steps at once (input_norm.py); after the reverse loop that
+norm's backward for all steps, and the input and weight gradients as single GEMMs over all
+steps. A backend supplies the per-step loops (`forward_loop`, `backward_loop`, contract in
+backends/torch_ops.py), which see the input only as its contribution u to each step's
+pre-activation. A backend that computes the input product inside its steps (Triton's "fused"
+input-product mode) says so through `in_step_input()`, and then gets x instead of u.
 """
 
 from __future__ import annotations
@@ -14,7 +17,21 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .layer_state import LayerWeights, RunningStats, step_plan
+from . import input_norm
+from .input_norm import InputSaved
+from .layer_state import LayerWeights, RunningStats, Steps, input_product, plan_steps
+
+
+def _forward(backend, x, weights: LayerWeights, h0, c0, stats: RunningStats, steps: Steps,
+             eps: float, save: bool):
+    """y, h_n, c_n, the backend's saved tensors and the input norm's, of one layer and
+    direction."""
+    in_step = getattr(backend, "in_step_input", lambda: None)()
+    if in_step is not None:
+        return in_step(x, weights, h0, c0, stats, steps, eps, save)
+    u, inp = input_norm.forward(input_product(x, weights), weights, stats, steps, eps)
+    y, h_n, c_n, saved = backend.forward_loop(u, weights, h0, c0, stats, steps, eps, save)
+    return y, h_n, c_n, saved, inp
 
 
 class BNLSTMFunction(torch.autograd.Function):
@@ -22,15 +39,13 @@ class BNLSTMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c,
-                stats, batch_sizes, training, momentum, eps, backend):
+                stats, steps, eps, backend):
         weights = LayerWeights(weight_ih, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c)
-        y, h_n, c_n, saved = backend.forward_loop(
-            x, weights, h0, c0, stats, batch_sizes, training, momentum, eps, save=True
-        )
-        ctx.save_for_backward(x, h0, c0, *weights, y, *saved)
+        y, h_n, c_n, saved, inp = _forward(backend, x, weights, h0, c0, stats, steps, eps,
+                                           save=True)
+        ctx.save_for_backward(x, h0, c0, *weights, y, *inp, *saved)
         ctx.saved_type = type(saved)
-        ctx.batch_stats = [u for _, u in step_plan(batch_sizes, stats.max_length, training)]
-        ctx.batch_sizes = batch_sizes
+        ctx.steps = steps._replace(factors=None)
         ctx.backend = backend
         return y, h_n, c_n
 
@@ -39,12 +54,15 @@ class BNLSTMFunction(torch.autograd.Function):
     def backward(ctx, dy, dh_n, dc_n):
         x, h0, c0, *rest = ctx.saved_tensors
         weights = LayerWeights(*rest[:7])
-        y, saved = rest[7], ctx.saved_type(*rest[8:])
-        dpre_ih, dpre_hh, dh0, dc0, *dfeature = ctx.backend.backward_loop(
-            saved, weights, c0, ctx.batch_sizes, ctx.batch_stats,
+        y, inp, saved = rest[7], InputSaved(*rest[8:10]), ctx.saved_type(*rest[10:])
+        dpre, dpre_hh, dh0, dc0, *dfeature = ctx.backend.backward_loop(
+            saved, inp, weights, c0, ctx.steps,
             dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(),
         )
-        dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias = (g.to(x.dtype) for g in dfeature)
+        dpre_ih, dgamma_ih, dbias = input_norm.backward(dpre, inp, weights, ctx.steps)
+        dgamma_hh, dgamma_c, dbeta_c = dfeature
+        dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias = (
+            g.to(x.dtype) for g in (dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias))
         dpre_ih, dpre_hh = dpre_ih.to(x.dtype), dpre_hh.to(x.dtype)
         need = ctx.needs_input_grad
         dx = dpre_ih @ weights.weight_ih if need[0] else None
@@ -55,7 +73,7 @@ class BNLSTMFunction(torch.autograd.Function):
             dweight_hh = dpre_hh.flatten(0, 1).t() @ h_prev.flatten(0, 1)
         dbias = dbias if weights.bias is not None else None
         return (dx, dh0.to(x.dtype), dc0.to(x.dtype), dweight_ih, dweight_hh, dbias, dgamma_ih,
-                dgamma_hh, dgamma_c, dbeta_c, None, None, None, None, None, None)
+                dgamma_hh, dgamma_c, dbeta_c, None, None, None, None)
 
 
 def run_layer(
@@ -79,13 +97,10 @@ def run_layer(
     if acc != dtype:
         x, h0, c0 = x.to(acc), h0.to(acc), c0.to(acc)
         weights = LayerWeights(*(None if w is None else w.to(acc) for w in weights))
+    steps = plan_steps(batch_sizes, stats, training, momentum)
     tensors = (x, h0, c0, *weights)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        y, h_n, c_n = BNLSTMFunction.apply(
-            x, h0, c0, *weights, stats, batch_sizes, training, momentum, eps, backend
-        )
+        y, h_n, c_n = BNLSTMFunction.apply(x, h0, c0, *weights, stats, steps, eps, backend)
     else:
-        y, h_n, c_n, _ = backend.forward_loop(
-            x, weights, h0, c0, stats, batch_sizes, training, momentum, eps, save=False
-        )
+        y, h_n, c_n, _, _ = _forward(backend, x, weights, h0, c0, stats, steps, eps, save=False)
     return y.to(dtype), h_n.to(dtype), c_n.to(dtype)

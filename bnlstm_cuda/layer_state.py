@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+import torch
 from torch import Tensor
 
 
@@ -41,6 +42,32 @@ def input_product(x: Tensor, weights: LayerWeights) -> Tensor:
     """x W_ih^T of every step as one GEMM ahead of the loop (T, B, 4H): the hoisted input
     product, which only the step's batch norm needs, not the recurrence."""
     return x @ weights.weight_ih.t()
+
+
+def accumulator(dtype: torch.dtype) -> torch.dtype:
+    """Statistics, cell state and the input contribution accumulate in float32 (float64 for
+    float64 layers, which exist to check the kernels' math to float64 rounding); so do the
+    running statistics."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class Steps(NamedTuple):
+    """What every step of one call does, decided once per layer and direction before any loop
+    (plan_steps) and shared by the input norm and the backend's loops."""
+
+    batch_sizes: list[int]  # running rows per step (a non-increasing prefix of the batch)
+    rows: list[int]  # the running-statistics row each step reads or updates
+    batch_stats: list[bool]  # whether a step normalises with its batch statistics
+    factors: list  # per step: None (reads its row), momentum, or a 0-dim tensor (1/count)
+
+
+def plan_steps(batch_sizes: list[int], stats: "RunningStats", training: bool,
+               momentum: Optional[float]) -> Steps:
+    """The steps of one call; counts their updates in stats.num_batches_tracked, so call it
+    exactly once per layer, direction and call."""
+    plan = step_plan(batch_sizes, stats.max_length, training)
+    factors = update_counts(stats, plan, momentum)
+    return Steps(list(batch_sizes), [row for row, _ in plan], [u for _, u in plan], factors)
 
 
 def step_plan(batch_sizes: list[int], max_length: int, training: bool) -> list[tuple[int, bool]]:

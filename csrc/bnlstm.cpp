@@ -1,6 +1,7 @@
 // The bnlstm::forward_loop / bnlstm::backward_loop ops: schemas, argument checks, the outputs,
 // and per dispatch key the time loops of that device (loops.h): CPU always, CUDA when built
-// with it. The hoisted products (input GEMM, weight gradients) stay in bnlstm_cuda/function.py.
+// with it. The hoisted work (input GEMM and its batch norm, weight gradients) stays in
+// bnlstm_cuda/function.py and input_norm.py.
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -30,23 +31,14 @@ void check_like(const char* op, const char* name, const Tensor& t, const Tensor&
               " has dtype ", t.scalar_type(), ", expected ", like.scalar_type());
 }
 
-// A tensor the kernels read or write in the accumulator dtype of xw's.
-void check_accumulator(const char* op, const char* name, const Tensor& t, const Tensor& xw) {
-  TORCH_CHECK(t.scalar_type() == accumulator(xw.scalar_type()), op, ": ", name, " has dtype ",
-              t.scalar_type(), ", expected ", accumulator(xw.scalar_type()));
-}
-
-// The layer's weights: the shapes of a (T, B, 4H) xw, its device and dtype.
-void check_weights(const char* op, const Tensor& xw, const Tensor& weight_hh,
-                   const std::optional<Tensor>& bias, const Tensor& gamma_ih,
+// The recurrence's weights, of a (T, B, 4H) u: their shapes, u's device, the layer's dtype S.
+void check_weights(const char* op, const Tensor& u, const Tensor& weight_hh,
                    const Tensor& gamma_hh, const Tensor& gamma_c, const Tensor& beta_c) {
-  const int64_t G = xw.size(2), H = G / 4;
-  check_like(op, "weight_hh", weight_hh, xw, {G, H});
-  if (bias) check_like(op, "bias", *bias, xw, {G});
-  check_like(op, "gamma_ih", gamma_ih, xw, {G});
-  check_like(op, "gamma_hh", gamma_hh, xw, {G});
-  check_like(op, "gamma_c", gamma_c, xw, {H});
-  check_like(op, "beta_c", beta_c, xw, {H});
+  const int64_t G = u.size(2), H = G / 4;
+  check_like(op, "weight_hh", weight_hh, u, {G, H}, /*same_dtype=*/false);
+  check_like(op, "gamma_hh", gamma_hh, weight_hh, {G});
+  check_like(op, "gamma_c", gamma_c, weight_hh, {H});
+  check_like(op, "beta_c", beta_c, weight_hh, {H});
 }
 
 // Running rows per step: within [1, B] and non-increasing (all 0 for an empty batch).
@@ -61,33 +53,35 @@ void check_batch_sizes(const char* op, at::IntArrayRef batch_sizes, int64_t T, i
   }
 }
 
-// xw is (T, B, 4H) with T >= 1 and H >= 1; B may be 0 (an empty batch).
-void check_input_product(const char* op, const Tensor& xw) {
-  TORCH_CHECK(xw.dim() == 3 && xw.size(0) > 0 && xw.size(2) > 0 && xw.size(2) % 4 == 0, op,
-              ": xw must be a (T, B, 4H) tensor with T >= 1 and H >= 1, got ", xw.sizes());
+// u is (T, B, 4H) with T >= 1 and H >= 1 (B may be 0: an empty batch), in the accumulator
+// dtype of the layer's dtype (weight_hh's): float32, or float64 for float64 layers.
+void check_input(const char* op, const Tensor& u, const Tensor& weight_hh) {
+  TORCH_CHECK(u.dim() == 3 && u.size(0) > 0 && u.size(2) > 0 && u.size(2) % 4 == 0, op,
+              ": u must be a (T, B, 4H) tensor with T >= 1 and H >= 1, got ", u.sizes());
+  TORCH_CHECK(u.scalar_type() == accumulator(weight_hh.scalar_type()), op, ": u has dtype ",
+              u.scalar_type(), ", expected ", accumulator(weight_hh.scalar_type()),
+              " (the accumulator of the layer's ", weight_hh.scalar_type(), ")");
 }
 
 template <ForwardSteps steps>
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forward_loop(
-    const Tensor& xw, const Tensor& weight_hh, const std::optional<Tensor>& bias,
-    const Tensor& gamma_ih, const Tensor& gamma_hh, const Tensor& gamma_c, const Tensor& beta_c,
-    const Tensor& h0, const Tensor& c0, Tensor& mean_ih, Tensor& var_ih, Tensor& mean_hh,
-    Tensor& var_hh, Tensor& mean_c, Tensor& var_c, at::IntArrayRef batch_sizes,
-    at::IntArrayRef rows, at::ArrayRef<double> factors,
-    const std::optional<Tensor>& factor_values, double eps) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forward_loop(
+    const Tensor& u, const Tensor& weight_hh, const Tensor& gamma_hh, const Tensor& gamma_c,
+    const Tensor& beta_c, const Tensor& h0, const Tensor& c0, Tensor& mean_hh, Tensor& var_hh,
+    Tensor& mean_c, Tensor& var_c, at::IntArrayRef batch_sizes, at::IntArrayRef rows,
+    at::ArrayRef<double> factors, const std::optional<Tensor>& factor_values, double eps) {
   const char* op = "bnlstm::forward_loop";
-  check_input_product(op, xw);
-  const int64_t T = xw.size(0), B = xw.size(1), G = xw.size(2), H = G / 4;
-  const int64_t L = mean_ih.dim() == 2 ? mean_ih.size(0) : 0;
-  TORCH_CHECK(L >= 1, op, ": mean_ih must be (max_length, 4H), got ", mean_ih.sizes());
-  check_weights(op, xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c);
-  check_like(op, "h0", h0, xw, {B, H});
-  check_like(op, "c0", c0, xw, {B, H});
-  const char* names[] = {"mean_ih", "var_ih", "mean_hh", "var_hh", "mean_c", "var_c"};
-  Tensor* running[] = {&mean_ih, &var_ih, &mean_hh, &var_hh, &mean_c, &var_c};
-  for (int s = 0; s < 6; ++s) {  // in the accumulator dtype, as the module keeps them
-    check_like(op, names[s], *running[s], xw, {L, s < 4 ? G : H}, /*same_dtype=*/false);
-    check_accumulator(op, names[s], *running[s], xw);
+  TORCH_CHECK(weight_hh.dim() == 2, op, ": weight_hh must be (4H, H), got ", weight_hh.sizes());
+  check_input(op, u, weight_hh);
+  const int64_t T = u.size(0), B = u.size(1), G = u.size(2), H = G / 4;
+  const int64_t L = mean_hh.dim() == 2 ? mean_hh.size(0) : 0;
+  TORCH_CHECK(L >= 1, op, ": mean_hh must be (max_length, 4H), got ", mean_hh.sizes());
+  check_weights(op, u, weight_hh, gamma_hh, gamma_c, beta_c);
+  check_like(op, "h0", h0, weight_hh, {B, H});
+  check_like(op, "c0", c0, weight_hh, {B, H});
+  const char* names[] = {"mean_hh", "var_hh", "mean_c", "var_c"};
+  Tensor* running[] = {&mean_hh, &var_hh, &mean_c, &var_c};
+  for (int s = 0; s < 4; ++s) {  // in the accumulator dtype, as the module keeps them
+    check_like(op, names[s], *running[s], u, {L, s < 2 ? G : H});
     TORCH_CHECK(running[s]->is_contiguous(), op, ": ", names[s],
                 " must be contiguous (it is updated in place)");
   }
@@ -102,98 +96,79 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forwa
     TORCH_CHECK(factors[t] < 0.0 || batch_sizes[t] >= 2, op, ": factors[", t,
                 "] asks for batch statistics of ", batch_sizes[t], " row (at least 2 needed)");
   }
-  if (factor_values) {
-    check_like(op, "factor_values", *factor_values, xw, {T}, /*same_dtype=*/false);
-    check_accumulator(op, "factor_values", *factor_values, xw);
-  }
+  if (factor_values) check_like(op, "factor_values", *factor_values, u, {T});
   TORCH_CHECK(eps >= 0.0, op, ": eps must be non-negative, got ", eps);
 
-  const auto acc = accumulator(xw.scalar_type());
-  const auto f = xw.options().dtype(acc);
-  const Tensor xw_c = xw.contiguous(), weight_hh_c = weight_hh.contiguous();
-  const Tensor gamma_ih_c = gamma_ih.contiguous(), gamma_hh_c = gamma_hh.contiguous();
+  const auto f = u.options();
+  const Tensor u_c = u.contiguous(), weight_hh_c = weight_hh.contiguous();
+  const Tensor gamma_hh_c = gamma_hh.contiguous();
   const Tensor gamma_c_c = gamma_c.contiguous(), beta_c_c = beta_c.contiguous();
-  const Tensor bias_c = bias ? bias->contiguous() : Tensor();
   const Tensor factors_c = factor_values ? factor_values->contiguous() : Tensor();
-  Tensor y = at::zeros({T + 1, B, H}, xw.options());  // zero past each sequence's length
+  Tensor y = at::zeros({T + 1, B, H}, h0.options());  // zero past each sequence's length
   y[0].copy_(h0);
   Tensor cell = at::empty({T + 1, B, H}, f);
   cell[0].copy_(c0);
   Tensor hw = at::empty({T, B, G}, f);
-  Tensor stat_ih = at::empty({T, 2, G}, f), stat_hh = at::empty({T, 2, G}, f);
-  Tensor stat_c = at::empty({T, 2, H}, f);
+  Tensor stat_hh = at::empty({T, 2, G}, f), stat_c = at::empty({T, 2, H}, f);
   // rows that never run (batch_sizes[0] < B) end with their initial state
   Tensor h_n = h0.contiguous().clone(), c_n = c0.contiguous().clone();
 
-  FwdParams p{xw_c.data_ptr(), hw.data_ptr(), y.data_ptr(), cell.data_ptr(),
-              weight_hh_c.data_ptr(), gamma_ih_c.data_ptr(), gamma_hh_c.data_ptr(),
-              bias ? bias_c.data_ptr() : nullptr, gamma_c_c.data_ptr(), beta_c_c.data_ptr(),
-              mean_ih.data_ptr(), var_ih.data_ptr(), mean_hh.data_ptr(), var_hh.data_ptr(),
-              mean_c.data_ptr(), var_c.data_ptr(), stat_ih.data_ptr(), stat_hh.data_ptr(),
-              stat_c.data_ptr(), h_n.data_ptr(), c_n.data_ptr(),
-              factor_values ? factors_c.data_ptr() : nullptr, B, H, eps};
-  steps(p, xw_c, ForwardPlan{batch_sizes, rows, factors});
-  return {y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c};
+  FwdParams p{u_c.data_ptr(), hw.data_ptr(), y.data_ptr(), cell.data_ptr(),
+              weight_hh_c.data_ptr(), gamma_hh_c.data_ptr(), gamma_c_c.data_ptr(),
+              beta_c_c.data_ptr(), mean_hh.data_ptr(), var_hh.data_ptr(), mean_c.data_ptr(),
+              var_c.data_ptr(), stat_hh.data_ptr(), stat_c.data_ptr(), h_n.data_ptr(),
+              c_n.data_ptr(), factor_values ? factors_c.data_ptr() : nullptr, B, H, eps};
+  steps(p, y.narrow(0, 1, T), ForwardPlan{batch_sizes, rows, factors});
+  return {y, h_n, c_n, cell, hw, stat_hh, stat_c};
 }
 
 template <BackwardSteps steps>
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_loop(
-    const Tensor& xw, const Tensor& hw, const Tensor& cell, const Tensor& weight_hh,
-    const std::optional<Tensor>& bias, const Tensor& gamma_ih, const Tensor& gamma_hh,
-    const Tensor& gamma_c, const Tensor& beta_c, const Tensor& stat_ih, const Tensor& stat_hh,
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_loop(
+    const Tensor& u, const Tensor& hw, const Tensor& cell, const Tensor& weight_hh,
+    const Tensor& gamma_hh, const Tensor& gamma_c, const Tensor& beta_c, const Tensor& stat_hh,
     const Tensor& stat_c, const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n,
     at::IntArrayRef batch_sizes, const c10::List<bool>& use_batch) {
   const char* op = "bnlstm::backward_loop";
-  check_input_product(op, xw);
-  const int64_t T = xw.size(0), B = xw.size(1), G = xw.size(2), H = G / 4;
-  const auto acc = accumulator(xw.scalar_type());
-  TORCH_CHECK(hw.scalar_type() == acc && cell.scalar_type() == acc &&
-                  stat_ih.scalar_type() == acc && stat_hh.scalar_type() == acc &&
-                  stat_c.scalar_type() == acc,
-              op, ": hw, cell and the stat tensors must be ", acc, " as forward_loop made them");
-  check_like(op, "hw", hw, xw, {T, B, G}, false);
-  check_like(op, "cell", cell, xw, {T + 1, B, H}, false);
-  check_weights(op, xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c);
-  check_like(op, "stat_ih", stat_ih, xw, {T, 2, G}, false);
-  check_like(op, "stat_hh", stat_hh, xw, {T, 2, G}, false);
-  check_like(op, "stat_c", stat_c, xw, {T, 2, H}, false);
-  check_like(op, "dy", dy, xw, {T, B, H}, false);
-  check_like(op, "dh_n", dh_n, xw, {B, H}, false);
-  check_like(op, "dc_n", dc_n, xw, {B, H}, false);
+  TORCH_CHECK(weight_hh.dim() == 2, op, ": weight_hh must be (4H, H), got ", weight_hh.sizes());
+  check_input(op, u, weight_hh);
+  const int64_t T = u.size(0), B = u.size(1), G = u.size(2), H = G / 4;
+  check_like(op, "hw", hw, u, {T, B, G});
+  check_like(op, "cell", cell, u, {T + 1, B, H});
+  check_weights(op, u, weight_hh, gamma_hh, gamma_c, beta_c);
+  check_like(op, "stat_hh", stat_hh, u, {T, 2, G});
+  check_like(op, "stat_c", stat_c, u, {T, 2, H});
+  check_like(op, "dy", dy, u, {T, B, H}, false);
+  check_like(op, "dh_n", dh_n, u, {B, H}, false);
+  check_like(op, "dc_n", dc_n, u, {B, H}, false);
   check_batch_sizes(op, batch_sizes, T, B);
   TORCH_CHECK(static_cast<int64_t>(use_batch.size()) == T, op, ": use_batch must have T = ", T,
               " entries, got ", use_batch.size());
 
-  const auto f = xw.options().dtype(acc);
-  const Tensor xw_c = xw.contiguous(), hw_c = hw.contiguous(), cell_c = cell.contiguous();
-  const Tensor weight_hh_c = weight_hh.contiguous();
-  const Tensor gamma_ih_c = gamma_ih.contiguous(), gamma_hh_c = gamma_hh.contiguous();
+  const auto f = u.options();
+  const Tensor u_c = u.contiguous(), hw_c = hw.contiguous(), cell_c = cell.contiguous();
+  const Tensor weight_hh_c = weight_hh.contiguous(), gamma_hh_c = gamma_hh.contiguous();
   const Tensor gamma_c_c = gamma_c.contiguous(), beta_c_c = beta_c.contiguous();
-  const Tensor bias_c = bias ? bias->contiguous() : Tensor();
-  const Tensor stat_ih_c = stat_ih.contiguous(), stat_hh_c = stat_hh.contiguous();
-  const Tensor stat_c_c = stat_c.contiguous();
-  const Tensor dy_c = dy.to(xw.scalar_type()).contiguous();
-  const Tensor dh_n_c = dh_n.to(acc).contiguous();
-  Tensor dpre_ih = at::zeros({T, B, G}, f);      // zero past each sequence's length
+  const Tensor stat_hh_c = stat_hh.contiguous(), stat_c_c = stat_c.contiguous();
+  const Tensor dy_c = dy.to(weight_hh.scalar_type()).contiguous();
+  const Tensor dh_n_c = dh_n.to(u.scalar_type()).contiguous();
+  Tensor dpre = at::zeros({T, B, G}, f);         // zero past each sequence's length
   Tensor dpre_hh = at::zeros({T + 1, B, G}, f);  // row T stays zero: nothing after the last step
   Tensor dh = at::empty({B, H}, f);
-  Tensor dc = dc_n.to(acc).contiguous().clone();
-  Tensor dsum = at::zeros({T, 3, G}, f), dsum_c = at::zeros({T, 2, H}, f);
+  Tensor dc = dc_n.to(u.scalar_type()).contiguous().clone();
+  Tensor dsum = at::zeros({T, G}, f), dsum_c = at::zeros({T, 2, H}, f);
 
-  BwdParams p{xw_c.data_ptr(), hw_c.data_ptr(), cell_c.data_ptr(), weight_hh_c.data_ptr(),
-              gamma_ih_c.data_ptr(), gamma_hh_c.data_ptr(), bias ? bias_c.data_ptr() : nullptr,
-              gamma_c_c.data_ptr(), beta_c_c.data_ptr(), stat_ih_c.data_ptr(),
+  BwdParams p{u_c.data_ptr(), hw_c.data_ptr(), cell_c.data_ptr(), weight_hh_c.data_ptr(),
+              gamma_hh_c.data_ptr(), gamma_c_c.data_ptr(), beta_c_c.data_ptr(),
               stat_hh_c.data_ptr(), stat_c_c.data_ptr(), dy_c.data_ptr(), dh_n_c.data_ptr(),
-              dpre_ih.data_ptr(), dpre_hh.data_ptr(), dh.data_ptr(), dc.data_ptr(),
+              dpre.data_ptr(), dpre_hh.data_ptr(), dh.data_ptr(), dc.data_ptr(),
               dsum.data_ptr(), dsum_c.data_ptr(), B, H};
-  steps(p, xw_c, BackwardPlan{batch_sizes, use_batch});
+  steps(p, dy_c, BackwardPlan{batch_sizes, use_batch});
 
   Tensor dpre_hh_steps = dpre_hh.narrow(0, 0, T);
-  Tensor dh0 = at::matmul(dpre_hh_steps[0], weight_hh_c.to(acc));
-  const Tensor sums = dsum.sum(0), sums_c = dsum_c.sum(0);
+  Tensor dh0 = at::matmul(dpre_hh_steps[0], weight_hh_c.to(u.scalar_type()));
+  const Tensor sums_c = dsum_c.sum(0);
   // separate outputs must not share storage (torch.library's aliasing rules)
-  return {dpre_ih, dpre_hh_steps, dh0, dc, sums[0].clone(), sums[1].clone(),
-          sums_c[0].clone(), sums_c[1].clone(), sums[2].clone()};
+  return {dpre, dpre_hh_steps, dh0, dc, dsum.sum(0), sums_c[0].clone(), sums_c[1].clone()};
 }
 
 }  // namespace
@@ -213,19 +188,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
 // factor_values, where given, holds those weights on the device (a cumulative average).
 BNLSTM_LIBRARY(BNLSTM_OPS, m) {
   m.def(
-      "forward_loop(Tensor xw, Tensor weight_hh, Tensor? bias, Tensor gamma_ih, "
-      "Tensor gamma_hh, Tensor gamma_c, Tensor beta_c, Tensor h0, Tensor c0, "
-      "Tensor(a!) mean_ih, Tensor(b!) var_ih, Tensor(c!) mean_hh, Tensor(d!) var_hh, "
-      "Tensor(e!) mean_c, Tensor(f!) var_c, int[] batch_sizes, int[] rows, float[] factors, "
+      "forward_loop(Tensor u, Tensor weight_hh, Tensor gamma_hh, Tensor gamma_c, "
+      "Tensor beta_c, Tensor h0, Tensor c0, Tensor(a!) mean_hh, Tensor(b!) var_hh, "
+      "Tensor(c!) mean_c, Tensor(d!) var_c, int[] batch_sizes, int[] rows, float[] factors, "
       "Tensor? factor_values, float eps) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor cell, "
-      "Tensor hw, "
-      "Tensor stat_ih, Tensor stat_hh, Tensor stat_c)");
+      "Tensor hw, Tensor stat_hh, Tensor stat_c)");
   m.def(
-      "backward_loop(Tensor xw, Tensor hw, Tensor cell, Tensor weight_hh, Tensor? bias, "
-      "Tensor gamma_ih, Tensor gamma_hh, Tensor gamma_c, Tensor beta_c, Tensor stat_ih, "
-      "Tensor stat_hh, Tensor stat_c, Tensor dy, Tensor dh_n, Tensor dc_n, int[] batch_sizes, "
-      "bool[] use_batch) -> (Tensor dpre_ih, Tensor dpre_hh, Tensor dh0, Tensor dc0, "
-      "Tensor dgamma_ih, Tensor dgamma_hh, Tensor dgamma_c, Tensor dbeta_c, Tensor dbias)");
+      "backward_loop(Tensor u, Tensor hw, Tensor cell, Tensor weight_hh, Tensor gamma_hh, "
+      "Tensor gamma_c, Tensor beta_c, Tensor stat_hh, Tensor stat_c, Tensor dy, Tensor dh_n, "
+      "Tensor dc_n, int[] batch_sizes, bool[] use_batch) -> (Tensor dpre, Tensor dpre_hh, "
+      "Tensor dh0, Tensor dc0, Tensor dgamma_hh, Tensor dgamma_c, Tensor dbeta_c)");
 }
 
 // CPU tensors: the CPU kernels, or in the emulation build the CUDA loops and kernels

@@ -16,25 +16,22 @@ constexpr int kBlockB = 32;                      // rows per matmul chunk
 constexpr int kBlockK = 32;                      // reduction step of the matmul
 constexpr int kRowsPerThread = kBlockB / kRowGroups;
 
+// The input's batch norm runs before the loops (bnlstm_cuda/input_norm.py): the steps get its
+// contribution u = gamma_ih BN(x W_ih^T) + bias and keep the two norms on the recurrence.
 struct FwdParams {
-  const void* xw;         // [T, B, G] S, in: x_t W_ih^T (the hoisted input GEMM)
+  const void* u;          // [T, B, G] A, in: the input's contribution to the pre-activation
   void* hw;               // [T, B, G] A, out: raw h_{t-1} W_hh^T
   void* y;                // [T+1, B, H] S: row 0 = h0 (in), row t+1 = h_t (out), zero past n
   void* cell;             // [T+1, B, H] A: row 0 = c0 (in), row t+1 = c_t (out)
   const void* weight_hh;  // [G, H] S
-  const void* gamma_ih;   // [G] S: scale of BN(x W_ih^T)
   const void* gamma_hh;   // [G] S: scale of BN(h W_hh^T)
-  const void* bias;       // [G] S, or nullptr
   const void* gamma_c;    // [H] S: scale of BN(c)
   const void* beta_c;     // [H] S: shift of BN(c)
-  void* run_mean_ih;      // [L, G] A: running rows, updated in place by batch-statistics steps
-  void* run_var_ih;       // [L, G] A: unbiased
-  void* run_mean_hh;      // [L, G] A
-  void* run_var_hh;       // [L, G] A
+  void* run_mean_hh;      // [L, G] A: running rows, updated in place by batch-statistics steps
+  void* run_var_hh;       // [L, G] A: unbiased
   void* run_mean_c;       // [L, H] A
   void* run_var_c;        // [L, H] A
-  void* stat_ih;          // [T, 2, G] A, out: mean and 1/std used at step t
-  void* stat_hh;          // [T, 2, G] A, out
+  void* stat_hh;          // [T, 2, G] A, out: mean and 1/std used at step t
   void* stat_c;           // [T, 2, H] A, out
   void* h_n;              // [B, H] S, out: row b takes h_t at its last step (n_next <= b < n)
   void* c_n;              // [B, H] S, out: likewise c_t
@@ -46,26 +43,23 @@ struct FwdParams {
 };
 
 struct BwdParams {
-  const void* xw;         // [T, B, G] S: as saved by the forward
+  const void* u;          // [T, B, G] A: the input's contribution, as the forward read it
   const void* hw;         // [T, B, G] A: as saved by the forward
   const void* cell;       // [T+1, B, H] A: row 0 = c0
   const void* weight_hh;  // [G, H] S
-  const void* gamma_ih;   // [G] S
   const void* gamma_hh;   // [G] S
-  const void* bias;       // [G] S, or nullptr
   const void* gamma_c;    // [H] S
   const void* beta_c;     // [H] S
-  const void* stat_ih;    // [T, 2, G] A: mean and 1/std used at step t
-  const void* stat_hh;    // [T, 2, G] A
+  const void* stat_hh;    // [T, 2, G] A: mean and 1/std used at step t
   const void* stat_c;     // [T, 2, H] A
   const void* dy;         // [T, B, H] S: gradient of the output
   const void* dh_n;       // [B, H] A: gradient of h_n, taken by each row at its last step
-  void* dpre_ih;          // [T, B, G] A, out (zero past n): gradient of x_t W_ih^T
+  void* dpre;             // [T, B, G] A, out (zero past n): gradient of the pre-activation
   void* dpre_hh;          // [T+1, B, G] A, out: gradient of h_{t-1} W_hh^T; row t+1 is read,
                           //   row T stays zero
   void* dh;               // [B, H] A, scratch: dL/dh_t of the current step
   void* dc;               // [B, H] A, carry: dL/dc_t in, dL/dc_{t-1} out (starts as dc_n)
-  void* dsum;             // [T, 3, G] A, out: batch sums of dpre*xhat_ih, dpre*xhat_hh, dpre
+  void* dsum;             // [T, G] A, out: batch sums of dpre * xhat_hh
   void* dsum_c;           // [T, 2, H] A, out: batch sums of dcn*chat, dcn
   int64_t B;              // rows of the batch
   int64_t H;              // hidden units

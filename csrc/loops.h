@@ -26,17 +26,19 @@ struct BackwardPlan {
   const c10::List<bool>& use_batch;
 };
 
-// xw: the (T, B, 4H) input product (its dtype and device pick the kernels).
-using ForwardSteps = void (*)(const FwdParams& p, const at::Tensor& xw, const ForwardPlan& plan);
-using BackwardSteps = void (*)(const BwdParams& p, const at::Tensor& xw,
+// steps: a (T, B, H) tensor in the layer's dtype (forward: the output's steps; backward: its
+// gradient) whose dtype and device pick the kernels and whose first size is T.
+using ForwardSteps = void (*)(const FwdParams& p, const at::Tensor& steps,
+                              const ForwardPlan& plan);
+using BackwardSteps = void (*)(const BwdParams& p, const at::Tensor& steps,
                                const BackwardPlan& plan);
 
 // loops_cpu.cpp: one GEMM and one fused pass per step and block of hidden units
-void forward_steps_cpu(const FwdParams& p, const at::Tensor& xw, const ForwardPlan& plan);
-void backward_steps_cpu(const BwdParams& p, const at::Tensor& xw, const BackwardPlan& plan);
+void forward_steps_cpu(const FwdParams& p, const at::Tensor& steps, const ForwardPlan& plan);
+void backward_steps_cpu(const BwdParams& p, const at::Tensor& steps, const BackwardPlan& plan);
 
-// loops_cuda.cpp: one kernel launch per step on the current stream of xw's device
-void forward_steps_cuda(const FwdParams& p, const at::Tensor& xw, const ForwardPlan& plan);
-void backward_steps_cuda(const BwdParams& p, const at::Tensor& xw, const BackwardPlan& plan);
+// loops_cuda.cpp: one kernel launch per step on the current stream of the tensors' device
+void forward_steps_cuda(const FwdParams& p, const at::Tensor& steps, const ForwardPlan& plan);
+void backward_steps_cuda(const BwdParams& p, const at::Tensor& steps, const BackwardPlan& plan);
 
 }  // namespace bnlstm

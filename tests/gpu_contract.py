@@ -13,7 +13,7 @@ from test_triton import RULE_K
 from bnlstm_cuda import BNLSTM
 from bnlstm_cuda.backends import torch_ops
 from bnlstm_cuda.function import BNLSTMFunction
-from bnlstm_cuda.layer_state import RunningStats
+from bnlstm_cuda.layer_state import RunningStats, plan_steps
 from bnlstm_cuda.layout import batch_sizes_of
 
 MUTATED = ["mean_ih", "var_ih", "mean_hh", "var_hh", "mean_c", "var_c"]
@@ -35,7 +35,8 @@ def _run(backend, dtype, tensors, stats, batch_sizes, upstream, training):
     stats = RunningStats(*(s.clone() if not s.is_floating_point()
                            else s.to(torch.promote_types(dtype, torch.float32))
                            for s in stats))
-    y, h, c = BNLSTMFunction.apply(*leaves, stats, batch_sizes, training, 0.1, 1e-5, backend)
+    steps = plan_steps(batch_sizes, stats, training, 0.1)
+    y, h, c = BNLSTMFunction.apply(*leaves, stats, steps, 1e-5, backend)
     dy, dh, dc = (u.to(dtype) for u in upstream)
     ((y * dy).sum() + (h * dh).sum() + (c * dc).sum()).backward()
     return [y, h, c, *(t.grad for t in leaves if t is not None), *stats[:6]]

@@ -36,34 +36,33 @@ needs_gpu = pytest.mark.skipif(DEVICE.type != "cuda" or not cpp.cuda_kernels(),
                                reason="needs BNLSTM_TEST_DEVICE=cuda and the CUDA kernels built")
 
 
-def op_args(device, dtype=torch.float32, T=5, B=3, H=8, L=4, bias=True):
+def op_args(device, dtype=torch.float32, T=5, B=3, H=8, L=4):
     """Valid forward_loop arguments: batch_sizes [3, 3, 2, 2, 1], rows clamped to L-1, the last
-    step (one sequence) normalised with its running row."""
+    step (one sequence) normalised with its running row; u in the accumulator dtype."""
     G = 4 * H
 
     def r(*shape, dtype=dtype):
         return torch.randn(*shape, device=device, dtype=dtype)
 
     acc = torch.float64 if dtype == torch.float64 else torch.float32  # the running statistics'
-    running = [r(L, G, dtype=acc), r(L, G, dtype=acc).abs(), r(L, G, dtype=acc),
-               r(L, G, dtype=acc).abs(), r(L, H, dtype=acc), r(L, H, dtype=acc).abs()]
-    return (r(T, B, G), r(G, H), r(G) if bias else None, r(G), r(G), r(H), r(H), r(B, H), r(B, H),
-            *running, [3, 3, 2, 2, 1][:T], [min(t, L - 1) for t in range(T)],
+    running = [r(L, G, dtype=acc), r(L, G, dtype=acc).abs(), r(L, H, dtype=acc),
+               r(L, H, dtype=acc).abs()]
+    return (r(T, B, G, dtype=acc), r(G, H), r(G), r(H), r(H), r(B, H), r(B, H), *running,
+            [3, 3, 2, 2, 1][:T], [min(t, L - 1) for t in range(T)],
             [0.1, 0.1, 0.1, 0.1, -1.0][:T], None, 1e-5)
 
 
 def backward_args(fwd_args, outputs):
     """backward_loop arguments matching a forward_loop call and its outputs."""
-    xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c = fwd_args[:7]
-    y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = outputs
-    T, B = xw.shape[:2]
+    u, weight_hh, gamma_hh, gamma_c, beta_c = fwd_args[:5]
+    y, h_n, c_n, cell, hw, stat_hh, stat_c = outputs
+    T, B = u.shape[:2]
     H = weight_hh.shape[1]
-    dy = torch.randn(T, B, H, device=xw.device, dtype=xw.dtype)
-    acc = cell.dtype
-    dh_n, dc_n = (torch.randn(B, H, device=xw.device, dtype=acc) for _ in range(2))
-    use_batch = [f >= 0 for f in fwd_args[17]]
-    return (xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, stat_ih, stat_hh,
-            stat_c, dy, dh_n, dc_n, fwd_args[15], use_batch)
+    dy = torch.randn(T, B, H, device=u.device, dtype=weight_hh.dtype)
+    dh_n, dc_n = (torch.randn(B, H, device=u.device, dtype=u.dtype) for _ in range(2))
+    use_batch = [f >= 0 for f in fwd_args[13]]
+    return (u, hw, cell, weight_hh, gamma_hh, gamma_c, beta_c, stat_hh, stat_c, dy, dh_n, dc_n,
+            fwd_args[11], use_batch)
 
 
 def test_registry_lists_cpp_after_triton_and_says_why_it_cannot_run():

@@ -18,9 +18,10 @@ from typing import Optional
 
 import torch
 
-from ..layer_state import LayerWeights, RunningStats, input_product, step_plan, update_counts
+from ..input_norm import InputSaved, contribution
+from ..layer_state import LayerWeights, RunningStats, Steps, accumulator
 from . import fused
-from .fused import Saved, accumulator, launch_factors
+from .fused import Saved, launch_factors
 
 BUILD_HINT = ("to build it: pip install --no-build-isolation -e . (needs a C++ compiler; with a "
               "CUDA build of torch and a CUDA toolkit it also builds the CUDA kernels)")
@@ -80,44 +81,39 @@ def supports(device: torch.device) -> Optional[str]:
     return f"the C++ kernels run on CPU and CUDA tensors, got {device.type} tensors"
 
 
-def forward_loop(x, weights: LayerWeights, h0, c0, stats: RunningStats, batch_sizes, training,
-                 momentum, eps, save, ops=torch.ops.bnlstm):
+def forward_loop(u, weights: LayerWeights, h0, c0, stats: RunningStats, steps: Steps, eps, save,
+                 ops=torch.ops.bnlstm):
     """The contract of backends.torch_ops.forward_loop; the steps run in bnlstm::forward_loop
     (`ops`: the namespace of the ops; tests/test_emulation.py's build registers bnlstm_emu)."""
-    running = stats[:6]
-    acc = accumulator(x.dtype)
+    running = stats[2:6]
+    acc = accumulator(h0.dtype)
     if not all(t.is_contiguous() and t.dtype == acc for t in running):
         # the kernels update rows in place, in the accumulator dtype (the module's): work on
         # copies, write back
-        work = RunningStats(*(t.to(acc).contiguous() for t in running),
-                            stats.num_batches_tracked)
-        out = forward_loop(x, weights, h0, c0, work, batch_sizes, training, momentum, eps, save,
-                           ops)
-        for t, w in zip(running, work):
+        work = stats._replace(**{k: t.to(acc).contiguous()
+                                 for k, t in zip(fused.MUTATED, running)})
+        out = forward_loop(u, weights, h0, c0, work, steps, eps, save, ops)
+        for t, w in zip(running, work[2:6]):
             t.copy_(w)
         return out
-    plan = step_plan(batch_sizes, stats.max_length, training)
-    factors = update_counts(stats, plan, momentum)
     w = weights
-    xw = input_product(x, weights)
-    y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = ops.forward_loop(
-        xw, w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *running,
-        list(batch_sizes), [row for row, _ in plan],
-        *launch_factors(factors, acc), float(eps),
+    y, h_n, c_n, cell, hw, stat_hh, stat_c = ops.forward_loop(
+        u, w.weight_hh, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *running,
+        steps.batch_sizes, steps.rows, *launch_factors(steps.factors, acc), float(eps),
     )
-    saved = Saved(xw, hw, cell, stat_ih, stat_hh, stat_c) if save else None
+    saved = Saved(hw, cell, stat_hh, stat_c) if save else None
     return y[1:], h_n, c_n, saved
 
 
-def backward_loop(saved: Saved, weights: LayerWeights, c0, batch_sizes, batch_stats, dy, dh_n,
-                  dc_n, ops=torch.ops.bnlstm):
+def backward_loop(saved: Saved, inp: InputSaved, weights: LayerWeights, c0, steps: Steps, dy,
+                  dh_n, dc_n, ops=torch.ops.bnlstm):
     """The contract of backends.torch_ops.backward_loop; the steps run in bnlstm::backward_loop
-    (c0 is saved.cell[0] there)."""
+    (c0 is saved.cell[0] there), with u recomputed from the input norm's saved tensors."""
     w = weights
     return tuple(ops.backward_loop(
-        saved.xw, saved.hw, saved.cell, w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c,
-        w.beta_c, saved.stat_ih, saved.stat_hh, saved.stat_c, dy, dh_n, dc_n, list(batch_sizes),
-        [bool(u) for u in batch_stats],
+        contribution(inp, weights), saved.hw, saved.cell, w.weight_hh, w.gamma_hh, w.gamma_c,
+        w.beta_c, saved.stat_hh, saved.stat_c, dy, dh_n, dc_n, steps.batch_sizes,
+        [bool(u) for u in steps.batch_stats],
     ))
 
 

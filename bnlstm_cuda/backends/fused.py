@@ -1,5 +1,6 @@
-"""What the two fused backends (Triton, CUDA C++) share: the buffers their backward reads, the
-accumulator dtype, and the per-step update weights as plain numbers for the launches."""
+"""What the two fused backends (Triton, CUDA C++) share: the buffers their backward reads, their
+ops' schemas and fake kernels, and the per-step update weights as plain numbers for the
+launches."""
 
 from __future__ import annotations
 
@@ -8,23 +9,18 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from ..layer_state import accumulator
+
 
 class Saved(NamedTuple):
-    """What the backward kernels read (accumulator dtype unless noted): 9H values per step and
-    row, beside the output the Function keeps."""
+    """What the backward kernels read besides the input norm's InputSaved (from which u is
+    recomputed): 5H values per step and row in the accumulator dtype, beside the output the
+    Function keeps and x W_ih^T in the layer's dtype."""
 
-    xw: Tensor  # (T, B, 4H) x W_ih^T, the layer's dtype
     hw: Tensor  # (T, B, 4H) raw h_{t-1} W_hh^T
     cell: Tensor  # (T+1, B, H) c0 then c_t
-    stat_ih: Tensor  # (T, 2, 4H) mean and rstd used at step t
-    stat_hh: Tensor  # (T, 2, 4H)
+    stat_hh: Tensor  # (T, 2, 4H) mean and rstd used at step t
     stat_c: Tensor  # (T, 2, H)
-
-
-def accumulator(dtype: torch.dtype) -> torch.dtype:
-    """Statistics, cell state and products accumulate in float32 (float64 for float64 layers,
-    which exist to check the kernels' math to float64 rounding); so do the running statistics."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def launch_factors(factors, dtype: torch.dtype) -> tuple[list[float], Optional[Tensor]]:
@@ -43,53 +39,55 @@ def launch_factors(factors, dtype: torch.dtype) -> tuple[list[float], Optional[T
 
 # The ops both fused backends register (bnlstm::* in C++, bnlstm_triton::* in Python), with one
 # schema: per-step host data as lists (factor_values: the weights of a cumulative average, on
-# the device), the running statistics mutated in place.
-MUTATED = ("mean_ih", "var_ih", "mean_hh", "var_hh", "mean_c", "var_c")
+# the device), the running statistics mutated in place. u is the input's contribution to every
+# step's pre-activation (accumulator dtype); weight_hh's dtype is the layer's.
+MUTATED = ("mean_hh", "var_hh", "mean_c", "var_c")
 FORWARD_SCHEMA = (
-    "(Tensor xw, Tensor weight_hh, Tensor? bias, Tensor gamma_ih, Tensor gamma_hh, "
-    "Tensor gamma_c, Tensor beta_c, Tensor h0, Tensor c0, Tensor(a!) mean_ih, Tensor(b!) var_ih, "
-    "Tensor(c!) mean_hh, Tensor(d!) var_hh, Tensor(e!) mean_c, Tensor(f!) var_c, "
+    "(Tensor u, Tensor weight_hh, Tensor gamma_hh, Tensor gamma_c, Tensor beta_c, Tensor h0, "
+    "Tensor c0, Tensor(a!) mean_hh, Tensor(b!) var_hh, Tensor(c!) mean_c, Tensor(d!) var_c, "
     "int[] batch_sizes, int[] rows, float[] factors, Tensor? factor_values, float eps) -> "
-    "(Tensor y, Tensor h_n, Tensor c_n, Tensor cell, Tensor hw, Tensor stat_ih, Tensor stat_hh, "
-    "Tensor stat_c)")
+    "(Tensor y, Tensor h_n, Tensor c_n, Tensor cell, Tensor hw, Tensor stat_hh, Tensor stat_c)")
 BACKWARD_SCHEMA = (
-    "(Tensor xw, Tensor hw, Tensor cell, Tensor weight_hh, Tensor? bias, Tensor gamma_ih, "
-    "Tensor gamma_hh, Tensor gamma_c, Tensor beta_c, Tensor stat_ih, Tensor stat_hh, "
-    "Tensor stat_c, Tensor dy, Tensor dh_n, Tensor dc_n, int[] batch_sizes, bool[] use_batch) "
-    "-> (Tensor dpre_ih, Tensor dpre_hh, Tensor dh0, Tensor dc0, Tensor dgamma_ih, "
-    "Tensor dgamma_hh, Tensor dgamma_c, Tensor dbeta_c, Tensor dbias)")
-# Triton's variant that computes x_t W_ih^T in each step's launch and returns it last
-FUSED_INPUT_SCHEMA = FORWARD_SCHEMA.replace("(Tensor xw,", "(Tensor x, Tensor weight_ih,").replace(
-    "Tensor stat_c)", "Tensor stat_c, Tensor xw)")
+    "(Tensor u, Tensor hw, Tensor cell, Tensor weight_hh, Tensor gamma_hh, Tensor gamma_c, "
+    "Tensor beta_c, Tensor stat_hh, Tensor stat_c, Tensor dy, Tensor dh_n, Tensor dc_n, "
+    "int[] batch_sizes, bool[] use_batch) -> (Tensor dpre, Tensor dpre_hh, Tensor dh0, "
+    "Tensor dc0, Tensor dgamma_hh, Tensor dgamma_c, Tensor dbeta_c)")
+# Triton's variant that computes x_t W_ih^T and its batch norm in each step's launch: it takes
+# x and the input norm's weights and running rows instead of u, and returns xw and the input
+# norm's statistics last
+FUSED_INPUT_MUTATED = ("mean_ih", "var_ih", *MUTATED)
+FUSED_INPUT_SCHEMA = FORWARD_SCHEMA.replace(
+    "(Tensor u,", "(Tensor x, Tensor weight_ih, Tensor? bias, Tensor gamma_ih, "
+    "Tensor(e!) mean_ih, Tensor(f!) var_ih,").replace(
+    "Tensor stat_c)", "Tensor stat_c, Tensor xw, Tensor stat_ih)")
 
 
-def forward_loop_fake(xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, h0, c0, mean_ih,
-                      var_ih, mean_hh, var_hh, mean_c, var_c, batch_sizes, rows, factors,
-                      factor_values, eps):
+def forward_loop_fake(u, weight_hh, gamma_hh, gamma_c, beta_c, h0, c0, mean_hh, var_hh, mean_c,
+                      var_c, batch_sizes, rows, factors, factor_values, eps):
     """Shapes and dtypes of the forward op's results, for FakeTensor and torch.compile: y (with
-    h0 as row 0), h_n, c_n in the layer's dtype; cell, hw and statistics accumulate."""
-    T, B, G = xw.shape
+    h0 as row 0), h_n, c_n in the layer's dtype; cell, hw and statistics in u's (the
+    accumulator)."""
+    T, B, G = u.shape
     H = G // 4
-    acc = accumulator(xw.dtype)
-    return (xw.new_empty(T + 1, B, H), xw.new_empty(B, H), xw.new_empty(B, H),
-            xw.new_empty(T + 1, B, H, dtype=acc), xw.new_empty(T, B, G, dtype=acc),
-            xw.new_empty(T, 2, G, dtype=acc), xw.new_empty(T, 2, G, dtype=acc),
-            xw.new_empty(T, 2, H, dtype=acc))
+    return (h0.new_empty(T + 1, B, H), h0.new_empty(B, H), h0.new_empty(B, H),
+            u.new_empty(T + 1, B, H), u.new_empty(T, B, G), u.new_empty(T, 2, G),
+            u.new_empty(T, 2, H))
 
 
-def forward_loop_fused_input_fake(x, weight_ih, *args):
-    """forward_loop_fake's results and xw (T, B, 4H) in the layer's dtype."""
-    xw = x.new_empty(*x.shape[:2], weight_ih.shape[0])
-    return (*forward_loop_fake(xw, *args), xw.new_empty(xw.shape))
+def forward_loop_fused_input_fake(x, weight_ih, bias, gamma_ih, mean_ih, var_ih, weight_hh,
+                                  *args):
+    """forward_loop_fake's results, xw (T, B, 4H) in the layer's dtype and the input norm's
+    statistics (T, 2, 4H) in the accumulator dtype."""
+    T, B, _ = x.shape
+    G = weight_ih.shape[0]
+    u = x.new_empty(T, B, G, dtype=accumulator(x.dtype))
+    return (*forward_loop_fake(u, weight_hh, *args), x.new_empty(T, B, G), u.new_empty(T, 2, G))
 
 
-def backward_loop_fake(xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c,
-                       stat_ih, stat_hh, stat_c, dy, dh_n, dc_n, batch_sizes, use_batch):
-    """Shapes and dtypes of the backward op's results (all in the accumulator dtype)."""
-    T, B, G = xw.shape
+def backward_loop_fake(u, hw, cell, weight_hh, gamma_hh, gamma_c, beta_c, stat_hh, stat_c, dy,
+                       dh_n, dc_n, batch_sizes, use_batch):
+    """Shapes and dtypes of the backward op's results (all in the accumulator dtype, u's)."""
+    T, B, G = u.shape
     H = G // 4
-    acc = accumulator(xw.dtype)
-    return (xw.new_empty(T, B, G, dtype=acc), xw.new_empty(T, B, G, dtype=acc),
-            xw.new_empty(B, H, dtype=acc), xw.new_empty(B, H, dtype=acc),
-            xw.new_empty(G, dtype=acc), xw.new_empty(G, dtype=acc), xw.new_empty(H, dtype=acc),
-            xw.new_empty(H, dtype=acc), xw.new_empty(G, dtype=acc))
+    return (u.new_empty(T, B, G), u.new_empty(T, B, G), u.new_empty(B, H), u.new_empty(B, H),
+            u.new_empty(G), u.new_empty(H), u.new_empty(H))

@@ -1,6 +1,20 @@
 """The per-step loops in vectorised torch ops: runs on any device, and is the second oracle that
 the fused kernels are checked against.
 
+The contract every backend keeps (per layer and direction; function.py calls it):
+- `forward_loop(u, weights, h0, c0, stats, steps, eps, save) -> y, h_n, c_n, saved`: u
+  (T, B, 4H) is the input's contribution to each step's pre-activation, gamma_ih BN_t(x_t W_ih^T)
+  + bias, computed for all steps before the loop (input_norm.py), in the accumulator dtype.
+  The loop adds gamma_hh BN_t(h_{t-1} W_hh^T), runs the gates and BN_t(c_t), and updates the
+  running rows of those two norms (the input norm's are already updated). steps (Steps) says
+  each step's running rows, statistics row, and update weight. saved: what its backward needs
+  (None unless save).
+- `backward_loop(saved, inp, weights, c0, steps, dy, dh_n, dc_n) -> dpre, dpre_hh, dh0, dc0,
+  dgamma_hh, dgamma_c, dbeta_c`: dpre (T, B, 4H) is the gradient of each step's pre-activation
+  (which is u's: the Function turns it into the input norm's gradients after the loop), dpre_hh
+  that of h_{t-1} W_hh^T; both zero on rows not running. inp (input_norm.InputSaved) lets a
+  backend recompute u rather than keep it.
+
 Rows of a step are the sequences still running (a prefix: sequences are sorted by decreasing
 length); the rest of the batch keeps its state untouched. Half-precision layers are computed
 in float32 by the caller (function.run_layer), so this file sees one dtype.
@@ -13,7 +27,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ..layer_state import LayerWeights, RunningStats, input_product, step_plan, update_counts
+from ..input_norm import InputSaved
+from ..layer_state import LayerWeights, RunningStats, Steps
 
 name = "torch"
 
@@ -34,13 +49,11 @@ def supports(device: torch.device) -> Optional[str]:
 class Saved(NamedTuple):
     """What backward needs, per step t (rows past batch_sizes[t] are zero)."""
 
-    xhat_ih: Tensor  # (T, B, 4H) normalised x W_ih^T
     xhat_hh: Tensor  # (T, B, 4H) normalised h W_hh^T
     gates: Tensor  # (T, B, 4H) sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
     cell: Tensor  # (T, B, H) c_t
     chat: Tensor  # (T, B, H) normalised c_t
-    rstd_ih: Tensor  # (T, 4H) 1/sqrt(var + eps) used at step t
-    rstd_hh: Tensor  # (T, 4H)
+    rstd_hh: Tensor  # (T, 4H) 1/sqrt(var + eps) used at step t
     rstd_c: Tensor  # (T, H)
 
 
@@ -74,41 +87,30 @@ def _normalize(z, mean_buf, var_buf, row, factor, eps, save=True):
 
 
 def forward_loop(
-    x: Tensor,
+    u: Tensor,
     weights: LayerWeights,
     h0: Tensor,
     c0: Tensor,
     stats: RunningStats,
-    batch_sizes: list[int],
-    training: bool,
-    momentum: Optional[float],
+    steps: Steps,
     eps: float,
     save: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Optional[Saved]]:
-    """Run the steps over x (T, B, input_size); return y (T, B, H), h_n, c_n, Saved|None."""
-    xw = input_product(x, weights)
-    T, B, G = xw.shape
+    """Run the steps given u (T, B, 4H); return y (T, B, H), h_n, c_n, Saved|None."""
+    T, B, G = u.shape
     H = G // 4
-    y = xw.new_zeros(T, B, H)
+    y = u.new_zeros(T, B, H)
     h, c = h0.clone(), c0.clone()
     saved = None
     if save:
-        saved = Saved(
-            *(xw.new_zeros(T, B, G) for _ in range(3)),
-            *(xw.new_zeros(T, B, H) for _ in range(2)),
-            xw.new_ones(T, G), xw.new_ones(T, G), xw.new_ones(T, H),
-        )
-    plan = step_plan(batch_sizes, stats.max_length, training)
-    factors = update_counts(stats, plan, momentum)
-    for t, ((row, _), factor) in enumerate(zip(plan, factors)):
-        n = batch_sizes[t]
-        xhat_ih, rstd_ih = _normalize(xw[t, :n], stats.mean_ih, stats.var_ih, row, factor, eps,
-                                      save)
+        saved = Saved(*(u.new_zeros(T, B, G) for _ in range(2)),
+                      *(u.new_zeros(T, B, H) for _ in range(2)), u.new_ones(T, G),
+                      u.new_ones(T, H))
+    for t, (n, row, use_batch, factor) in enumerate(zip(*steps)):
+        factor = factor if use_batch else None
         xhat_hh, rstd_hh = _normalize(h[:n] @ weights.weight_hh.t(), stats.mean_hh,
                                       stats.var_hh, row, factor, eps, save)
-        pre = weights.gamma_ih * xhat_ih + weights.gamma_hh * xhat_hh
-        if weights.bias is not None:
-            pre = pre + weights.bias
+        pre = u[t, :n] + weights.gamma_hh * xhat_hh
         i, f, g, o = pre.chunk(4, dim=1)
         i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
         c_t = f * c[:n] + i * g
@@ -116,10 +118,10 @@ def forward_loop(
         h_t = o * torch.tanh(weights.gamma_c * chat + weights.beta_c)
         h[:n], c[:n], y[t, :n] = h_t, c_t, h_t
         if saved is not None:
-            saved.xhat_ih[t, :n], saved.xhat_hh[t, :n] = xhat_ih, xhat_hh
+            saved.xhat_hh[t, :n] = xhat_hh
             saved.gates[t, :n] = torch.cat([i, f, g, o], dim=1)
             saved.cell[t, :n], saved.chat[t, :n] = c_t, chat
-            saved.rstd_ih[t], saved.rstd_hh[t], saved.rstd_c[t] = rstd_ih, rstd_hh, rstd_c
+            saved.rstd_hh[t], saved.rstd_c[t] = rstd_hh, rstd_c
     return y, h, c, saved
 
 
@@ -135,34 +137,21 @@ def _bn_backward(dout, xhat, scale, use_batch, unit):
         dout, xhat, scale, None, None, *unit, True, 0.0, [True, False, False])[0]
 
 
-def _bn_backward_steps(dxhat, xhat, rstd, batch_sizes, batch_stats):
-    """_bn_backward of every step at once: dxhat, xhat (T, B, F) are zero past each step's
-    running rows and the result stays zero there; rstd (T, F)."""
-    T, B, _ = dxhat.shape
-    n = torch.tensor(batch_sizes, dtype=dxhat.dtype, device=dxhat.device).clamp_min(1)
-    n = n[:, None, None]
-    running = torch.arange(B, device=dxhat.device)[None, :, None] < n
-    use_batch = torch.tensor(batch_stats, dtype=torch.bool, device=dxhat.device)[:, None, None]
-    centred = (dxhat - dxhat.sum(1, keepdim=True) / n
-               - xhat * (dxhat * xhat).sum(1, keepdim=True) / n)
-    return torch.where(use_batch, centred * running, dxhat) * rstd[:, None, :]
-
-
 def backward_loop(
     saved: Saved,
+    inp: InputSaved,
     weights: LayerWeights,
     c0: Tensor,
-    batch_sizes: list[int],
-    batch_stats: list[bool],
+    steps: Steps,
     dy: Tensor,
     dh_n: Tensor,
     dc_n: Tensor,
 ):
-    """Run the steps in reverse. Returns dpre_ih, dpre_hh (T, B, 4H): gradients of x W_ih^T and
-    h_{t-1} W_hh^T; dh0, dc0 (B, H); and dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias.
+    """Run the steps in reverse. Returns dpre, dpre_hh (T, B, 4H): gradients of each step's
+    pre-activation and of h_{t-1} W_hh^T; dh0, dc0 (B, H); and dgamma_hh, dgamma_c, dbeta_c.
 
     Only what the recurrence needs runs per step (BN(c) and BN(h W_hh^T) backwards, dh, dc); the
-    input norm's backward and the per-feature sums run once over all steps after the loop."""
+    per-feature sums run once over all steps after the loop."""
     T, B, G = saved.gates.shape
     H = G // 4
     w = weights
@@ -181,7 +170,7 @@ def backward_loop(
     dcn = dy.new_zeros(T, B, H)  # gradient of each step's normalised cell, BN(c)
     dh, dc = dh_n.clone(), dc_n.clone()
     for t in reversed(range(T)):
-        n, use_batch = batch_sizes[t], batch_stats[t]
+        n, use_batch = steps.batch_sizes[t], steps.batch_stats[t]
         dh_t = dh[:n] + dy[t, :n]
         dcn[t, :n] = dcn_t = dh_t * to_cn[t, :n]
         dc_t = dc[:n] + _bn_backward(dcn_t, saved.chat[t, :n], scale_c[t], use_batch, unit_c)
@@ -191,9 +180,6 @@ def backward_loop(
                                                   use_batch, unit_hh)
         dh[:n] = dpre_hh_t @ w.weight_hh
         dc[:n] = dc_t * f[t, :n]
-    dpre_ih = _bn_backward_steps(dpre * w.gamma_ih, saved.xhat_ih, saved.rstd_ih, batch_sizes,
-                                 batch_stats)
-    dgamma_ih = (dpre * saved.xhat_ih).sum((0, 1))
     dgamma_hh = (dpre * saved.xhat_hh).sum((0, 1))
     dgamma_c, dbeta_c = (dcn * saved.chat).sum((0, 1)), dcn.sum((0, 1))
-    return dpre_ih, dpre_hh, dh, dc, dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dpre.sum((0, 1))
+    return dpre, dpre_hh, dh, dc, dgamma_hh, dgamma_c, dbeta_c
