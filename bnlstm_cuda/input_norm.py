@@ -42,21 +42,43 @@ def _batch_statistics(z: Tensor, batch_sizes: list[int]) -> tuple[Tensor, Tensor
     return mean, ((z - mean[:, None]) * running).square().sum(1) / n
 
 
-def _update_running(buf: Tensor, target: Tensor, steps: Steps, used: list[int]) -> None:
-    """Move the running rows of the steps `used` (those with batch statistics) towards their
-    statistics `target` (T, F), as each step would in order: the rows below the last are each a
-    single step's, so they move at once; the last row, shared by every step past
-    max_length - 1, moves once per step in step order."""
-    last = buf.shape[0] - 1
-    own = [t for t in used if steps.rows[t] < last]
-    if own:
-        index = torch.tensor([steps.rows[t] for t in own], device=buf.device)
-        weight = _weights([steps.factors[t] for t in own], buf)
-        buf.index_copy_(0, index, buf[index].lerp(target[own].to(buf.dtype), weight))
-    for t in (t for t in used if steps.rows[t] == last):
-        weight = steps.factors[t]
-        weight = weight.to(buf.dtype) if isinstance(weight, Tensor) else weight
-        buf[last].lerp_(target[t].to(buf.dtype), weight)
+def _runs(rows: list[int]) -> list[tuple[int, int]]:
+    """Split steps 0 .. len(rows)-1 into runs [i, j) whose rows rise by one (rows[i] ..
+    rows[j-1]) or stay the same: the rows are min(t, max_length - 1), so a call has at most
+    two runs, and slices of them need no index tensor (torch.compile traces slices)."""
+    runs, i = [], 0
+    while i < len(rows):
+        j = i + 1
+        step = rows[j] - rows[i] if j < len(rows) and rows[j] - rows[i] in (0, 1) else 1
+        while j < len(rows) and rows[j] == rows[j - 1] + step:
+            j += 1
+        runs.append((i, j))
+        i = j
+    return runs
+
+
+def _rows_of(buf: Tensor, rows: list[int]) -> Tensor:
+    """buf[rows] (len(rows), F) from slices."""
+    parts = [buf[rows[i]: rows[j - 1] + 1] if rows[j - 1] != rows[i] or j - i == 1
+             else buf[rows[i]].expand(j - i, buf.shape[1]) for i, j in _runs(rows)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _update_running(buf: Tensor, target: Tensor, steps: Steps, k: int) -> None:
+    """Move the running rows of steps 0 .. k-1 (those with batch statistics) towards their
+    statistics `target` (k, F), as each step would in order: a row that one step owns moves
+    with the others of its run at once; a row shared by several steps (the last, past
+    max_length - 1) moves once per step, in step order."""
+    for i, j in _runs(steps.rows[:k]):
+        first, last = steps.rows[i], steps.rows[j - 1]
+        if first != last or j - i == 1:  # each step its own row
+            buf[first: last + 1].lerp_(target[i:j].to(buf.dtype),
+                                       _weights(steps.factors[i:j], buf))
+            continue
+        for t in range(i, j):
+            weight = steps.factors[t]
+            weight = weight.to(buf.dtype) if isinstance(weight, Tensor) else weight
+            buf[first].lerp_(target[t].to(buf.dtype), weight)
 
 
 def _weights(factors: list, like: Tensor):
@@ -74,24 +96,26 @@ def statistics(xw: Tensor, stats: RunningStats, steps: Steps, eps: float) -> Ten
     statistics move their running rows (mean_ih, var_ih, in place; unbiased variance), and the
     others read their row after those moves, as the step loop did."""
     z = xw.to(accumulator(xw.dtype))
-    used = [t for t, u in enumerate(steps.batch_stats) if u]
-    rows = torch.tensor(steps.rows, device=xw.device)
-    if used:
-        mean, var = _batch_statistics(z, steps.batch_sizes)
-        n = torch.tensor(steps.batch_sizes, device=z.device, dtype=z.dtype)[:, None]
+    k = _batch_steps(steps)
+    mean = var = z.new_empty(0, z.shape[2])
+    if k:
+        mean, var = _batch_statistics(z[:k], steps.batch_sizes[:k])
+        n = torch.tensor(steps.batch_sizes[:k], device=z.device, dtype=z.dtype)[:, None]
         with torch.no_grad():
-            _update_running(stats.mean_ih, mean, steps, used)
-            _update_running(stats.var_ih, var * n / (n - 1).clamp_min(1), steps, used)
-    if len(used) < len(steps.batch_stats):
-        run_mean = stats.mean_ih[rows].to(z.dtype)
-        run_var = stats.var_ih[rows].to(z.dtype)
-        if used:
-            use_batch = torch.tensor(steps.batch_stats, device=z.device)[:, None]
-            mean = torch.where(use_batch, mean, run_mean)
-            var = torch.where(use_batch, var, run_var)
-        else:
-            mean, var = run_mean, run_var
+            _update_running(stats.mean_ih, mean, steps, k)
+            _update_running(stats.var_ih, var * n / (n - 1), steps, k)
+    if k < len(steps.rows):
+        mean = torch.cat([mean, _rows_of(stats.mean_ih, steps.rows[k:]).to(z.dtype)])
+        var = torch.cat([var, _rows_of(stats.var_ih, steps.rows[k:]).to(z.dtype)])
     return torch.stack([mean, torch.rsqrt(var + eps)], dim=1)
+
+
+def _batch_steps(steps: Steps) -> int:
+    """How many steps normalise with batch statistics: a prefix of the call, as the running
+    rows never grow and a training step needs at least 2."""
+    k = sum(steps.batch_stats)
+    assert all(steps.batch_stats[:k]), "batch-statistics steps are a prefix"
+    return k
 
 
 def contribution(saved: InputSaved, weights: LayerWeights) -> Tensor:
@@ -124,12 +148,13 @@ def backward(dpre: Tensor, saved: InputSaved, weights: LayerWeights,
     dgamma_ih = (dpre * xhat).sum((0, 1))
     dbias = dpre.sum((0, 1))
     d = dpre * weights.gamma_ih.to(dpre.dtype)
-    used = torch.tensor(steps.batch_stats, device=dpre.device)[:, None, None]
-    if not any(steps.batch_stats):
-        return d * rstd, dgamma_ih, dbias
-    n = torch.tensor(steps.batch_sizes, dtype=dpre.dtype, device=dpre.device).clamp_min(1)
-    n = n[:, None, None]
-    centred = d - d.sum(1, keepdim=True) / n - xhat * (d * xhat).sum(1, keepdim=True) / n
-    if min(steps.batch_sizes) < B:
-        centred = centred * _running_mask(steps.batch_sizes, B, dpre)
-    return torch.where(used, centred, d) * rstd, dgamma_ih, dbias
+    k = _batch_steps(steps)
+    if k:
+        sizes = steps.batch_sizes[:k]
+        n = torch.tensor(sizes, dtype=dpre.dtype, device=dpre.device)[:, None, None]
+        db, xb = d[:k], xhat[:k]
+        centred = db - db.sum(1, keepdim=True) / n - xb * (db * xb).sum(1, keepdim=True) / n
+        if min(sizes) < B:
+            centred = centred * _running_mask(sizes, B, dpre)
+        d = torch.cat([centred, d[k:]]) if k < T else centred
+    return d * rstd, dgamma_ih, dbias

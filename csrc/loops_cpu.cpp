@@ -133,11 +133,11 @@ void for_each_block(int64_t n, int64_t H, const F& block) {
   });
 }
 
-// The learnable per-feature constants of a block of units j0 .. j0 + w - 1.
+// The learnable per-feature constants of a block of units j0 .. j0 + w - 1, and the step's
+// statistics of its features.
 template <typename S>
 struct BlockConstants {
-  S gamma_ih[4][kUnits], gamma_hh[4][kUnits], bias[4][kUnits];
-  S mean_ih[4][kUnits], rstd_ih[4][kUnits], mean_hh[4][kUnits], rstd_hh[4][kUnits];
+  S gamma_hh[4][kUnits], mean_hh[4][kUnits], rstd_hh[4][kUnits];
   S gamma_c[kUnits], beta_c[kUnits], mean_c[kUnits], rstd_c[kUnits];
 
   template <typename P>
@@ -145,10 +145,7 @@ struct BlockConstants {
     const int64_t H = p.H;
     for (int g = 0; g < 4; ++g) {
       for (int64_t u = 0; u < w; ++u) {
-        const int64_t c = g * H + j0 + u;
-        gamma_ih[g][u] = static_cast<const S*>(p.gamma_ih)[c];
-        gamma_hh[g][u] = static_cast<const S*>(p.gamma_hh)[c];
-        bias[g][u] = p.bias != nullptr ? static_cast<const S*>(p.bias)[c] : S(0);
+        gamma_hh[g][u] = static_cast<const S*>(p.gamma_hh)[g * H + j0 + u];
       }
     }
     for (int64_t u = 0; u < w; ++u) {
@@ -157,25 +154,23 @@ struct BlockConstants {
     }
   }
 
-  // Pre-activation of gate g at unit u, from a row's xw and hw at the block's first unit.
-  S pre(int g, int64_t u, const S* xw_row, const S* hw_row, int64_t H) const {
-    return preactivation(xw_row[g * H + u], mean_ih[g][u], rstd_ih[g][u], gamma_ih[g][u],
-                         hw_row[g * H + u], mean_hh[g][u], rstd_hh[g][u], gamma_hh[g][u],
-                         bias[g][u]);
+  // Pre-activation of gate g at unit u, from a row's u and hw at the block's first unit.
+  S pre(int g, int64_t u, const S* u_row, const S* hw_row, int64_t H) const {
+    return recurrent_preactivation(u_row[g * H + u], hw_row[g * H + u], mean_hh[g][u],
+                                   rstd_hh[g][u], gamma_hh[g][u]);
   }
 };
 
-// Batch sums over rows b < n of z[b * ld + u] (u < w), then centred squares when use_batch.
+// Batch sums over rows b < n of z[b * ld + u] (u < w), then the centred squares.
 template <typename S>
 BNLSTM_INLINE void feature_sums(const S* __restrict__ z, int64_t ld, int64_t n, int64_t w,
-                                bool use_batch, S* __restrict__ total, S* __restrict__ centred) {
+                                S* __restrict__ total, S* __restrict__ centred) {
   std::fill(total, total + w, S(0));
   std::fill(centred, centred + w, S(0));
   for (int64_t b = 0; b < n; ++b) {
     const S* __restrict__ row = z + b * ld;
     for (int64_t u = 0; u < w; ++u) total[u] += row[u];
   }
-  if (!use_batch) return;
   for (int64_t b = 0; b < n; ++b) {
     const S* __restrict__ row = z + b * ld;
     for (int64_t u = 0; u < w; ++u) {
@@ -185,23 +180,38 @@ BNLSTM_INLINE void feature_sums(const S* __restrict__ z, int64_t ld, int64_t n, 
   }
 }
 
+// Mean and 1/std of features z[.. u ..] (u < w) at a step: from the batch (two-pass sums over
+// the n rows, the running row moving by factor) or, in evaluation and for single-row steps,
+// from the running row alone, without a pass over the rows.
+template <typename S>
+BNLSTM_INLINE void block_statistics(const S* z, int64_t ld, int64_t n, int64_t w, bool use_batch,
+                                    S factor, S eps, S* run_mean, S* run_var, S* stat,
+                                    int64_t stat_ld, S* mean, S* rstd) {
+  S total[kUnits] = {}, centred[kUnits] = {};
+  if (use_batch) feature_sums(z, ld, n, w, total, centred);
+  for (int64_t u = 0; u < w; ++u) {
+    step_statistics(total[u], centred[u], n, use_batch, factor, eps, run_mean + u, run_var + u,
+                    true, mean[u], rstd[u]);
+    stat[u] = mean[u];
+    stat[stat_ld + u] = rstd[u];
+  }
+}
+
 template <typename S>
 BNLSTM_INLINE void forward_block(const FwdParams& p, const StepWeights<S>& weights, int64_t t,
                                  int64_t n, int64_t n_next, int64_t row, bool use_batch, S factor,
                                  int64_t j0, int64_t w) {
   const int64_t H = p.H, G = 4 * H, B = p.B;
   const S eps = static_cast<S>(p.eps);
-  const S* xw_t = static_cast<const S*>(p.xw) + t * B * G + j0;
+  const S* u_t = static_cast<const S*>(p.u) + t * B * G + j0;
   S* hw_t = static_cast<S*>(p.hw) + t * B * G + j0;
   const S* h_prev = static_cast<const S*>(p.y) + t * B * H;
   S* h_next = static_cast<S*>(p.y) + (t + 1) * B * H + j0;
   const S* c_prev = static_cast<const S*>(p.cell) + t * B * H + j0;
   S* c_next = static_cast<S*>(p.cell) + (t + 1) * B * H + j0;
-  S* stat_ih_t = static_cast<S*>(p.stat_ih) + t * 2 * G + j0;
   S* stat_hh_t = static_cast<S*>(p.stat_hh) + t * 2 * G + j0;
   S* stat_c_t = static_cast<S*>(p.stat_c) + t * 2 * H + j0;
   BlockConstants<S> k(p, j0, w);
-  S total[kUnits], centred[kUnits];
   for (int64_t b = n; b < B; ++b) {  // rows not running: zero, as loops.h promises
     for (int g = 0; g < 4; ++g) std::fill_n(hw_t + b * G + g * H, w, S(0));
     std::fill_n(c_next + b * H, w, S(0));
@@ -217,29 +227,17 @@ BNLSTM_INLINE void forward_block(const FwdParams& p, const StepWeights<S>& weigh
     }
   }
 
-  // per gate: the statistics of both products
+  // per gate: the statistics of the recurrent product
   for (int g = 0; g < 4; ++g) {
-    const int64_t c0 = g * H;
-    struct { const S* z; S* run_mean; S* run_var; S* stat; S* mean; S* rstd; } norms[2] = {
-        {xw_t + c0, static_cast<S*>(p.run_mean_ih), static_cast<S*>(p.run_var_ih), stat_ih_t,
-         k.mean_ih[g], k.rstd_ih[g]},
-        {hw_t + c0, static_cast<S*>(p.run_mean_hh), static_cast<S*>(p.run_var_hh), stat_hh_t,
-         k.mean_hh[g], k.rstd_hh[g]}};
-    for (const auto& m : norms) {
-      feature_sums(m.z, G, n, w, use_batch, total, centred);
-      const int64_t at = row * G + c0 + j0;
-      for (int64_t u = 0; u < w; ++u) {
-        step_statistics(total[u], centred[u], n, use_batch, factor, eps, m.run_mean + at + u,
-                        m.run_var + at + u, true, m.mean[u], m.rstd[u]);
-        m.stat[c0 + u] = m.mean[u];
-        m.stat[G + c0 + u] = m.rstd[u];
-      }
-    }
+    const int64_t c0 = g * H, at = row * G + c0 + j0;
+    block_statistics(hw_t + c0, G, n, w, use_batch, factor, eps,
+                     static_cast<S*>(p.run_mean_hh) + at, static_cast<S*>(p.run_var_hh) + at,
+                     stat_hh_t + c0, G, k.mean_hh[g], k.rstd_hh[g]);
   }
 
   // c_t = f c_{t-1} + i g, then its statistics
   for (int64_t b = 0; b < n; ++b) {
-    const S* __restrict__ x = xw_t + b * G;
+    const S* __restrict__ x = u_t + b * G;
     const S* __restrict__ h = hw_t + b * G;
     const S* __restrict__ c_in = c_prev + b * H;
     S* __restrict__ c_out = c_next + b * H;
@@ -250,19 +248,13 @@ BNLSTM_INLINE void forward_block(const FwdParams& p, const StepWeights<S>& weigh
       c_out[u] = cell_update(i, f, gg, c_in[u]);
     }
   }
-  feature_sums(c_next, H, n, w, use_batch, total, centred);
   const int64_t at = row * H + j0;
-  for (int64_t u = 0; u < w; ++u) {
-    step_statistics(total[u], centred[u], n, use_batch, factor, eps,
-                    static_cast<S*>(p.run_mean_c) + at + u, static_cast<S*>(p.run_var_c) + at + u,
-                    true, k.mean_c[u], k.rstd_c[u]);
-    stat_c_t[u] = k.mean_c[u];
-    stat_c_t[H + u] = k.rstd_c[u];
-  }
+  block_statistics(c_next, H, n, w, use_batch, factor, eps, static_cast<S*>(p.run_mean_c) + at,
+                   static_cast<S*>(p.run_var_c) + at, stat_c_t, H, k.mean_c, k.rstd_c);
 
   // h_t = o tanh(BN(c_t)); a row ending at this step leaves its final state
   for (int64_t b = 0; b < n; ++b) {
-    const S* __restrict__ x = xw_t + b * G;
+    const S* __restrict__ x = u_t + b * G;
     const S* __restrict__ h = hw_t + b * G;
     const S* __restrict__ c = c_next + b * H;
     S* __restrict__ out = h_next + b * H;
@@ -284,27 +276,24 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
                                   int64_t n, int64_t n_next, int64_t j0, int64_t w) {
   const int64_t H = p.H, G = 4 * H, B = p.B;
   const S rows = S(n);
-  const S* xw_t = static_cast<const S*>(p.xw) + t * B * G + j0;
+  const S* u_t = static_cast<const S*>(p.u) + t * B * G + j0;
   const S* hw_t = static_cast<const S*>(p.hw) + t * B * G + j0;
   const S* c_prev = static_cast<const S*>(p.cell) + t * B * H + j0;
   const S* c_t = c_prev + B * H;
-  const S* stat_ih_t = static_cast<const S*>(p.stat_ih) + t * 2 * G + j0;
   const S* stat_hh_t = static_cast<const S*>(p.stat_hh) + t * 2 * G + j0;
   const S* stat_c_t = static_cast<const S*>(p.stat_c) + t * 2 * H + j0;
   const S* dy_t = static_cast<const S*>(p.dy) + t * B * H + j0;
   const S* dh_n = static_cast<const S*>(p.dh_n) + j0;
-  S* dpre_ih_t = static_cast<S*>(p.dpre_ih) + t * B * G + j0;
+  S* dpre_t = static_cast<S*>(p.dpre) + t * B * G + j0;
   S* dpre_hh_t = static_cast<S*>(p.dpre_hh) + t * B * G + j0;
   const S* dpre_hh_next = static_cast<const S*>(p.dpre_hh) + (t + 1) * B * G;
   S* dh = static_cast<S*>(p.dh) + j0;
   S* dc = static_cast<S*>(p.dc) + j0;
-  S* dsum_t = static_cast<S*>(p.dsum) + t * 3 * G + j0;
+  S* dsum_t = static_cast<S*>(p.dsum) + t * G + j0;
   S* dsum_c_t = static_cast<S*>(p.dsum_c) + t * 2 * H + j0;
   BlockConstants<S> k(p, j0, w);
   for (int g = 0; g < 4; ++g) {
     for (int64_t u = 0; u < w; ++u) {
-      k.mean_ih[g][u] = stat_ih_t[g * H + u];
-      k.rstd_ih[g][u] = stat_ih_t[G + g * H + u];
       k.mean_hh[g][u] = stat_hh_t[g * H + u];
       k.rstd_hh[g][u] = stat_hh_t[G + g * H + u];
     }
@@ -328,7 +317,7 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
   for (int64_t b = 0; b < n; ++b) {
     const S* __restrict__ dh_row = dh + b * H;
     const S* __restrict__ c_row = c_t + b * H;
-    const S* __restrict__ x = xw_t + b * G;
+    const S* __restrict__ x = u_t + b * G;
     const S* __restrict__ h = hw_t + b * G;
     for (int64_t u = 0; u < w; ++u) {
       const S dh_b = dh_row[u];
@@ -344,16 +333,15 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
   std::copy(sum_dcn_chat, sum_dcn_chat + w, dsum_c_t);
   std::copy(sum_dcn, sum_dcn + w, dsum_c_t + H);
 
-  // 2. through the gates: the raw pre-activation gradients (in dpre_ih until the norms are
-  //    undone) and the dc carry
+  // 2. through the gates: the pre-activation gradients (the step's dpre) and the dc carry
   for (int64_t b = 0; b < n; ++b) {
-    const S* __restrict__ x = xw_t + b * G;
+    const S* __restrict__ x = u_t + b * G;
     const S* __restrict__ h = hw_t + b * G;
     const S* __restrict__ dh_row = dh + b * H;
     const S* __restrict__ c_row = c_t + b * H;
     const S* __restrict__ c_in = c_prev + b * H;
     S* __restrict__ dc_row = dc + b * H;
-    S* __restrict__ d_i = dpre_ih_t + b * G;  // one pointer per gate: disjoint stores
+    S* __restrict__ d_i = dpre_t + b * G;  // one pointer per gate: disjoint stores
     S* __restrict__ d_f = d_i + H;
     S* __restrict__ d_g = d_i + 2 * H;
     S* __restrict__ d_o = d_i + 3 * H;
@@ -380,35 +368,27 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
     }
   }
 
-  // 3. through both batch norms, one gate at a time
+  // 3. through BN(h W_hh^T), one gate at a time
   for (int g = 0; g < 4; ++g) {
     const int64_t c0 = g * H;
-    S sum_d[kUnits] = {}, sum_d_ih[kUnits] = {}, sum_d_hh[kUnits] = {};
+    S sum_d[kUnits] = {}, sum_d_hh[kUnits] = {};
     for (int64_t b = 0; b < n; ++b) {
-      const S* __restrict__ d = dpre_ih_t + b * G + c0;
-      const S* __restrict__ x = xw_t + b * G + c0;
+      const S* __restrict__ d = dpre_t + b * G + c0;
       const S* __restrict__ h = hw_t + b * G + c0;
       for (int64_t u = 0; u < w; ++u) {
         sum_d[u] += d[u];
-        sum_d_ih[u] += d[u] * ((x[u] - k.mean_ih[g][u]) * k.rstd_ih[g][u]);
         sum_d_hh[u] += d[u] * ((h[u] - k.mean_hh[g][u]) * k.rstd_hh[g][u]);
       }
     }
-    std::copy(sum_d_ih, sum_d_ih + w, dsum_t + c0);
-    std::copy(sum_d_hh, sum_d_hh + w, dsum_t + G + c0);
-    std::copy(sum_d, sum_d + w, dsum_t + 2 * G + c0);
+    std::copy(sum_d_hh, sum_d_hh + w, dsum_t + c0);
     for (int64_t b = 0; b < n; ++b) {
-      S* __restrict__ d_ih = dpre_ih_t + b * G + c0;
+      const S* __restrict__ d = dpre_t + b * G + c0;
       S* __restrict__ d_hh = dpre_hh_t + b * G + c0;
-      const S* __restrict__ x = xw_t + b * G + c0;
       const S* __restrict__ h = hw_t + b * G + c0;
-            for (int64_t u = 0; u < w; ++u) {
-        const S gamma_ih = k.gamma_ih[g][u], gamma_hh = k.gamma_hh[g][u], d = d_ih[u];
-        const S xhat_ih = (x[u] - k.mean_ih[g][u]) * k.rstd_ih[g][u];
+      for (int64_t u = 0; u < w; ++u) {
+        const S gamma_hh = k.gamma_hh[g][u];
         const S xhat_hh = (h[u] - k.mean_hh[g][u]) * k.rstd_hh[g][u];
-        d_ih[u] = bn_backward(gamma_ih * d, xhat_ih, k.rstd_ih[g][u], gamma_ih * sum_d[u],
-                              gamma_ih * sum_d_ih[u], rows, use_batch);
-        d_hh[u] = bn_backward(gamma_hh * d, xhat_hh, k.rstd_hh[g][u], gamma_hh * sum_d[u],
+        d_hh[u] = bn_backward(gamma_hh * d[u], xhat_hh, k.rstd_hh[g][u], gamma_hh * sum_d[u],
                               gamma_hh * sum_d_hh[u], rows, use_batch);
       }
     }
@@ -459,11 +439,11 @@ void check_dtype(const char* op, at::ScalarType dtype) {
 
 }  // namespace
 
-void forward_steps_cpu(const FwdParams& p, const at::Tensor& xw, const ForwardPlan& plan) {
-  check_dtype("bnlstm::forward_loop", xw.scalar_type());
+void forward_steps_cpu(const FwdParams& p, const at::Tensor& steps, const ForwardPlan& plan) {
+  check_dtype("bnlstm::forward_loop", steps.scalar_type());
   [[maybe_unused]] const SerialBlas serial;  // empty without MKL
-  const int64_t T = xw.size(0);
-  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "bnlstm_forward_cpu", [&] {
+  const int64_t T = steps.size(0);
+  AT_DISPATCH_FLOATING_TYPES(steps.scalar_type(), "bnlstm_forward_cpu", [&] {
     using S = scalar_t;
     const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, /*forward=*/true);
     for (int64_t t = 0; t < T; ++t) {
@@ -477,11 +457,12 @@ void forward_steps_cpu(const FwdParams& p, const at::Tensor& xw, const ForwardPl
   });
 }
 
-void backward_steps_cpu(const BwdParams& p, const at::Tensor& xw, const BackwardPlan& plan) {
-  check_dtype("bnlstm::backward_loop", xw.scalar_type());
+void backward_steps_cpu(const BwdParams& p, const at::Tensor& steps,
+                        const BackwardPlan& plan) {
+  check_dtype("bnlstm::backward_loop", steps.scalar_type());
   [[maybe_unused]] const SerialBlas serial;  // empty without MKL
-  const int64_t T = xw.size(0);
-  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "bnlstm_backward_cpu", [&] {
+  const int64_t T = steps.size(0);
+  AT_DISPATCH_FLOATING_TYPES(steps.scalar_type(), "bnlstm_backward_cpu", [&] {
     using S = scalar_t;
     const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, /*forward=*/false);
     for (int64_t t = T - 1; t >= 0; --t) {

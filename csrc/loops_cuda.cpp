@@ -33,11 +33,11 @@ void dispatch(at::ScalarType dtype, F&& f) {
 
 }  // namespace
 
-void forward_steps_cuda(const FwdParams& p, const at::Tensor& xw, const ForwardPlan& plan) {
-  const c10::cuda::CUDAGuard guard(xw.device());
+void forward_steps_cuda(const FwdParams& p, const at::Tensor& steps, const ForwardPlan& plan) {
+  const c10::cuda::CUDAGuard guard(steps.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const int64_t T = xw.size(0);
-  dispatch(xw.scalar_type(), [&](auto tag) {
+  const int64_t T = steps.size(0);
+  dispatch(steps.scalar_type(), [&](auto tag) {
     using S = typename decltype(tag)::type;
     if (plan.batch_sizes[T - 1] < p.B) {  // rows that stop running: zero, as loops.h promises
       const size_t acc = std::is_same_v<S, double> ? sizeof(double) : sizeof(float);
@@ -55,11 +55,11 @@ void forward_steps_cuda(const FwdParams& p, const at::Tensor& xw, const ForwardP
   });
 }
 
-void backward_steps_cuda(const BwdParams& p, const at::Tensor& xw, const BackwardPlan& plan) {
-  const c10::cuda::CUDAGuard guard(xw.device());
+void backward_steps_cuda(const BwdParams& p, const at::Tensor& steps, const BackwardPlan& plan) {
+  const c10::cuda::CUDAGuard guard(steps.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const int64_t T = xw.size(0);
-  dispatch(xw.scalar_type(), [&](auto tag) {
+  const int64_t T = steps.size(0);
+  dispatch(steps.scalar_type(), [&](auto tag) {
     using S = typename decltype(tag)::type;
     for (int64_t t = T - 1; t >= 0; --t) {
       const int64_t n_next = t + 1 < T ? plan.batch_sizes[t + 1] : 0;

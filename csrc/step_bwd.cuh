@@ -2,9 +2,10 @@
 // bnlstm_cuda/backends/triton_step.py's _bwd_step_kernel pass for pass:
 //   1. dh_t = dy_t + dpre_hh[t+1] W_hh (rows still running at t+1) + dh_n (rows ending at t),
 //      and the batch sums through BN(c);
-//   2. through the gates: raw dpre (kept in dpre_ih[t] until the norms are undone), dc carry;
-//   3. per gate, through both batch norms: dpre_ih[t], dpre_hh[t] and the per-step sums that
-//      become the gamma, beta_c and bias gradients.
+//   2. through the gates: dpre[t], the pre-activation's gradient (u's: the input norm's
+//      backward runs on it after the loop), and the dc carry;
+//   3. per gate, through BN(h W_hh^T): dpre_hh[t] and the per-step sum that becomes the
+//      gamma_hh gradient.
 #pragma once
 
 #include "step_common.cuh"
@@ -25,31 +26,27 @@ bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
   const int64_t col0 = int64_t(blockIdx.x) * kBlockH, j = col0 + col;
   const bool j_ok = j < H, writer = j_ok && rg == 0;
 
-  const S* xw_t = static_cast<const S*>(p.xw) + t * B * G;
+  const A* u_t = static_cast<const A*>(p.u) + t * B * G;
   const A* hw_t = static_cast<const A*>(p.hw) + t * B * G;
   const A* c_prev = static_cast<const A*>(p.cell) + t * B * H;
   const A* c_t = c_prev + B * H;
-  const A* stat_ih_t = static_cast<const A*>(p.stat_ih) + t * 2 * G;
   const A* stat_hh_t = static_cast<const A*>(p.stat_hh) + t * 2 * G;
   const A* stat_c_t = static_cast<const A*>(p.stat_c) + t * 2 * H;
   const S* dy_t = static_cast<const S*>(p.dy) + t * B * H;
   const A* dh_n = static_cast<const A*>(p.dh_n);
-  A* dpre_ih_t = static_cast<A*>(p.dpre_ih) + t * B * G;
+  A* dpre_t = static_cast<A*>(p.dpre) + t * B * G;
   A* dpre_hh_t = static_cast<A*>(p.dpre_hh) + t * B * G;
   const A* dpre_hh_next = dpre_hh_t + B * G;
   A* dh = static_cast<A*>(p.dh);
   A* dc = static_cast<A*>(p.dc);
-  A* dsum_t = static_cast<A*>(p.dsum) + t * 3 * G;
+  A* dsum_t = static_cast<A*>(p.dsum) + t * G;
   A* dsum_c_t = static_cast<A*>(p.dsum_c) + t * 2 * H;
 
   if (writer) {
-    load_gammas(k, static_cast<const S*>(p.gamma_ih), static_cast<const S*>(p.gamma_hh),
-                static_cast<const S*>(p.bias), static_cast<const S*>(p.gamma_c),
+    load_gammas(k, static_cast<const S*>(p.gamma_hh), static_cast<const S*>(p.gamma_c),
                 static_cast<const S*>(p.beta_c), H, j, col);
 #pragma unroll
     for (int g = 0; g < 4; ++g) {
-      k.mean_ih[g][col] = stat_ih_t[g * H + j];
-      k.rstd_ih[g][col] = stat_ih_t[G + g * H + j];
       k.mean_hh[g][col] = stat_hh_t[g * H + j];
       k.rstd_hh[g][col] = stat_hh_t[G + g * H + j];
     }
@@ -68,10 +65,11 @@ bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
     for (int r = 0; r < kRowsPerThread; ++r) {
       const int64_t b = b0 + rg + r * kRowGroups;
       if (b < n && j_ok) {
-        const A dh_b = to_acc(dy_t[b * H + j]) + carried[r] + (b >= n_next ? dh_n[b * H + j] : A(0));
+        const A dh_b =
+            to_acc(dy_t[b * H + j]) + carried[r] + (b >= n_next ? dh_n[b * H + j] : A(0));
         dh[b * H + j] = dh_b;
         const A chat = (c_t[b * H + j] - k.mean_c[col]) * k.rstd_c[col];
-        const A o = sigmoid(gate_preactivation(k, xw_t, hw_t, G, H, b, 3, j, col));
+        const A o = sigmoid(gate_preactivation(k, u_t, hw_t, G, H, b, 3, j, col));
         const A dcn = dh_b * o * sech2(cell_norm(c_t[b * H + j], k.mean_c[col], k.rstd_c[col],
                                                     k.gamma_c[col], k.beta_c[col]));
         sum_dcn += dcn;
@@ -90,51 +88,43 @@ bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
   for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
     const A dh_b = dh[b * H + j];
     const A chat = (c_t[b * H + j] - k.mean_c[col]) * k.rstd_c[col];
-    const A i = sigmoid(gate_preactivation(k, xw_t, hw_t, G, H, b, 0, j, col));
-    const A f = sigmoid(gate_preactivation(k, xw_t, hw_t, G, H, b, 1, j, col));
-    const A pre_g = gate_preactivation(k, xw_t, hw_t, G, H, b, 2, j, col);
+    const A i = sigmoid(gate_preactivation(k, u_t, hw_t, G, H, b, 0, j, col));
+    const A f = sigmoid(gate_preactivation(k, u_t, hw_t, G, H, b, 1, j, col));
+    const A pre_g = gate_preactivation(k, u_t, hw_t, G, H, b, 2, j, col);
     const A gg = tanh_(pre_g);
-    const A o = sigmoid(gate_preactivation(k, xw_t, hw_t, G, H, b, 3, j, col));
+    const A o = sigmoid(gate_preactivation(k, u_t, hw_t, G, H, b, 3, j, col));
     const A cn = cell_norm(c_t[b * H + j], k.mean_c[col], k.rstd_c[col], k.gamma_c[col],
                            k.beta_c[col]);
     const A tanh_cn = tanh_(cn);
     const A dcn = dh_b * o * sech2(cn);
-    const A dc_b = dc[b * H + j] + k.gamma_c[col] * bn_backward(dcn, chat, k.rstd_c[col], sum_dcn,
-                                                                sum_dcn_chat, A(n), use_batch);
+    const A dc_b = dc[b * H + j] + k.gamma_c[col] * bn_backward(dcn, chat, k.rstd_c[col],
+                                                                sum_dcn, sum_dcn_chat, A(n),
+                                                                use_batch);
     dc[b * H + j] = dc_b * f;
-    A* out = dpre_ih_t + b * G + j;
+    A* out = dpre_t + b * G + j;
     out[0] = dc_b * gg * dsigmoid(i);
     out[H] = dc_b * c_prev[b * H + j] * dsigmoid(f);
     out[2 * H] = dc_b * i * sech2(pre_g);
     out[3 * H] = dh_b * tanh_cn * dsigmoid(o);
   }
 
-  // 3. through both batch norms, one gate at a time (same rows per thread as pass 2)
+  // 3. through BN(h W_hh^T), one gate at a time (same rows per thread as pass 2)
   for (int g = 0; g < 4; ++g) {
     const int64_t c = g * H + j;
-    A sum_d = A(0), sum_d_ih = A(0), sum_d_hh = A(0);
+    const A mean_hh = k.mean_hh[g][col], rstd_hh = k.rstd_hh[g][col];
+    A sum_d = A(0), sum_d_hh = A(0);
     for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
-      const A d = dpre_ih_t[b * G + c];
+      const A d = dpre_t[b * G + c];
       sum_d += d;
-      sum_d_ih += d * (to_acc(xw_t[b * G + c]) - k.mean_ih[g][col]) * k.rstd_ih[g][col];
-      sum_d_hh += d * (hw_t[b * G + c] - k.mean_hh[g][col]) * k.rstd_hh[g][col];
+      sum_d_hh += d * ((hw_t[b * G + c] - mean_hh) * rstd_hh);
     }
-    sum_d = column_sum(sum_d, scratch);
-    sum_d_ih = column_sum(sum_d_ih, scratch);
     sum_d_hh = column_sum(sum_d_hh, scratch);
-    if (writer) {
-      dsum_t[c] = sum_d_ih;
-      dsum_t[G + c] = sum_d_hh;
-      dsum_t[2 * G + c] = sum_d;
-    }
-    const A gamma_ih = k.gamma_ih[g][col], gamma_hh = k.gamma_hh[g][col];
+    if (use_batch) sum_d = column_sum(sum_d, scratch);  // only batch statistics subtract it
+    if (writer) dsum_t[c] = sum_d_hh;
+    const A gamma_hh = k.gamma_hh[g][col];
     for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
-      const A d = dpre_ih_t[b * G + c];
-      const A xhat_ih = (to_acc(xw_t[b * G + c]) - k.mean_ih[g][col]) * k.rstd_ih[g][col];
-      const A xhat_hh = (hw_t[b * G + c] - k.mean_hh[g][col]) * k.rstd_hh[g][col];
-      dpre_ih_t[b * G + c] = bn_backward(gamma_ih * d, xhat_ih, k.rstd_ih[g][col],
-                                         gamma_ih * sum_d, gamma_ih * sum_d_ih, A(n), use_batch);
-      dpre_hh_t[b * G + c] = bn_backward(gamma_hh * d, xhat_hh, k.rstd_hh[g][col],
+      const A xhat_hh = (hw_t[b * G + c] - mean_hh) * rstd_hh;
+      dpre_hh_t[b * G + c] = bn_backward(gamma_hh * dpre_t[b * G + c], xhat_hh, rstd_hh,
                                          gamma_hh * sum_d, gamma_hh * sum_d_hh, A(n), use_batch);
     }
   }

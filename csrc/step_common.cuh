@@ -86,35 +86,28 @@ __device__ A column_sum(A v, A* scratch) {
 // Per-feature constants of the block's hidden units at this step, in shared memory.
 template <typename A>
 struct StepConstants {
-  A gamma_ih[4][kBlockH], gamma_hh[4][kBlockH], bias[4][kBlockH];
-  A mean_ih[4][kBlockH], rstd_ih[4][kBlockH], mean_hh[4][kBlockH], rstd_hh[4][kBlockH];
+  A gamma_hh[4][kBlockH], mean_hh[4][kBlockH], rstd_hh[4][kBlockH];
   A gamma_c[kBlockH], beta_c[kBlockH], mean_c[kBlockH], rstd_c[kBlockH];
 };
 
 // Loads the learnable per-feature constants of column col (hidden unit j) into k.
 template <typename S, typename A>
-__device__ void load_gammas(StepConstants<A>& k, const S* gamma_ih, const S* gamma_hh,
-                            const S* bias, const S* gamma_c, const S* beta_c, int64_t H,
-                            int64_t j, int col) {
+__device__ void load_gammas(StepConstants<A>& k, const S* gamma_hh, const S* gamma_c,
+                            const S* beta_c, int64_t H, int64_t j, int col) {
 #pragma unroll
-  for (int g = 0; g < 4; ++g) {
-    k.gamma_ih[g][col] = to_acc(gamma_ih[g * H + j]);
-    k.gamma_hh[g][col] = to_acc(gamma_hh[g * H + j]);
-    k.bias[g][col] = bias != nullptr ? to_acc(bias[g * H + j]) : A(0);
-  }
+  for (int g = 0; g < 4; ++g) k.gamma_hh[g][col] = to_acc(gamma_hh[g * H + j]);
   k.gamma_c[col] = to_acc(gamma_c[j]);
   k.beta_c[col] = to_acc(beta_c[j]);
 }
 
-// Pre-activation of gate g, row b, hidden unit j: gamma_ih BN(xw) + gamma_hh BN(hw) + bias.
-template <typename S, typename A>
-__device__ __forceinline__ A gate_preactivation(const StepConstants<A>& k, const S* xw_t,
+// Pre-activation of gate g, row b, hidden unit j: u + gamma_hh BN(hw).
+template <typename A>
+__device__ __forceinline__ A gate_preactivation(const StepConstants<A>& k, const A* u_t,
                                                 const A* hw_t, int64_t G, int64_t H, int64_t b,
                                                 int g, int64_t j, int col) {
   const int64_t at = b * G + g * H + j;
-  return preactivation(to_acc(xw_t[at]), k.mean_ih[g][col], k.rstd_ih[g][col],
-                       k.gamma_ih[g][col], hw_t[at], k.mean_hh[g][col], k.rstd_hh[g][col],
-                       k.gamma_hh[g][col], k.bias[g][col]);
+  return recurrent_preactivation(u_t[at], hw_t[at], k.mean_hh[g][col], k.rstd_hh[g][col],
+                                 k.gamma_hh[g][col]);
 }
 
 }  // namespace bnlstm

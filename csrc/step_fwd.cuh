@@ -1,7 +1,8 @@
 // Forward step t of one layer and direction (rows b < n = batch_sizes[t]), mirroring
 // bnlstm_cuda/backends/triton_step.py's _fwd_step_kernel pass for pass:
-//   per gate: hw = h_{t-1} W_hh^T (stored), batch sums of xw and hw, then centred squares,
-//             statistics and the running-row update;
+//   per gate: hw = h_{t-1} W_hh^T (stored), its batch sum, then centred squares, statistics
+//             and the running-row update;
+//   pre = u + gamma_hh BN(hw) (u: the input's contribution, normalised before the loop);
 //   c_t = f c_{t-1} + i g (stored), its statistics; h_t = o tanh(BN(c_t)) (stored).
 #pragma once
 
@@ -28,26 +29,24 @@ fwd_step_kernel(FwdParams p, int t, int n, int n_next, int row, double factor_ar
   const A eps = A(p.eps);
   const bool use_batch = factor_arg >= 0;
 
-  const S* xw_t = static_cast<const S*>(p.xw) + t * B * G;
+  const A* u_t = static_cast<const A*>(p.u) + t * B * G;
   A* hw_t = static_cast<A*>(p.hw) + t * B * G;
   const S* h_prev = static_cast<const S*>(p.y) + t * B * H;
   S* h_next = static_cast<S*>(p.y) + (t + 1) * B * H;
   const A* c_prev = static_cast<const A*>(p.cell) + t * B * H;
   A* c_next = static_cast<A*>(p.cell) + (t + 1) * B * H;
-  A* stat_ih_t = static_cast<A*>(p.stat_ih) + t * 2 * G;
   A* stat_hh_t = static_cast<A*>(p.stat_hh) + t * 2 * G;
   A* stat_c_t = static_cast<A*>(p.stat_c) + t * 2 * H;
   const S* weight_hh = static_cast<const S*>(p.weight_hh);
 
   if (writer) {
-    load_gammas(k, static_cast<const S*>(p.gamma_ih), static_cast<const S*>(p.gamma_hh),
-                static_cast<const S*>(p.bias), static_cast<const S*>(p.gamma_c),
+    load_gammas(k, static_cast<const S*>(p.gamma_hh), static_cast<const S*>(p.gamma_c),
                 static_cast<const S*>(p.beta_c), H, j, col);
   }
 
   for (int g = 0; g < 4; ++g) {
     const int64_t c = g * H + j;
-    A sum_x = A(0), sum_h = A(0);
+    A sum_h = A(0);
     for (int b0 = 0; b0 < n; b0 += kBlockB) {
       A hw[kRowsPerThread];  // this thread's rows of h_{t-1} W_hh[gate g]^T
       tile_matmul(h_prev, H, n, b0, H, weight_hh + g * H * H, 1, H, col0, H, hw, tile_a, tile_w);
@@ -57,39 +56,27 @@ fwd_step_kernel(FwdParams p, int t, int n, int n_next, int row, double factor_ar
         if (b < n && j_ok) {
           hw_t[b * G + c] = hw[r];
           sum_h += hw[r];
-          sum_x += to_acc(xw_t[b * G + c]);
         }
       }
     }
-    sum_x = column_sum(sum_x, scratch);
     sum_h = column_sum(sum_h, scratch);
-    A sq_x = A(0), sq_h = A(0);
+    A sq_h = A(0);
     if (use_batch) {
       // each thread re-reads only the hw it stored itself: same rows, no barrier needed
       for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
-        const A dx = to_acc(xw_t[b * G + c]) - sum_x / A(n);
-        const A dh = hw_t[b * G + c] - sum_h / A(n);
-        sq_x += dx * dx;
-        sq_h += dh * dh;
+        const A d = hw_t[b * G + c] - sum_h / A(n);
+        sq_h += d * d;
       }
-      sq_x = column_sum(sq_x, scratch);
       sq_h = column_sum(sq_h, scratch);
     }
     if (j_ok) {
-      A mean_ih, rstd_ih, mean_hh, rstd_hh;
-      step_statistics(sum_x, sq_x, n, use_batch, factor, eps,
-                      static_cast<A*>(p.run_mean_ih) + row * G + c,
-                      static_cast<A*>(p.run_var_ih) + row * G + c, writer, mean_ih, rstd_ih);
+      A mean_hh, rstd_hh;
       step_statistics(sum_h, sq_h, n, use_batch, factor, eps,
                       static_cast<A*>(p.run_mean_hh) + row * G + c,
                       static_cast<A*>(p.run_var_hh) + row * G + c, writer, mean_hh, rstd_hh);
       if (writer) {
-        stat_ih_t[c] = mean_ih;
-        stat_ih_t[G + c] = rstd_ih;
         stat_hh_t[c] = mean_hh;
         stat_hh_t[G + c] = rstd_hh;
-        k.mean_ih[g][col] = mean_ih;
-        k.rstd_ih[g][col] = rstd_ih;
         k.mean_hh[g][col] = mean_hh;
         k.rstd_hh[g][col] = rstd_hh;
       }
@@ -99,9 +86,9 @@ fwd_step_kernel(FwdParams p, int t, int n, int n_next, int row, double factor_ar
 
   A sum_c = A(0);
   for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
-    const A i = sigmoid(gate_preactivation(k, xw_t, hw_t, G, H, b, 0, j, col));
-    const A f = sigmoid(gate_preactivation(k, xw_t, hw_t, G, H, b, 1, j, col));
-    const A gg = tanh_(gate_preactivation(k, xw_t, hw_t, G, H, b, 2, j, col));
+    const A i = sigmoid(gate_preactivation(k, u_t, hw_t, G, H, b, 0, j, col));
+    const A f = sigmoid(gate_preactivation(k, u_t, hw_t, G, H, b, 1, j, col));
+    const A gg = tanh_(gate_preactivation(k, u_t, hw_t, G, H, b, 2, j, col));
     const A c = cell_update(i, f, gg, c_prev[b * H + j]);
     c_next[b * H + j] = c;
     sum_c += c;
@@ -131,8 +118,9 @@ fwd_step_kernel(FwdParams p, int t, int n, int n_next, int row, double factor_ar
 
   for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
     const A c = c_next[b * H + j];
-    const A o = sigmoid(gate_preactivation(k, xw_t, hw_t, G, H, b, 3, j, col));
-    const A h = o * tanh_(cell_norm(c, k.mean_c[col], k.rstd_c[col], k.gamma_c[col], k.beta_c[col]));
+    const A o = sigmoid(gate_preactivation(k, u_t, hw_t, G, H, b, 3, j, col));
+    const A h =
+        o * tanh_(cell_norm(c, k.mean_c[col], k.rstd_c[col], k.gamma_c[col], k.beta_c[col]));
     store(h_next + b * H + j, h);
     if (b >= n_next) {  // row b ends at this step
       store(static_cast<S*>(p.h_n) + b * H + j, h);

@@ -50,8 +50,8 @@ inline float exp_(float x) {
 }
 
 // tanh through the exp above: sign(x) (1 - e) / (1 + e) with e = exp(-2|x|), and for |x| < 1/4,
-// where 1 - e cancels, its odd Taylor polynomial to x^9 (next term below 1e-8 relative). Both are computed and
-// one is selected, so the loop stays vectorised.
+// where 1 - e cancels, its odd Taylor polynomial to x^9 (next term below 1e-8 relative). Both
+// are computed and one is selected, so the loop stays vectorised.
 inline float tanh_(float x) {
   const float e = exp_(-2.0f * fabsf(x));
   const float t = (1.0f - e) / (1.0f + e);
@@ -99,11 +99,11 @@ BNLSTM_HD void step_statistics(A total, A centred, int64_t n, bool use_batch, A 
   rstd = A(1) / sqrt_(var + eps);
 }
 
-// Pre-activation of one gate feature: gamma_ih BN(x W_ih^T) + gamma_hh BN(h W_hh^T) + bias.
+// Pre-activation of one gate feature: the input's contribution u = gamma_ih BN(x W_ih^T) + bias
+// (computed for every step before the loop) plus gamma_hh BN(h W_hh^T).
 template <typename A>
-BNLSTM_HD A preactivation(A xw, A mean_ih, A rstd_ih, A gamma_ih, A hw, A mean_hh, A rstd_hh,
-                          A gamma_hh, A bias) {
-  return gamma_ih * ((xw - mean_ih) * rstd_ih) + gamma_hh * ((hw - mean_hh) * rstd_hh) + bias;
+BNLSTM_HD A recurrent_preactivation(A u, A hw, A mean_hh, A rstd_hh, A gamma_hh) {
+  return u + gamma_hh * ((hw - mean_hh) * rstd_hh);
 }
 
 // c_t from the activated gates i, f, g and c_{t-1}.

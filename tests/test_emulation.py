@@ -26,11 +26,12 @@ import pytest
 import test_cpp_ext
 import torch
 from conftest import DEVICE, compare_with_reference, packed
-from gpu_contract import MUTATED, check_against_torch_ops
+from gpu_contract import check_against_torch_ops
 from torch.utils import cpp_extension
 
 from bnlstm_cuda import BNLSTM, backends
 from bnlstm_cuda.backends import cpp, fused
+from bnlstm_cuda.layer_state import accumulator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
@@ -144,10 +145,11 @@ def test_opcheck(emu):
 
 def _run_ops(B, H, T, dtype):
     """Forward and backward ops on fixed random inputs (packed, T > max_length, the last steps
-    with one sequence); every output, the updated running rows and every gradient."""
+    with one sequence; u in the accumulator dtype); every output, the updated running rows and
+    every gradient."""
     g = torch.Generator().manual_seed(0)
     G, L = 4 * H, max(T - 2, 1)
-    acc = fused.accumulator(dtype)
+    acc = accumulator(dtype)
 
     def r(*shape, dtype=dtype):
         return torch.randn(*shape, generator=g).to(dtype)
@@ -155,16 +157,16 @@ def _run_ops(B, H, T, dtype):
     lengths = sorted(torch.randint(1, T + 1, (B,), generator=g).tolist(), reverse=True)
     lengths[0] = T
     sizes = [sum(n > t for n in lengths) for t in range(T)]
-    running = [r(L, G, dtype=acc), r(L, G, dtype=acc).abs(), r(L, G, dtype=acc),
-               r(L, G, dtype=acc).abs(), r(L, H, dtype=acc), r(L, H, dtype=acc).abs()]
-    args = (r(T, B, G), 0.3 * r(G, H), r(G), r(G), r(G), r(H), r(H), r(B, H), r(B, H), *running,
+    running = [r(L, G, dtype=acc), r(L, G, dtype=acc).abs(), r(L, H, dtype=acc),
+               r(L, H, dtype=acc).abs()]
+    args = (r(T, B, G, dtype=acc), 0.3 * r(G, H), r(G), r(H), r(H), r(B, H), r(B, H), *running,
             sizes, [min(t, L - 1) for t in range(T)], [0.1 if n >= 2 else -1.0 for n in sizes],
             None, 1e-5)
     out = torch.ops.bnlstm_emu.forward_loop(*args)
-    _, _, _, cell, hw, stat_ih, stat_hh, stat_c = out
+    _, _, _, cell, hw, stat_hh, stat_c = out
     dy, dh_n, dc_n = r(T, B, H), r(B, H, dtype=acc), r(B, H, dtype=acc)
     grads = torch.ops.bnlstm_emu.backward_loop(
-        args[0], hw, cell, *args[1:7], stat_ih, stat_hh, stat_c, dy, dh_n, dc_n, sizes,
+        args[0], hw, cell, *args[1:5], stat_hh, stat_c, dy, dh_n, dc_n, sizes,
         [n >= 2 for n in sizes])
     return [*out, *running, *grads]
 
@@ -251,7 +253,7 @@ def test_emulated_ops_coexist_with_the_extension(emu):
     """bnlstm_emu's ops serve CPU tensors beside bnlstm_cuda._C's, with the same schemas."""
     emu_schema = torch.ops.bnlstm_emu.forward_loop.default._schema
     written = [a.name for a in emu_schema.arguments if a.alias_info and a.alias_info.is_write]
-    assert written == MUTATED
+    assert written == list(fused.MUTATED)
     if cpp.available()[0]:
         assert str(torch.ops.bnlstm.forward_loop.default._schema).replace("bnlstm::", "") == (
             str(emu_schema).replace("bnlstm_emu::", ""))

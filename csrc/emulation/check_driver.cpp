@@ -35,26 +35,23 @@ std::vector<float> random(size_t n, std::mt19937& gen, float lo, float hi) {
 double run_steps(int B, int H, const std::vector<int>& batch_sizes) {
   const int T = static_cast<int>(batch_sizes.size()), G = 4 * H, L = T;
   std::mt19937 gen(0);
-  auto xw = random(size_t(T) * B * G, gen, -1, 1);
+  auto u = random(size_t(T) * B * G, gen, -1, 1);
   auto weight_hh = random(size_t(G) * H, gen, -.3f, .3f);
-  auto gamma_ih = random(G, gen, .05f, .2f), gamma_hh = random(G, gen, .05f, .2f);
-  auto bias = random(G, gen, -.1f, .1f), gamma_c = random(H, gen, .05f, .2f);
+  auto gamma_hh = random(G, gen, .05f, .2f), gamma_c = random(H, gen, .05f, .2f);
   auto beta_c = random(H, gen, -.1f, .1f);
-  auto mean_ih = random(size_t(L) * G, gen, -.5f, .5f), var_ih = random(size_t(L) * G, gen, .5f, 1);
   auto mean_hh = random(size_t(L) * G, gen, -.5f, .5f), var_hh = random(size_t(L) * G, gen, .5f, 1);
   auto mean_c = random(size_t(L) * H, gen, -.5f, .5f), var_c = random(size_t(L) * H, gen, .5f, 1);
   std::vector<float> y(size_t(T + 1) * B * H), cell(size_t(T + 1) * B * H);
   const auto h0 = random(size_t(B) * H, gen, -1, 1), c0 = random(size_t(B) * H, gen, -1, 1);
   std::copy(h0.begin(), h0.end(), y.begin());
   std::copy(c0.begin(), c0.end(), cell.begin());
-  std::vector<float> hw(size_t(T) * B * G), stat_ih(size_t(T) * 2 * G), stat_hh(size_t(T) * 2 * G);
+  std::vector<float> hw(size_t(T) * B * G), stat_hh(size_t(T) * 2 * G);
   std::vector<float> stat_c(size_t(T) * 2 * H), h_n(h0), c_n(c0);
 
-  const FwdParams fwd{xw.data(), hw.data(), y.data(), cell.data(), weight_hh.data(),
-                      gamma_ih.data(), gamma_hh.data(), bias.data(), gamma_c.data(), beta_c.data(),
-                      mean_ih.data(), var_ih.data(), mean_hh.data(), var_hh.data(), mean_c.data(),
-                      var_c.data(), stat_ih.data(), stat_hh.data(), stat_c.data(), h_n.data(),
-                      c_n.data(), nullptr, B, H, 1e-5};
+  const FwdParams fwd{u.data(), hw.data(), y.data(), cell.data(), weight_hh.data(),
+                      gamma_hh.data(), gamma_c.data(), beta_c.data(), mean_hh.data(),
+                      var_hh.data(), mean_c.data(), var_c.data(), stat_hh.data(), stat_c.data(),
+                      h_n.data(), c_n.data(), nullptr, B, H, 1e-5};
   for (int t = 0; t < T; ++t) {
     const int n = batch_sizes[t], n_next = t + 1 < T ? batch_sizes[t + 1] : 0;
     bnlstm::launch_fwd_step<float>(fwd, t, n, n_next, t, n >= 2 ? 0.1 : -1.0, nullptr);
@@ -62,13 +59,12 @@ double run_steps(int B, int H, const std::vector<int>& batch_sizes) {
 
   auto dy = random(size_t(T) * B * H, gen, -1, 1), dh_n = random(size_t(B) * H, gen, -1, 1);
   auto dc = random(size_t(B) * H, gen, -1, 1);
-  std::vector<float> dpre_ih(size_t(T) * B * G), dpre_hh(size_t(T + 1) * B * G), dh(size_t(B) * H);
-  std::vector<float> dsum(size_t(T) * 3 * G), dsum_c(size_t(T) * 2 * H);
-  const BwdParams bwd{xw.data(), hw.data(), cell.data(), weight_hh.data(), gamma_ih.data(),
-                      gamma_hh.data(), bias.data(), gamma_c.data(), beta_c.data(),
-                      stat_ih.data(), stat_hh.data(), stat_c.data(), dy.data(), dh_n.data(),
-                      dpre_ih.data(), dpre_hh.data(), dh.data(), dc.data(), dsum.data(),
-                      dsum_c.data(), B, H};
+  std::vector<float> dpre(size_t(T) * B * G), dpre_hh(size_t(T + 1) * B * G), dh(size_t(B) * H);
+  std::vector<float> dsum(size_t(T) * G), dsum_c(size_t(T) * 2 * H);
+  const BwdParams bwd{u.data(), hw.data(), cell.data(), weight_hh.data(), gamma_hh.data(),
+                      gamma_c.data(), beta_c.data(), stat_hh.data(), stat_c.data(), dy.data(),
+                      dh_n.data(), dpre.data(), dpre_hh.data(), dh.data(), dc.data(),
+                      dsum.data(), dsum_c.data(), B, H};
   for (int t = T - 1; t >= 0; --t) {
     const int n = batch_sizes[t], n_next = t + 1 < T ? batch_sizes[t + 1] : 0;
     bnlstm::launch_bwd_step<float>(bwd, t, n, n_next, n >= 2, nullptr);
