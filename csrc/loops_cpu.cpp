@@ -1,13 +1,15 @@
-// The CPU time loops. Each step is one parallel pass over blocks of kUnits hidden units: a task
-// owns all four gates of its units across every running row, so it computes its slice of the
-// recurrent GEMM and every batch statistic of its features itself, and tasks share nothing
-// within a step (the end of the pass is the only barrier). The blocks depend on H alone, never
+// The CPU time loops. Each step is a pass over blocks of kUnits hidden units: a block owns all
+// four gates of its units across every running row, so it computes its slice of the recurrent
+// GEMM and every batch statistic of its features itself, and blocks share nothing within a
+// step (the end of the step is the only barrier). One parallel region runs the whole loop. The blocks depend on H alone, never
 // on the thread count, and every sum runs in a fixed order: results are bitwise the same for
 // any number of threads. Inner loops run over a block's contiguous features, so they vectorise
 // (step_math.h's float exp is plain arithmetic for that reason).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -42,8 +44,8 @@ namespace bnlstm {
 namespace {
 
 constexpr int64_t kUnits = 32;  // hidden units per task (all 4 gates of each)
-// Below this many multiply-adds per step (n x H x 4H) a step runs as one task: a fork costs
-// more than the work.
+// Below this many multiply-adds per step (n x H x 4H) a loop runs on the calling thread alone:
+// handing blocks between threads costs more than the work.
 constexpr int64_t kSerialWork = int64_t(1) << 16;
 
 // Row-major C[m, ncols] (leading dimension ldc) = A[m, k] W^T with W [ncols, k] (transpose_w),
@@ -121,14 +123,41 @@ struct SerialBlas {
 #endif
 };
 
-// Runs block(j0, units) for every block of hidden units of step work n x H x 4H.
+// Waits until at least `target` blocks are done: spins briefly (a step's blocks take
+// microseconds), then yields the core, so a thread waiting for a descheduled one does not keep
+// a competing process off the machine.
+inline void wait_for(const std::atomic<int64_t>& done, int64_t target) {
+  for (int spin = 0; done.load(std::memory_order_acquire) < target; ++spin) {
+    if (spin >= 2000) std::this_thread::yield();
+  }
+}
+
+// Runs block(s, j0, units) for the loop's steps s = 0 .. T-1 (in the caller's order) and every
+// block of hidden units of each, in one parallel region for the whole loop. Blocks are tickets
+// taken in order, and a ticket of step s is taken only once every block of step s - 1 is done
+// (the step's barrier): a thread holds a ticket only while it computes it, so a thread that is
+// descheduled (another process on the core) while it holds none delays nobody; the others take
+// its share. Each block does the same arithmetic whoever runs it: results do not depend on the
+// thread count. Steps whose work n x H x 4H is small run on the calling thread alone.
 template <typename F>
-void for_each_block(int64_t n, int64_t H, const F& block) {
-  const int64_t blocks = (H + kUnits - 1) / kUnits;
-  const int64_t grain = n * H * 4 * H < kSerialWork ? blocks : 1;
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      block(k * kUnits, std::min(kUnits, H - k * kUnits));
+void for_each_step_block(int64_t T, int64_t n_max, int64_t H, const F& block) {
+  const int64_t blocks = (H + kUnits - 1) / kUnits, total = T * blocks;
+  const auto run = [&](int64_t k) {
+    const int64_t j0 = (k % blocks) * kUnits;
+    block(k / blocks, j0, std::min(kUnits, H - j0));
+  };
+  if (blocks == 1 || n_max * H * 4 * H < kSerialWork || at::get_num_threads() == 1) {
+    for (int64_t k = 0; k < total; ++k) run(k);
+    return;
+  }
+  std::atomic<int64_t> next{0}, done{0};
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+    for (int64_t k = next.load(std::memory_order_relaxed); k < total;
+         k = next.load(std::memory_order_relaxed)) {
+      wait_for(done, k / blocks * blocks);  // step k / blocks may start
+      if (!next.compare_exchange_weak(k, k + 1, std::memory_order_relaxed)) continue;
+      run(k);
+      done.fetch_add(1, std::memory_order_release);
     }
   });
 }
@@ -235,8 +264,9 @@ BNLSTM_INLINE void forward_block(const FwdParams& p, const StepWeights<S>& weigh
                      stat_hh_t + c0, G, k.mean_hh[g], k.rstd_hh[g]);
   }
 
-  // c_t = f c_{t-1} + i g, then its statistics
-  for (int64_t b = 0; b < n; ++b) {
+  // c_t = f c_{t-1} + i g, and h_t = o tanh(BN(c_t)); a row ending at this step leaves its
+  // final state
+  const auto cell_row = [&](int64_t b) {
     const S* __restrict__ x = u_t + b * G;
     const S* __restrict__ h = hw_t + b * G;
     const S* __restrict__ c_in = c_prev + b * H;
@@ -247,13 +277,8 @@ BNLSTM_INLINE void forward_block(const FwdParams& p, const StepWeights<S>& weigh
       const S gg = tanh_(k.pre(2, u, x, h, H));
       c_out[u] = cell_update(i, f, gg, c_in[u]);
     }
-  }
-  const int64_t at = row * H + j0;
-  block_statistics(c_next, H, n, w, use_batch, factor, eps, static_cast<S*>(p.run_mean_c) + at,
-                   static_cast<S*>(p.run_var_c) + at, stat_c_t, H, k.mean_c, k.rstd_c);
-
-  // h_t = o tanh(BN(c_t)); a row ending at this step leaves its final state
-  for (int64_t b = 0; b < n; ++b) {
+  };
+  const auto output_row = [&](int64_t b) {
     const S* __restrict__ x = u_t + b * G;
     const S* __restrict__ h = hw_t + b * G;
     const S* __restrict__ c = c_next + b * H;
@@ -265,6 +290,22 @@ BNLSTM_INLINE void forward_block(const FwdParams& p, const StepWeights<S>& weigh
     if (b >= n_next) {
       std::copy(out, out + w, static_cast<S*>(p.h_n) + b * H + j0);
       std::copy(c, c + w, static_cast<S*>(p.c_n) + b * H + j0);
+    }
+  };
+  const int64_t at = row * H + j0;
+  const auto cell_statistics = [&] {
+    block_statistics(c_next, H, n, w, use_batch, factor, eps, static_cast<S*>(p.run_mean_c) + at,
+                     static_cast<S*>(p.run_var_c) + at, stat_c_t, H, k.mean_c, k.rstd_c);
+  };
+  if (use_batch) {  // BN(c_t) needs every row's c_t first
+    for (int64_t b = 0; b < n; ++b) cell_row(b);
+    cell_statistics();
+    for (int64_t b = 0; b < n; ++b) output_row(b);
+  } else {  // the running row's statistics: one pass over the rows
+    cell_statistics();
+    for (int64_t b = 0; b < n; ++b) {
+      cell_row(b);
+      output_row(b);
     }
   }
 }
@@ -446,14 +487,12 @@ void forward_steps_cpu(const FwdParams& p, const at::Tensor& steps, const Forwar
   AT_DISPATCH_FLOATING_TYPES(steps.scalar_type(), "bnlstm_forward_cpu", [&] {
     using S = scalar_t;
     const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, /*forward=*/true);
-    for (int64_t t = 0; t < T; ++t) {
+    for_each_step_block(T, plan.batch_sizes[0], p.H, [&](int64_t t, int64_t j0, int64_t w) {
       const int64_t n = plan.batch_sizes[t], n_next = t + 1 < T ? plan.batch_sizes[t + 1] : 0;
       const bool use_batch = plan.factors[t] >= 0;
       const S factor = p.factors ? static_cast<const S*>(p.factors)[t] : S(plan.factors[t]);
-      for_each_block(n, p.H, [&](int64_t j0, int64_t w) {
-        run_forward_block(p, weights, t, n, n_next, plan.rows[t], use_batch, factor, j0, w);
-      });
-    }
+      run_forward_block(p, weights, t, n, n_next, plan.rows[t], use_batch, factor, j0, w);
+    });
   });
 }
 
@@ -465,13 +504,11 @@ void backward_steps_cpu(const BwdParams& p, const at::Tensor& steps,
   AT_DISPATCH_FLOATING_TYPES(steps.scalar_type(), "bnlstm_backward_cpu", [&] {
     using S = scalar_t;
     const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, /*forward=*/false);
-    for (int64_t t = T - 1; t >= 0; --t) {
+    for_each_step_block(T, plan.batch_sizes[0], p.H, [&](int64_t s, int64_t j0, int64_t w) {
+      const int64_t t = T - 1 - s;  // the reverse loop
       const int64_t n = plan.batch_sizes[t], n_next = t + 1 < T ? plan.batch_sizes[t + 1] : 0;
-      const bool use_batch = plan.use_batch.get(t);
-      for_each_block(n, p.H, [&](int64_t j0, int64_t w) {
-        run_backward_block(p, weights, t, n, n_next, use_batch, j0, w);
-      });
-    }
+      run_backward_block(p, weights, t, n, n_next, plan.use_batch.get(t), j0, w);
+    });
   });
 }
 
