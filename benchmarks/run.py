@@ -181,7 +181,11 @@ def append_csv(rows: list[dict], path: Path) -> None:
 
 
 def _progress(total: int):
-    """tqdm's bar when installed (the bench extra), a counter on stderr otherwise."""
+    """On a terminal, tqdm's bar when installed (the bench extra) or a counter; in a log or a
+    pipe nothing, where each shape's table, printed as soon as it is measured, marks progress
+    (a bar redrawn with carriage returns runs together on one line there)."""
+    if not sys.stderr.isatty():
+        return (lambda n=1: None), (lambda: None)
     try:
         from tqdm import tqdm
     except ImportError:

@@ -61,7 +61,7 @@ class Steps(NamedTuple):
     factors: list  # per step: None (reads its row), momentum, or a 0-dim tensor (1/count)
 
 
-def plan_steps(batch_sizes: list[int], stats: "RunningStats", training: bool,
+def plan_steps(batch_sizes: list[int], stats: RunningStats, training: bool,
                momentum: Optional[float]) -> Steps:
     """The steps of one call; counts their updates in stats.num_batches_tracked, so call it
     exactly once per layer, direction and call."""

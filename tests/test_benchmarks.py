@@ -14,7 +14,8 @@ from benchmarks import measure
 from benchmarks.check import check_provider
 from benchmarks.digits_data import pixel_task
 from benchmarks.providers import BASELINE, EAGER_LOOP, REFERENCE, Built, Provider, providers
-from benchmarks.run import CSV_COLUMNS, append_csv, format_table, make_template, run_shape
+from benchmarks.run import (CSV_COLUMNS, _progress, append_csv, format_table, make_template,
+                            run_shape)
 from benchmarks.shapes import Shape
 from bnlstm_cuda import available_backends
 
@@ -89,6 +90,16 @@ def test_run_shape_rows_csv_and_table(tmp_path):
     assert all(read[0][c] != "" for c in REQUIRED)
     table = format_table(TINY, rows, notes, "nn.LSTM")
     assert "1.00x" in table and "skewed: FAILED" in table
+
+
+def test_progress_writes_nothing_to_a_log(capsys):
+    """In a log or a pipe (here pytest's capture) the bar stays quiet: each shape's table shows
+    progress, where a redrawn bar would run "1/72 measurements2/72 ..." into one line."""
+    tick, close = _progress(3)
+    for _ in range(3):
+        tick()
+    close()
+    assert capsys.readouterr().err == ""
 
 
 def test_table_states_each_row_against_nn_lstm_and_the_eager_loop():

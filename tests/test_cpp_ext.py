@@ -22,7 +22,7 @@ import sys
 import pytest
 import torch
 from conftest import DEVICE, assert_rel_close, compare_with_reference
-from gpu_contract import CASES, DTYPES, MUTATED, check_against_torch_ops
+from gpu_contract import CASES, DTYPES, check_against_torch_ops
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from bnlstm_cuda import BNLSTM, backends

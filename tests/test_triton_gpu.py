@@ -8,9 +8,9 @@ import torch
 from conftest import DEVICE
 from gpu_contract import CASES, DTYPES, check_against_torch_ops
 
-from bnlstm_cuda import BNLSTM
+from bnlstm_cuda import BNLSTM, function
 from bnlstm_cuda.backends import step_graphs, triton_step
-from bnlstm_cuda.layer_state import RunningStats
+from bnlstm_cuda.layer_state import RunningStats, plan_steps
 from bnlstm_cuda.layout import batch_sizes_of
 
 pytestmark = pytest.mark.skipif(DEVICE.type != "cuda", reason="needs BNLSTM_TEST_DEVICE=cuda")
@@ -46,12 +46,14 @@ def test_graph_replays_match_eager_launches():
     runs = []
     for _ in range(3):
         stats_copy = RunningStats(*(s.clone() for s in stats))
-        y, h, c, saved = triton_step.forward_loop(x, weights, h0, c0, stats_copy, batch_sizes,
-                                                  True, 0.1, 1e-5, True)
-        grads = triton_step.backward_loop(saved, weights, c0, batch_sizes, [True] * T, dy,
+        steps = plan_steps(batch_sizes, stats_copy, True, 0.1)
+        y, h, c, saved, inp = function._forward(triton_step, x, weights, h0, c0, stats_copy,
+                                                steps, 1e-5, True)
+        grads = triton_step.backward_loop(saved, inp, weights, c0, steps, dy,
                                           torch.zeros_like(h), torch.zeros_like(c))
         runs.append([t.clone() for t in (y, h, c, *grads, *stats_copy)])
-        del y, h, c, saved, grads, stats_copy  # free, so the next loop gets the same addresses
+        # free, so the next loop gets the same addresses
+        del y, h, c, saved, inp, grads, stats_copy
     assert any(entry is not None for entry in step_graphs.GRAPHS.entries.values())
     for later in runs[1:]:
         for a, b in zip(runs[0], later):

@@ -50,14 +50,15 @@ def compile_one(job):
     kernel_name, variant, cfg, dtype, arch = job
     fn = getattr(triton_step, kernel_name)
     acc = "fp64" if dtype == "fp64" else "fp32"
-    constexprs = dict(USE_BATCH=True, HAS_BIAS=True, UPCAST_DOT=False, INPUT_PRECISION="ieee",
+    constexprs = dict(USE_BATCH=True, UPCAST_DOT=False, INPUT_PRECISION="ieee",
                       ACC=getattr(tl, "float64" if acc == "fp64" else "float32"),
                       BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k)
     if variant:
         constexprs[variant] = True
-    for flag in ("FUSED_INPUT", "FACTOR_IN_MEMORY"):  # the forward's switches, off by default
+    # the forward's switches: a bias (read only with FUSED_INPUT), the others off by default
+    for flag, value in (("HAS_BIAS", True), ("FUSED_INPUT", False), ("FACTOR_IN_MEMORY", False)):
         if flag in inspect.signature(fn.fn).parameters:
-            constexprs.setdefault(flag, False)
+            constexprs.setdefault(flag, value)
     src = ASTSource(fn=fn, signature=_signature(fn, constexprs, dtype, acc),
                     constexprs=constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),

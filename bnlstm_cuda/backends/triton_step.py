@@ -6,16 +6,20 @@ synchronisation between steps. Rows are walked in chunks of BLOCK_B, so any batc
 statistics are fp32 (fp64 for float64 layers) and two-pass (sums, then centred squares) over
 the running rows only.
 
-Forward step t (rows b < n = batch_sizes[t]):
-  per gate: raw hw = h_{t-1} W_hh^T (stored), batch statistics of xw and hw, running-row update;
-  then c_t = f c_{t-1} + i g (stored), its statistics, and h_t = o tanh(BN(c_t)).
+Forward step t (rows b < n = batch_sizes[t]), given u_t = gamma_ih BN_t(x_t W_ih^T) + bias:
+  per gate: raw hw = h_{t-1} W_hh^T (stored), its batch statistics, running-row update, and
+  pre = u_t + gamma_hh BN(hw); then c_t = f c_{t-1} + i g (stored), its statistics, and
+  h_t = o tanh(BN(c_t)). The "fused" input product (SETTINGS) computes u_t in the launch too:
+  x_t W_ih^T (stored), its statistics and running-row update, then u_t into a scratch buffer
+  that the rest of the step reads as it reads the given u.
 Backward step t (reverse): dh_t = dy_t + dpre_hh[t+1] W_hh (or dh_n for rows that end at t);
-  back through BN(c), the gates and both BNs; writes dpre_ih[t], dpre_hh[t], the dc carry and the
-  per-step sums that become the gamma, beta_c and bias gradients.
+  back through BN(c), the gates and BN(h W_hh^T); writes dpre[t] (raw: the Function takes it
+  through the input norm after the loop), dpre_hh[t], the dc carry and the per-step sums that
+  become the gamma_hh, gamma_c and beta_c gradients.
 
 The file reads: launch configurations and settings, the kernels, their launchers, the custom ops,
-then the backend contract (forward_loop, backward_loop). Launchers hand their loop to
-step_graphs, which replays it as a CUDA graph.
+then the backend contract (forward_loop, in_step_input, backward_loop). Launchers hand their
+loop to step_graphs, which replays it as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ..layer_state import LayerWeights, RunningStats, input_product, step_plan, update_counts
+from ..input_norm import InputSaved, contribution
+from ..layer_state import LayerWeights, RunningStats, Steps, accumulator
 from . import fused, step_graphs
-from .fused import Saved, accumulator, launch_factors
+from .fused import Saved, launch_factors
 
 try:
     import triton
@@ -200,19 +205,13 @@ if triton is not None:
         return (z - mean[None, :]) * rstd[None, :]
 
     @triton.jit
-    def _preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr, gamma_hh_ptr, bias_ptr,
-                       G, rows, row_mask, cols, col_mask, HAS_BIAS: tl.constexpr,
+    def _preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, row_mask, cols, col_mask,
                        ACC: tl.constexpr):
-        """gamma_ih * BN(xw) + gamma_hh * BN(hw) + bias for one gate's columns `cols`."""
-        gamma_ih = tl.load(gamma_ih_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+        """u + gamma_hh * BN(hw) for one gate's columns `cols`."""
         gamma_hh = tl.load(gamma_hh_ptr + cols, mask=col_mask, other=0.0).to(ACC)
-        pre = gamma_ih[None, :] * _normalised(xw_t, G, stat_ih_t, G, rows, row_mask, cols,
-                                              col_mask, ACC)
-        pre += gamma_hh[None, :] * _normalised(hw_t, G, stat_hh_t, G, rows, row_mask, cols,
-                                               col_mask, ACC)
-        if HAS_BIAS:
-            pre += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
-        return pre
+        u = _load_tile(u_t, G, rows, row_mask, cols, col_mask, ACC)
+        return u + gamma_hh[None, :] * _normalised(hw_t, G, stat_hh_t, G, rows, row_mask, cols,
+                                                   col_mask, ACC)
 
     @triton.jit
     def _tanh_sech2(x):
@@ -246,18 +245,24 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=PER_STEP)
     def _fwd_step_kernel(
-        x_ptr,  # [T, B, K_in] the layer's input (read only with FUSED_INPUT)
-        w_ih_ptr,  # [4H, K_in] (read only with FUSED_INPUT)
-        xw_ptr,  # [T, B, 4H] x_t W_ih^T (input dtype): read, or with FUSED_INPUT written
+        # x_t W_ih^T and its batch norm, read or written only with FUSED_INPUT:
+        x_ptr,  # [T, B, K_in] the layer's input
+        w_ih_ptr,  # [4H, K_in]
+        xw_ptr,  # [T, B, 4H] out: x_t W_ih^T in the layer's dtype
+        gamma_ih_ptr, bias_ptr,  # [4H]
+        run_mean_ih_ptr, run_var_ih_ptr,  # [L, 4H]
+        stat_ih_ptr,  # [T, 2, 4H] ACC out: mean, rstd used at step t
+        # the recurrence:
+        u_ptr,  # [T, B, 4H] ACC: gamma_ih BN_t(x_t W_ih^T) + bias (FUSED_INPUT: written first)
         hw_ptr,  # [T, B, 4H] ACC out: raw h_{t-1} W_hh^T
         y_ptr,  # [T+1, B, H] row 0 = h0, row t+1 = h_t (out)
         cell_ptr,  # [T+1, B, H] ACC: row 0 = c0, row t+1 = c_t (out)
         w_hh_ptr,  # [4H, H]
-        gamma_ih_ptr, gamma_hh_ptr, bias_ptr,  # [4H]
+        gamma_hh_ptr,  # [4H]
         gamma_c_ptr, beta_c_ptr,  # [H]
-        run_mean_ih_ptr, run_var_ih_ptr, run_mean_hh_ptr, run_var_hh_ptr,  # [L, 4H]
+        run_mean_hh_ptr, run_var_hh_ptr,  # [L, 4H]
         run_mean_c_ptr, run_var_c_ptr,  # [L, H]
-        stat_ih_ptr, stat_hh_ptr,  # [T, 2, 4H] ACC out: mean, rstd used at step t
+        stat_hh_ptr,  # [T, 2, 4H] ACC out: mean, rstd used at step t
         stat_c_ptr,  # [T, 2, H] ACC out
         h_n_ptr, c_n_ptr,  # [B, H] out: rows n_next..n-1 end at this step
         factor_ptr,  # [T] ACC: the update weights, read only with FACTOR_IN_MEMORY
@@ -279,6 +284,7 @@ if triton is not None:
         rb = tl.arange(0, BLOCK_B)
         t64 = t.to(tl.int64)
         xw_t = xw_ptr + t64 * B * G
+        u_t = u_ptr + t64 * B * G
         hw_t = hw_ptr + t64 * B * G
         h_prev = y_ptr + t64 * B * H
         c_prev = cell_ptr + t64 * B * H
@@ -289,7 +295,7 @@ if triton is not None:
         stat_c_t = stat_c_ptr + t64 * 2 * H
         row64 = row.to(tl.int64)
 
-        # both products' statistics for the program's 4 * BLOCK_H features at once (gate-major:
+        # the products' statistics for the program's 4 * BLOCK_H features at once (gate-major:
         # column c is gate c // BLOCK_H of unit c % BLOCK_H), one matmul per row chunk
         c4 = tl.arange(0, 4 * BLOCK_H)
         cols = (c4 // BLOCK_H) * H + tl.program_id(0) * BLOCK_H + c4 % BLOCK_H
@@ -310,8 +316,6 @@ if triton is not None:
                                   INPUT_PRECISION, ACC).to(xw_ptr.dtype.element_ty)
                 tl.store(_tile_ptrs(xw_t, G, rows, cols), xw, mask=m2)
                 sum_x += tl.sum(xw.to(ACC), axis=0)
-            else:
-                sum_x += tl.sum(_load_tile(xw_t, G, rows, r_mask, cols, c_mask, ACC), axis=0)
         sq_x = tl.zeros((4 * BLOCK_H,), dtype=ACC)
         sq_h = tl.zeros((4 * BLOCK_H,), dtype=ACC)
         if USE_BATCH:
@@ -320,30 +324,45 @@ if triton is not None:
                 rows = b0 + rb
                 r_mask = rows < n
                 m2 = r_mask[:, None] & c_mask[None, :]
-                dx = _load_tile(xw_t, G, rows, r_mask, cols, c_mask, ACC) - (sum_x / n)[None, :]
                 dh = _load_tile(hw_t, G, rows, r_mask, cols, c_mask, ACC) - (sum_h / n)[None, :]
-                sq_x += tl.sum(tl.where(m2, dx * dx, 0.0), axis=0)
                 sq_h += tl.sum(tl.where(m2, dh * dh, 0.0), axis=0)
-        _statistics(sum_x, sq_x, n, factor, eps, run_mean_ih_ptr + row64 * G,
-                    run_var_ih_ptr + row64 * G, stat_ih_t, G, cols, c_mask, USE_BATCH, ACC)
+                if FUSED_INPUT:
+                    dx = (_load_tile(xw_t, G, rows, r_mask, cols, c_mask, ACC)
+                          - (sum_x / n)[None, :])
+                    sq_x += tl.sum(tl.where(m2, dx * dx, 0.0), axis=0)
         _statistics(sum_h, sq_h, n, factor, eps, run_mean_hh_ptr + row64 * G,
                     run_var_hh_ptr + row64 * G, stat_hh_t, G, cols, c_mask, USE_BATCH, ACC)
+        if FUSED_INPUT:
+            _statistics(sum_x, sq_x, n, factor, eps, run_mean_ih_ptr + row64 * G,
+                        run_var_ih_ptr + row64 * G, stat_ih_t, G, cols, c_mask, USE_BATCH, ACC)
         tl.debug_barrier()
+
+        if FUSED_INPUT:  # u_t, in input_norm.contribution's order (the backward recomputes it)
+            scale = (tl.load(gamma_ih_ptr + cols, mask=c_mask, other=0.0).to(ACC)
+                     * tl.load(stat_ih_t + G + cols, mask=c_mask, other=0.0))
+            mean = tl.load(stat_ih_t + cols, mask=c_mask, other=0.0)
+            for b0 in range(0, n, BLOCK_B):
+                rows = b0 + rb
+                r_mask = rows < n
+                xw = _load_tile(xw_t, G, rows, r_mask, cols, c_mask, ACC)
+                u = (xw - mean[None, :]) * scale[None, :]
+                if HAS_BIAS:
+                    u += tl.load(bias_ptr + cols, mask=c_mask, other=0.0).to(ACC)[None, :]
+                tl.store(_tile_ptrs(u_t, G, rows, cols), u,
+                         mask=r_mask[:, None] & c_mask[None, :])
+            tl.debug_barrier()
 
         sum_c = tl.zeros((BLOCK_H,), dtype=ACC)
         for b0 in range(0, n, BLOCK_B):
             rows = b0 + rb
             r_mask = rows < n
             m2 = r_mask[:, None] & j_mask[None, :]
-            i = tl.sigmoid(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
-                                          gamma_hh_ptr, bias_ptr, G, rows, r_mask, j, j_mask,
-                                          HAS_BIAS, ACC))
-            f = tl.sigmoid(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
-                                          gamma_hh_ptr, bias_ptr, G, rows, r_mask, H + j,
-                                          j_mask, HAS_BIAS, ACC))
-            gg = _tanh(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
-                                      gamma_hh_ptr, bias_ptr, G, rows, r_mask, 2 * H + j,
-                                      j_mask, HAS_BIAS, ACC))
+            i = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
+                                          j, j_mask, ACC))
+            f = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
+                                          H + j, j_mask, ACC))
+            gg = _tanh(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
+                                      2 * H + j, j_mask, ACC))
             c = f * _load_tile(c_prev, H, rows, r_mask, j, j_mask, ACC) + i * gg
             tl.store(_tile_ptrs(c_t, H, rows, j), c, mask=m2)
             tl.store(_tile_ptrs(c_n_ptr, H, rows, j), c.to(c_n_ptr.dtype.element_ty),
@@ -369,9 +388,8 @@ if triton is not None:
             rows = b0 + rb
             r_mask = rows < n
             chat = _normalised(c_t, H, stat_c_t, H, rows, r_mask, j, j_mask, ACC)
-            o = tl.sigmoid(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
-                                          gamma_hh_ptr, bias_ptr, G, rows, r_mask, 3 * H + j,
-                                          j_mask, HAS_BIAS, ACC))
+            o = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
+                                          3 * H + j, j_mask, ACC))
             h = o * _tanh(gamma_c[None, :] * chat + beta_c[None, :])
             m2 = r_mask[:, None] & j_mask[None, :]
             tl.store(_tile_ptrs(h_t, H, rows, j), h.to(y_ptr.dtype.element_ty), mask=m2)
@@ -388,22 +406,24 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=PER_STEP[:3])
     def _bwd_step_kernel(
-        xw_ptr, hw_ptr,  # [T, B, 4H] as saved by the forward
+        u_ptr,  # [T, B, 4H] ACC: the input's contribution, as the forward read it
+        hw_ptr,  # [T, B, 4H] ACC as saved by the forward
         cell_ptr,  # [T+1, B, H] ACC, row 0 = c0
         w_hh_ptr,  # [4H, H]
-        gamma_ih_ptr, gamma_hh_ptr, bias_ptr,  # [4H]
+        gamma_hh_ptr,  # [4H]
         gamma_c_ptr, beta_c_ptr,  # [H]
-        stat_ih_ptr, stat_hh_ptr, stat_c_ptr,  # [T, 2, 4H], [T, 2, 4H], [T, 2, H]
+        stat_hh_ptr, stat_c_ptr,  # [T, 2, 4H], [T, 2, H]
         dy_ptr,  # [T, B, H] gradient of the output
         dh_n_ptr,  # [B, H] gradient of h_n (rows that end at step t take it)
-        dpre_ih_ptr, dpre_hh_ptr,  # [T, B, 4H] ACC out; dpre_hh[t+1] is read
+        dpre_ptr,  # [T, B, 4H] ACC out: gradient of the pre-activation (u's)
+        dpre_hh_ptr,  # [T, B, 4H] ACC out: that of h_{t-1} W_hh^T; dpre_hh[t+1] is read
         dh_ptr,  # [B, H] ACC scratch: dL/dh_t of this step
         dc_ptr,  # [B, H] ACC carry: dL/dc_t in, dL/dc_{t-1} out (starts as dc_n)
-        dsum_ptr,  # [T, 3, 4H] ACC out: batch sums of dpre*xhat_ih, dpre*xhat_hh, dpre
+        dsum_ptr,  # [T, 4H] ACC out: batch sums of dpre * xhat_hh
         dsum_c_ptr,  # [T, 2, H] ACC out: batch sums of dcn*chat, dcn
         t, n, n_next, B, H,
-        USE_BATCH: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST_DOT: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr,
+        USE_BATCH: tl.constexpr, UPCAST_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+        ACC: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         G = 4 * H
@@ -411,14 +431,13 @@ if triton is not None:
         j_mask = j < H
         rb = tl.arange(0, BLOCK_B)
         t64 = t.to(tl.int64)
-        xw_t = xw_ptr + t64 * B * G
+        u_t = u_ptr + t64 * B * G
         hw_t = hw_ptr + t64 * B * G
         c_prev = cell_ptr + t64 * B * H
         c_t = cell_ptr + (t64 + 1) * B * H
-        stat_ih_t = stat_ih_ptr + t64 * 2 * G
         stat_hh_t = stat_hh_ptr + t64 * 2 * G
         stat_c_t = stat_c_ptr + t64 * 2 * H
-        dpre_ih_t = dpre_ih_ptr + t64 * B * G
+        dpre_t = dpre_ptr + t64 * B * G
         dpre_hh_t = dpre_hh_ptr + t64 * B * G
         dpre_hh_next = dpre_hh_ptr + (t64 + 1) * B * G
         gamma_c = tl.load(gamma_c_ptr + j, mask=j_mask, other=0.0).to(ACC)
@@ -434,15 +453,14 @@ if triton is not None:
             m2 = r_mask[:, None] & j_mask[None, :]
             carried = _tile_matmul(dpre_hh_next, G, rows, rows < n_next, G, w_hh_ptr, H, 1,
                                    j, j_mask, BLOCK_B, BLOCK_H, BLOCK_K, UPCAST_DOT,
-                                  INPUT_PRECISION, ACC)
+                                   INPUT_PRECISION, ACC)
             ending = _load_tile(dh_n_ptr, H, rows, r_mask & (rows >= n_next), j, j_mask, ACC)
             dy = _load_tile(dy_ptr + t64 * B * H, H, rows, r_mask, j, j_mask, ACC)
             dh = dy + carried + ending
             tl.store(_tile_ptrs(dh_ptr, H, rows, j), dh, mask=m2)
             chat = _normalised(c_t, H, stat_c_t, H, rows, r_mask, j, j_mask, ACC)
-            o = tl.sigmoid(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
-                                          gamma_hh_ptr, bias_ptr, G, rows, r_mask, 3 * H + j,
-                                          j_mask, HAS_BIAS, ACC))
+            o = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
+                                          3 * H + j, j_mask, ACC))
             _, sech2_cn = _tanh_sech2(gamma_c[None, :] * chat + beta_c[None, :])
             dcn = tl.where(m2, dh * o * sech2_cn, 0.0)
             sum_dcn += tl.sum(dcn, axis=0)
@@ -451,25 +469,22 @@ if triton is not None:
         tl.store(dsum_c_ptr + t64 * 2 * H + H + j, sum_dcn, mask=j_mask)
         tl.debug_barrier()
 
-        # through the gates: raw dpre (kept in dpre_ih[t] until the norms are undone) and dc
+        # through the gates: dpre[t] (raw: the input norm's backward runs on it after the loop)
+        # and dc
         for b0 in range(0, n, BLOCK_B):
             rows = b0 + rb
             r_mask = rows < n
             m2 = r_mask[:, None] & j_mask[None, :]
             dh = _load_tile(dh_ptr, H, rows, r_mask, j, j_mask, ACC)
             chat = _normalised(c_t, H, stat_c_t, H, rows, r_mask, j, j_mask, ACC)
-            i = tl.sigmoid(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
-                                          gamma_hh_ptr, bias_ptr, G, rows, r_mask, j, j_mask,
-                                          HAS_BIAS, ACC))
-            f = tl.sigmoid(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
-                                          gamma_hh_ptr, bias_ptr, G, rows, r_mask, H + j,
-                                          j_mask, HAS_BIAS, ACC))
-            gg, sech2_g = _tanh_sech2(_preactivation(
-                xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr, gamma_hh_ptr, bias_ptr, G, rows,
-                r_mask, 2 * H + j, j_mask, HAS_BIAS, ACC))
-            o = tl.sigmoid(_preactivation(xw_t, hw_t, stat_ih_t, stat_hh_t, gamma_ih_ptr,
-                                          gamma_hh_ptr, bias_ptr, G, rows, r_mask, 3 * H + j,
-                                          j_mask, HAS_BIAS, ACC))
+            i = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
+                                          j, j_mask, ACC))
+            f = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
+                                          H + j, j_mask, ACC))
+            gg, sech2_g = _tanh_sech2(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows,
+                                                     r_mask, 2 * H + j, j_mask, ACC))
+            o = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
+                                          3 * H + j, j_mask, ACC))
             tanh_cn, sech2_cn = _tanh_sech2(gamma_c[None, :] * chat + beta_c[None, :])
             dcn = dh * o * sech2_cn
             dc = _load_tile(dc_ptr, H, rows, r_mask, j, j_mask, ACC)
@@ -477,57 +492,44 @@ if triton is not None:
                                                   USE_BATCH)
             c_before = _load_tile(c_prev, H, rows, r_mask, j, j_mask, ACC)
             tl.store(_tile_ptrs(dc_ptr, H, rows, j), dc * f, mask=m2)
-            out = _tile_ptrs(dpre_ih_t, G, rows, j)
+            out = _tile_ptrs(dpre_t, G, rows, j)
             tl.store(out, dc * gg * i * (1.0 - i), mask=m2)
             tl.store(out + H, dc * c_before * f * (1.0 - f), mask=m2)
             tl.store(out + 2 * H, dc * i * sech2_g, mask=m2)
             tl.store(out + 3 * H, dh * tanh_cn * o * (1.0 - o), mask=m2)
         tl.debug_barrier()
 
-        # through both batch norms, one gate at a time
+        # through BN(h W_hh^T), one gate at a time
         for g in tl.static_range(4):
             cols = g * H + j
-            gamma_ih = tl.load(gamma_ih_ptr + cols, mask=j_mask, other=0.0).to(ACC)
             gamma_hh = tl.load(gamma_hh_ptr + cols, mask=j_mask, other=0.0).to(ACC)
-            rstd_ih = tl.load(stat_ih_t + G + cols, mask=j_mask, other=0.0)
             rstd_hh = tl.load(stat_hh_t + G + cols, mask=j_mask, other=0.0)
             sum_d = tl.zeros((BLOCK_H,), dtype=ACC)
-            sum_d_ih = tl.zeros((BLOCK_H,), dtype=ACC)
             sum_d_hh = tl.zeros((BLOCK_H,), dtype=ACC)
             for b0 in range(0, n, BLOCK_B):
                 rows = b0 + rb
                 r_mask = rows < n
-                d = _load_tile(dpre_ih_t, G, rows, r_mask, cols, j_mask, ACC)
+                d = _load_tile(dpre_t, G, rows, r_mask, cols, j_mask, ACC)
                 sum_d += tl.sum(d, axis=0)
-                sum_d_ih += tl.sum(d * _normalised(xw_t, G, stat_ih_t, G, rows, r_mask, cols,
-                                                   j_mask, ACC), axis=0)
                 sum_d_hh += tl.sum(d * _normalised(hw_t, G, stat_hh_t, G, rows, r_mask, cols,
                                                    j_mask, ACC), axis=0)
-            dsum_t = dsum_ptr + t64 * 3 * G
-            tl.store(dsum_t + cols, sum_d_ih, mask=j_mask)
-            tl.store(dsum_t + G + cols, sum_d_hh, mask=j_mask)
-            tl.store(dsum_t + 2 * G + cols, sum_d, mask=j_mask)
+            tl.store(dsum_ptr + t64 * G + cols, sum_d_hh, mask=j_mask)
             for b0 in range(0, n, BLOCK_B):
                 rows = b0 + rb
                 r_mask = rows < n
-                m2 = r_mask[:, None] & j_mask[None, :]
-                d = _load_tile(dpre_ih_t, G, rows, r_mask, cols, j_mask, ACC)
-                xhat_ih = _normalised(xw_t, G, stat_ih_t, G, rows, r_mask, cols, j_mask, ACC)
+                d = _load_tile(dpre_t, G, rows, r_mask, cols, j_mask, ACC)
                 xhat_hh = _normalised(hw_t, G, stat_hh_t, G, rows, r_mask, cols, j_mask, ACC)
-                d_ih = _bn_backward(gamma_ih[None, :] * d, xhat_ih, rstd_ih, gamma_ih * sum_d,
-                                    gamma_ih * sum_d_ih, n, USE_BATCH)
                 d_hh = _bn_backward(gamma_hh[None, :] * d, xhat_hh, rstd_hh, gamma_hh * sum_d,
                                     gamma_hh * sum_d_hh, n, USE_BATCH)
-                tl.store(_tile_ptrs(dpre_ih_t, G, rows, cols), d_ih, mask=m2)
-                tl.store(_tile_ptrs(dpre_hh_t, G, rows, cols), d_hh, mask=m2)
+                tl.store(_tile_ptrs(dpre_hh_t, G, rows, cols), d_hh,
+                         mask=r_mask[:, None] & j_mask[None, :])
 
 
-def _kernel_flags(weights: LayerWeights, device: torch.device, acc: torch.dtype) -> dict:
+def _kernel_flags(device: torch.device, acc: torch.dtype) -> dict:
     """The interpreter (CPU tensors) mis-computes low-precision tl.dot, so operands are upcast
     there; fp32 products use TF32 only where torch's matmuls are allowed to."""
     tf32 = torch.backends.cuda.matmul.allow_tf32
-    return dict(HAS_BIAS=weights.bias is not None, UPCAST_DOT=device.type == "cpu",
-                INPUT_PRECISION="tf32" if tf32 else "ieee",
+    return dict(UPCAST_DOT=device.type == "cpu", INPUT_PRECISION="tf32" if tf32 else "ieee",
                 ACC=tl.float64 if acc == torch.float64 else tl.float32)
 
 
@@ -536,46 +538,50 @@ def _config(B: int, H: int, device: torch.device, backward: bool = False) -> Con
     return cfg._replace(block_h=max(cfg.block_h, 16)) if backward else cfg
 
 
-def _launch_forward(x, weight_ih, xw, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, h0,
-                    c0, mean_ih, var_ih, mean_hh, var_hh, mean_c, var_c, batch_sizes, rows,
-                    factors, factor_values, eps):
+def _launch_forward(u, weight_hh, gamma_hh, gamma_c, beta_c, h0, c0, mean_hh, var_hh, mean_c,
+                    var_c, batch_sizes, rows, factors, factor_values, eps, in_step=None):
     """One fused launch per step; factors[t] < 0: step t normalises with its running row, else
-    it moves the row by factors[t] (by factor_values[t] where given). With x and weight_ih given
-    the launches also compute x_t W_ih^T into xw, else they read it."""
-    T, B, G = xw.shape
+    it moves the row by factors[t] (by factor_values[t] where given). The launches read u, or
+    with in_step = (x, weight_ih, bias, gamma_ih, mean_ih, var_ih, xw, stat_ih) first compute
+    x_t W_ih^T into xw, its statistics into stat_ih (moving mean_ih, var_ih) and u from them."""
+    T, B, G = u.shape
     H = G // 4
-    dev = xw.device
-    fused_input = x is not None
-    w = LayerWeights(*(None if t is None else t.contiguous()
-                       for t in (weight_ih, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c)))
+    dev = u.device
     cfg = _config(B, H, dev)
-    acc = accumulator(xw.dtype)
-    y = xw.new_zeros(T + 1, B, H)
+    acc = u.dtype
+    y = h0.new_zeros(T + 1, B, H)
     y[0] = h0
     cell = torch.empty(T + 1, B, H, device=dev, dtype=acc)
     cell[0] = c0
     hw = torch.empty(T, B, G, device=dev, dtype=acc)
-    stat_ih, stat_hh = (torch.empty(T, 2, G, device=dev, dtype=acc) for _ in range(2))
+    stat_hh = torch.empty(T, 2, G, device=dev, dtype=acc)
     stat_c = torch.empty(T, 2, H, device=dev, dtype=acc)
     # rows that never run (batch_sizes[0] < B) keep h0/c0; row-major, as the kernel writes them
     h_n, c_n = (t.clone(memory_format=torch.contiguous_format) for t in (h0, c0))
-    flags = _kernel_flags(w, dev, acc)
-    bias = w.bias if w.bias is not None else w.gamma_ih  # never read without HAS_BIAS
-    grid = (triton.cdiv(H, cfg.block_h),)
-    x = x.contiguous() if fused_input else xw  # never read without FUSED_INPUT
-    k_in = x.shape[-1] if fused_input else 1  # input size
+    fused_input = in_step is not None
+    if fused_input:
+        x, weight_ih, bias, gamma_ih, mean_ih, var_ih, xw, stat_ih = in_step
+        has_bias, k_in = bias is not None, x.shape[-1]
+        bias = bias if has_bias else gamma_ih  # never read without HAS_BIAS
+        inputs = (x.contiguous(), weight_ih.contiguous(), xw, gamma_ih.contiguous(),
+                  bias.contiguous(), mean_ih, var_ih, stat_ih)
+    else:
+        has_bias, k_in = False, 1
+        inputs = (u,) * 8  # never read without FUSED_INPUT
     in_memory = factor_values is not None
     factor_values = factor_values.contiguous() if in_memory else stat_c  # else never read
-    tensors = (x, w.weight_ih if fused_input else xw, xw, hw, y, cell, w.weight_hh, w.gamma_ih,
-               w.gamma_hh, bias, w.gamma_c, w.beta_c, mean_ih, var_ih, mean_hh, var_hh, mean_c,
-               var_c, stat_ih, stat_hh, stat_c, h_n, c_n, factor_values)
+    layer = (t.contiguous() for t in (weight_hh, gamma_hh, gamma_c, beta_c))
+    tensors = (*inputs, u, hw, y, cell, *layer, mean_hh, var_hh, mean_c, var_c, stat_hh, stat_c,
+               h_n, c_n, factor_values)
+    flags = _kernel_flags(dev, acc)
+    grid = (triton.cdiv(H, cfg.block_h),)
 
     def launch():
         for t in range(T):
             _fwd_step_kernel[grid](
                 *tensors, t, batch_sizes[t], batch_sizes[t + 1] if t + 1 < T else 0, rows[t],
                 factors[t], float(eps), B, H, k_in,
-                USE_BATCH=factors[t] >= 0, **flags, FUSED_INPUT=fused_input,
+                USE_BATCH=factors[t] >= 0, HAS_BIAS=has_bias, **flags, FUSED_INPUT=fused_input,
                 FACTOR_IN_MEMORY=in_memory,
                 BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
                 num_warps=cfg.num_warps,
@@ -583,33 +589,31 @@ def _launch_forward(x, weight_ih, xw, weight_hh, bias, gamma_ih, gamma_hh, gamma
 
     key = step_graphs.graph_key(tensors, "fwd", tuple(batch_sizes), tuple(rows),
                                 tuple(factors), eps, tuple(flags.items()), fused_input,
-                                in_memory, cfg)
+                                has_bias, in_memory, cfg)
     step_graphs.GRAPHS.run(key, launch, dev)
-    return y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c
+    return y, h_n, c_n, cell, hw, stat_hh, stat_c
 
 
-def _launch_backward(xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c,
-                     stat_ih, stat_hh, stat_c, dy, dh_n, dc_n, batch_sizes, use_batch):
+def _launch_backward(u, hw, cell, weight_hh, gamma_hh, gamma_c, beta_c, stat_hh, stat_c, dy,
+                     dh_n, dc_n, batch_sizes, use_batch):
     """One fused launch per step in reverse, then dh0 and the per-feature sums over steps."""
     T, B, G = hw.shape
     H = G // 4
     dev = dy.device
     cfg = _config(B, H, dev, backward=True)
-    w = LayerWeights(*(None if t is None else t.contiguous()
-                       for t in (None, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c)))
     acc = hw.dtype
-    flags = _kernel_flags(w, dev, acc)
-    bias = w.bias if w.bias is not None else w.gamma_ih
-    dpre_ih = torch.zeros(T, B, G, device=dev, dtype=acc)
+    flags = _kernel_flags(dev, acc)
+    weight_hh = weight_hh.contiguous()
+    dpre = torch.zeros(T, B, G, device=dev, dtype=acc)
     dpre_hh = torch.zeros(T, B, G, device=dev, dtype=acc)  # step T-1 reads no row past it
     dh = torch.empty(B, H, device=dev, dtype=acc)
     dc = dc_n.to(acc).clone(memory_format=torch.contiguous_format)  # the kernel's carry
-    dsum = torch.empty(T, 3, G, device=dev, dtype=acc)
+    dsum = torch.empty(T, G, device=dev, dtype=acc)
     dsum_c = torch.empty(T, 2, H, device=dev, dtype=acc)
     grid = (triton.cdiv(H, cfg.block_h),)
-    tensors = (xw, hw, cell, w.weight_hh, w.gamma_ih, w.gamma_hh, bias, w.gamma_c, w.beta_c,
-               stat_ih, stat_hh, stat_c, dy.contiguous(), dh_n.to(acc).contiguous(), dpre_ih,
-               dpre_hh, dh, dc, dsum, dsum_c)
+    tensors = (u.contiguous(), hw, cell, weight_hh,
+               *(t.contiguous() for t in (gamma_hh, gamma_c, beta_c)), stat_hh, stat_c,
+               dy.contiguous(), dh_n.to(acc).contiguous(), dpre, dpre_hh, dh, dc, dsum, dsum_c)
 
     def launch():
         for t in reversed(range(T)):
@@ -622,35 +626,38 @@ def _launch_backward(xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c,
     key = step_graphs.graph_key(tensors, "bwd", tuple(batch_sizes), tuple(use_batch),
                                 tuple(flags.items()), cfg)
     step_graphs.GRAPHS.run(key, launch, dev)
-    dh0 = dpre_hh[0] @ w.weight_hh.to(acc)
-    dgamma_ih, dgamma_hh, dbias = (dsum[:, k].sum(0) for k in range(3))  # outputs may not alias
-    dgamma_c, dbeta_c = (dsum_c[:, k].sum(0) for k in range(2))
-    return dpre_ih, dpre_hh, dh0, dc, dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias
+    dh0 = dpre_hh[0] @ weight_hh.to(acc)
+    dgamma_c, dbeta_c = (dsum_c[:, k].sum(0) for k in range(2))  # outputs may not alias
+    return dpre, dpre_hh, dh0, dc, dsum.sum(0), dgamma_c, dbeta_c
 
 
 @torch.library.custom_op("bnlstm_triton::forward_loop", mutates_args=fused.MUTATED,
                          schema=fused.FORWARD_SCHEMA)
-def _forward_op(xw, *args):
-    """The step loop given the hoisted input product xw."""
-    return _launch_forward(None, None, xw.contiguous(), *args)
+def _forward_op(u, *args):
+    """The step loop given the input's contribution u."""
+    return _launch_forward(u.contiguous(), *args)
 
 
-@torch.library.custom_op("bnlstm_triton::forward_loop_fused_input", mutates_args=fused.MUTATED,
-                         schema=fused.FUSED_INPUT_SCHEMA)
-def _forward_fused_input_op(x, weight_ih, *args):
-    """The step loop computing each step's input product in its launch; xw is returned last."""
+@torch.library.custom_op("bnlstm_triton::forward_loop_fused_input",
+                         mutates_args=fused.FUSED_INPUT_MUTATED, schema=fused.FUSED_INPUT_SCHEMA)
+def _forward_fused_input_op(x, weight_ih, bias, gamma_ih, mean_ih, var_ih, *args):
+    """The step loop computing each step's input product and its batch norm in its launch;
+    returns xw and stat_ih last (u is the launches' scratch)."""
     T, B, _ = x.shape
-    xw = x.new_empty(T, B, weight_ih.shape[0])
-    return (*_launch_forward(x, weight_ih, xw, *args), xw)
+    G = weight_ih.shape[0]
+    acc = accumulator(x.dtype)
+    xw = x.new_zeros(T, B, G)  # rows not running stay 0: the input norm's backward reads them
+    stat_ih = x.new_empty(T, 2, G, dtype=acc)
+    u = x.new_empty(T, B, G, dtype=acc)
+    in_step = (x, weight_ih, bias, gamma_ih, mean_ih, var_ih, xw, stat_ih)
+    return (*_launch_forward(u, *args, in_step=in_step), xw, stat_ih)
 
 
 @torch.library.custom_op("bnlstm_triton::backward_loop", mutates_args=(),
                          schema=fused.BACKWARD_SCHEMA)
-def _backward_op(xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c, stat_ih,
-                 stat_hh, stat_c, dy, dh_n, dc_n, batch_sizes, use_batch):
+def _backward_op(*args):
     """The reverse step loop, dh0 and the per-feature sums over steps."""
-    return _launch_backward(xw, hw, cell, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c,
-                            stat_ih, stat_hh, stat_c, dy, dh_n, dc_n, batch_sizes, use_batch)
+    return _launch_backward(*args)
 
 
 _forward_op.register_fake(fused.forward_loop_fake)
@@ -658,40 +665,72 @@ _forward_fused_input_op.register_fake(fused.forward_loop_fused_input_fake)
 _backward_op.register_fake(fused.backward_loop_fake)
 
 
-def forward_loop(x, weights, h0, c0, stats: RunningStats, batch_sizes, training, momentum, eps,
-                 save):
+def _contiguous_running(stats: RunningStats, names, loop):
+    """loop(stats) with the running rows `names` contiguous, as the kernels update them in
+    place: strided ones are worked on as copies, written back after."""
+    strided = [k for k in names if not getattr(stats, k).is_contiguous()]
+    if not strided:
+        return loop(stats)
+    work = stats._replace(**{k: getattr(stats, k).contiguous() for k in strided})
+    out = loop(work)
+    for k in strided:
+        getattr(stats, k).copy_(getattr(work, k))
+    return out
+
+
+def _launch_steps(steps: Steps, acc: torch.dtype, eps) -> tuple:
+    """The ops' trailing arguments: batch_sizes, rows, factors, factor_values, eps."""
+    return (steps.batch_sizes, steps.rows, *launch_factors(steps.factors, acc), float(eps))
+
+
+def forward_loop(u, weights: LayerWeights, h0, c0, stats: RunningStats, steps: Steps, eps, save):
     """The contract of backends.torch_ops.forward_loop; the steps run in the custom op
-    bnlstm_triton::forward_loop (or forward_loop_fused_input), which torch.compile keeps whole
-    (fullgraph)."""
-    if not all(t.is_contiguous() for t in stats):  # the kernels update rows in place
-        work = RunningStats(*(t.contiguous() for t in stats))
-        out = forward_loop(x, weights, h0, c0, work, batch_sizes, training, momentum, eps, save)
-        for t, w in zip(stats, work):
-            t.copy_(w)
-        return out
-    _check_input_product(SETTINGS.input_product, "BNLSTM_TRITON_INPUT_PRODUCT")
-    plan = step_plan(batch_sizes, stats.max_length, training)
-    steps = (list(batch_sizes), [row for row, _ in plan],
-             *launch_factors(update_counts(stats, plan, momentum), accumulator(x.dtype)),
-             float(eps))
+    bnlstm_triton::forward_loop, which torch.compile keeps whole (fullgraph)."""
     w = weights
-    layer = (w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *stats[:6])
-    if SETTINGS.input_product == "fused":
-        *out, xw = torch.ops.bnlstm_triton.forward_loop_fused_input(x, w.weight_ih, *layer,
-                                                                     *steps)
-    else:
-        xw = input_product(x, weights)
-        out = torch.ops.bnlstm_triton.forward_loop(xw, *layer, *steps)
-    y, h_n, c_n, cell, hw, stat_ih, stat_hh, stat_c = out
-    saved = Saved(xw, hw, cell, stat_ih, stat_hh, stat_c) if save else None
-    return y[1:], h_n, c_n, saved
+
+    def loop(stats):
+        y, h_n, c_n, cell, hw, stat_hh, stat_c = torch.ops.bnlstm_triton.forward_loop(
+            u, w.weight_hh, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *stats[2:6],
+            *_launch_steps(steps, accumulator(h0.dtype), eps))
+        return y[1:], h_n, c_n, Saved(hw, cell, stat_hh, stat_c) if save else None
+
+    return _contiguous_running(stats, fused.MUTATED, loop)
 
 
-def backward_loop(saved: Saved, weights, c0, batch_sizes, batch_stats, dy, dh_n, dc_n):
+def _fused_input_forward(x, weights: LayerWeights, h0, c0, stats: RunningStats, steps: Steps,
+                         eps, save):
+    """forward_loop from x rather than u, and the input norm's saved tensors: the steps run in
+    bnlstm_triton::forward_loop_fused_input, which also moves mean_ih and var_ih."""
+    w = weights
+
+    def loop(stats):
+        y, h_n, c_n, cell, hw, stat_hh, stat_c, xw, stat_ih = (
+            torch.ops.bnlstm_triton.forward_loop_fused_input(
+                x, w.weight_ih, w.bias, w.gamma_ih, *stats[:2], w.weight_hh, w.gamma_hh,
+                w.gamma_c, w.beta_c, h0, c0, *stats[2:6],
+                *_launch_steps(steps, accumulator(x.dtype), eps)))
+        saved = Saved(hw, cell, stat_hh, stat_c) if save else None
+        return y[1:], h_n, c_n, saved, InputSaved(xw, stat_ih)
+
+    return _contiguous_running(stats, fused.FUSED_INPUT_MUTATED, loop)
+
+
+def in_step_input():
+    """function._forward's question: None while the input product is hoisted (the Function
+    computes u ahead of the loop), else the forward whose launches compute x_t W_ih^T and its
+    batch norm themselves: (x, weights, h0, c0, stats, steps, eps, save) -> y, h_n, c_n,
+    saved, input_norm.InputSaved."""
+    _check_input_product(SETTINGS.input_product, "BNLSTM_TRITON_INPUT_PRODUCT")
+    return _fused_input_forward if SETTINGS.input_product == "fused" else None
+
+
+def backward_loop(saved: Saved, inp: InputSaved, weights: LayerWeights, c0, steps: Steps, dy,
+                  dh_n, dc_n):
     """The contract of backends.torch_ops.backward_loop; the steps run in the custom op
-    bnlstm_triton::backward_loop (c0 is saved.cell[0] there)."""
+    bnlstm_triton::backward_loop (c0 is saved.cell[0] there), with u recomputed from the input
+    norm's saved tensors."""
     w = weights
     return tuple(torch.ops.bnlstm_triton.backward_loop(
-        saved.xw, saved.hw, saved.cell, w.weight_hh, w.bias, w.gamma_ih, w.gamma_hh, w.gamma_c,
-        w.beta_c, saved.stat_ih, saved.stat_hh, saved.stat_c, dy, dh_n, dc_n, list(batch_sizes),
-        [bool(u) for u in batch_stats]))
+        contribution(inp, weights), saved.hw, saved.cell, w.weight_hh, w.gamma_hh, w.gamma_c,
+        w.beta_c, saved.stat_hh, saved.stat_c, dy, dh_n, dc_n, steps.batch_sizes,
+        [bool(u) for u in steps.batch_stats]))
