@@ -14,8 +14,14 @@ from benchmarks import measure
 from benchmarks.check import check_provider
 from benchmarks.digits_data import pixel_task
 from benchmarks.providers import BASELINE, EAGER_LOOP, REFERENCE, Built, Provider, providers
-from benchmarks.run import (CSV_COLUMNS, _progress, append_csv, format_table, make_template,
-                            run_shape)
+from benchmarks.run import (
+    CSV_COLUMNS,
+    _progress,
+    append_csv,
+    format_table,
+    make_template,
+    run_shape,
+)
 from benchmarks.shapes import Shape
 from bnlstm_cuda import available_backends
 
