@@ -29,7 +29,7 @@ def _forward(backend, x, weights: LayerWeights, h0, c0, stats: RunningStats, ste
     in_step = getattr(backend, "in_step_input", lambda: None)()
     if in_step is not None:
         return in_step(x, weights, h0, c0, stats, steps, eps, save)
-    u, inp = input_norm.forward(input_product(x, weights), weights, stats, steps, eps)
+    u, inp = input_norm.forward(input_product(x, weights), weights, stats, steps, eps, save)
     y, h_n, c_n, saved = backend.forward_loop(u, weights, h0, c0, stats, steps, eps, save)
     return y, h_n, c_n, saved, inp
 

@@ -35,11 +35,11 @@ def _batch_statistics(z: Tensor, batch_sizes: list[int]) -> tuple[Tensor, Tensor
     T, B, _ = z.shape
     if min(batch_sizes, default=B) == B:  # every row runs every step: no mask to apply
         mean = z.mean(1)
-        return mean, (z - mean[:, None]).square().mean(1)
+        return mean, (z - mean[:, None]).square_().mean(1)  # one (T, B, 4H) temporary
     running = _running_mask(batch_sizes, B, z)
     n = torch.tensor(batch_sizes, device=z.device, dtype=z.dtype).clamp_min(1)[:, None]
     mean = (z * running).sum(1) / n
-    return mean, ((z - mean[:, None]) * running).square().sum(1) / n
+    return mean, ((z - mean[:, None]).mul_(running)).square_().sum(1) / n
 
 
 def _runs(rows: list[int]) -> list[tuple[int, int]]:
@@ -118,22 +118,26 @@ def _batch_steps(steps: Steps) -> int:
     return k
 
 
-def contribution(saved: InputSaved, weights: LayerWeights) -> Tensor:
+def contribution(saved: InputSaved, weights: LayerWeights, out=None) -> Tensor:
     """u_t = gamma_ih BN_t(x_t W_ih^T) + bias for every step (T, B, 4H), accumulator dtype;
-    finite but meaningless on rows that are not running."""
+    finite but meaningless on rows that are not running. `out` may be saved.xw itself (when
+    nothing keeps it): then no buffer of that size is allocated."""
     mean, rstd = saved.stat[:, 0, None], saved.stat[:, 1, None]
     z = saved.xw.to(saved.stat.dtype)
     scale = weights.gamma_ih.to(z.dtype) * rstd
+    u = torch.sub(z, mean, out=out)
     if weights.bias is None:
-        return (z - mean) * scale
-    return torch.addcmul(weights.bias.to(z.dtype), z - mean, scale)
+        return u.mul_(scale)
+    return torch.addcmul(weights.bias.to(z.dtype), u, scale, out=u)
 
 
 def forward(xw: Tensor, weights: LayerWeights, stats: RunningStats, steps: Steps,
-            eps: float) -> tuple[Tensor, InputSaved]:
-    """The input contribution u of every step and what its backward needs."""
+            eps: float, save: bool = True) -> tuple[Tensor, InputSaved]:
+    """The input contribution u of every step and what its backward needs; without `save`, u
+    takes xw's buffer where the dtypes allow (xw is not needed after)."""
     saved = InputSaved(xw, statistics(xw, stats, steps, eps))
-    return contribution(saved, weights), saved
+    reuse = not save and xw.dtype == saved.stat.dtype and not xw.requires_grad
+    return contribution(saved, weights, out=xw if reuse else None), saved
 
 
 def backward(dpre: Tensor, saved: InputSaved, weights: LayerWeights,
