@@ -144,21 +144,23 @@ def backward(dpre: Tensor, saved: InputSaved, weights: LayerWeights,
              steps: Steps) -> tuple[Tensor, Tensor, Tensor]:
     """From the gradient of every step's pre-activation (T, B, 4H; zero on rows not running):
     the gradient of x W_ih^T, dgamma_ih and dbias (accumulator dtype). A step with batch
-    statistics adds the batch-mean terms of BatchNorm's backward:
-    scale * (d - mean(d) - xhat * mean(d * xhat)) with d = gamma_ih dpre, over its running rows."""
-    T, B, _ = dpre.shape
+    statistics adds the batch-mean terms of BatchNorm's backward,
+    gamma rstd (dpre - mean(dpre) - xhat mean(dpre xhat)) over its running rows, the others
+    gamma rstd dpre. Two buffers of (T, B, 4H), the second reused for the result."""
+    B = dpre.shape[1]
     mean, rstd = saved.stat[:, 0, None], saved.stat[:, 1, None]
-    xhat = (saved.xw.to(dpre.dtype) - mean) * rstd
-    dgamma_ih = (dpre * xhat).sum((0, 1))
-    dbias = dpre.sum((0, 1))
-    d = dpre * weights.gamma_ih.to(dpre.dtype)
+    xhat = torch.sub(saved.xw.to(dpre.dtype), mean).mul_(rstd)
+    product = dpre * xhat
+    dgamma_ih, dbias = product.sum((0, 1)), dpre.sum((0, 1))
     k = _batch_steps(steps)
     if k:
-        sizes = steps.batch_sizes[:k]
-        n = torch.tensor(sizes, dtype=dpre.dtype, device=dpre.device)[:, None, None]
-        db, xb = d[:k], xhat[:k]
-        centred = db - db.sum(1, keepdim=True) / n - xb * (db * xb).sum(1, keepdim=True) / n
-        if min(sizes) < B:
-            centred = centred * _running_mask(sizes, B, dpre)
-        d = torch.cat([centred, d[k:]]) if k < T else centred
-    return d * rstd, dgamma_ih, dbias
+        n = torch.tensor(steps.batch_sizes[:k], dtype=dpre.dtype, device=dpre.device)
+        n = n[:, None, None]
+        out = xhat[:k].mul_(-product[:k].sum(1, keepdim=True) / n)  # xhat's buffer
+        out.add_(dpre[:k]).sub_(dpre[:k].sum(1, keepdim=True) / n)
+        if min(steps.batch_sizes[:k]) < B:
+            out.mul_(_running_mask(steps.batch_sizes[:k], B, dpre))
+        xhat[k:] = dpre[k:]
+    else:
+        xhat.copy_(dpre)
+    return xhat.mul_(weights.gamma_ih.to(dpre.dtype) * rstd), dgamma_ih, dbias
