@@ -21,7 +21,7 @@ import torch
 from ..input_norm import InputSaved, contribution
 from ..layer_state import LayerWeights, RunningStats, Steps, accumulator
 from . import fused
-from .fused import Saved, launch_factors
+from .fused import Saved
 
 BUILD_HINT = ("to build it: pip install --no-build-isolation -e . (needs a C++ compiler; with a "
               "CUDA build of torch and a CUDA toolkit it also builds the CUDA kernels)")
@@ -85,22 +85,15 @@ def forward_loop(u, weights: LayerWeights, h0, c0, stats: RunningStats, steps: S
                  ops=torch.ops.bnlstm):
     """The contract of backends.torch_ops.forward_loop; the steps run in bnlstm::forward_loop
     (`ops`: the namespace of the ops; tests/test_emulation.py's build registers bnlstm_emu)."""
-    running = stats[2:6]
-    acc = accumulator(h0.dtype)
-    if not all(t.is_contiguous() and t.dtype == acc for t in running):
-        # the kernels update rows in place, in the accumulator dtype (the module's): work on
-        # copies, write back
-        work = stats._replace(**{k: t.to(acc).contiguous()
-                                 for k, t in zip(fused.MUTATED, running)})
-        out = forward_loop(u, weights, h0, c0, work, steps, eps, save, ops)
-        for t, w in zip(running, work[2:6]):
-            t.copy_(w)
-        return out
     w = weights
-    y, h_n, c_n, cell, hw, stat_hh, stat_c = ops.forward_loop(
-        u, w.weight_hh, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *running,
-        steps.batch_sizes, steps.rows, *launch_factors(steps.factors, acc), float(eps),
-    )
+    acc = accumulator(h0.dtype)
+
+    def loop(stats):
+        return ops.forward_loop(u, w.weight_hh, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0,
+                                *stats[2:6], *fused.launch_steps(steps, acc, eps))
+
+    y, h_n, c_n, cell, hw, stat_hh, stat_c = fused.with_running_rows(stats, fused.MUTATED, acc,
+                                                                     loop)
     saved = Saved(hw, cell, stat_hh, stat_c) if save else None
     return y[1:], h_n, c_n, saved
 

@@ -37,6 +37,25 @@ def launch_factors(factors, dtype: torch.dtype) -> tuple[list[float], Optional[T
     return numbers, torch.stack([f if isinstance(f, Tensor) else unused for f in factors]).to(dtype)
 
 
+def with_running_rows(stats, names, acc: torch.dtype, loop):
+    """loop(stats) with the running rows `names` contiguous and in the accumulator dtype, as the
+    kernels update them in place there: others are worked on as copies, written back after."""
+    unfit = [k for k in names
+             if not (getattr(stats, k).is_contiguous() and getattr(stats, k).dtype == acc)]
+    if not unfit:
+        return loop(stats)
+    work = stats._replace(**{k: getattr(stats, k).to(acc).contiguous() for k in unfit})
+    out = loop(work)
+    for k in unfit:
+        getattr(stats, k).copy_(getattr(work, k))
+    return out
+
+
+def launch_steps(steps, acc: torch.dtype, eps) -> tuple:
+    """The ops' trailing arguments: batch_sizes, rows, factors, factor_values, eps."""
+    return (steps.batch_sizes, steps.rows, *launch_factors(steps.factors, acc), float(eps))
+
+
 # The ops both fused backends register (bnlstm::* in C++, bnlstm_triton::* in Python), with one
 # schema: per-step host data as lists (factor_values: the weights of a cumulative average, on
 # the device), the running statistics mutated in place. u is the input's contribution to every

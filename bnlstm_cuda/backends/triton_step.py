@@ -34,7 +34,7 @@ import torch
 from ..input_norm import InputSaved, contribution
 from ..layer_state import LayerWeights, RunningStats, Steps, accumulator
 from . import fused, step_graphs
-from .fused import Saved, launch_factors
+from .fused import Saved
 
 try:
     import triton
@@ -665,24 +665,6 @@ _forward_fused_input_op.register_fake(fused.forward_loop_fused_input_fake)
 _backward_op.register_fake(fused.backward_loop_fake)
 
 
-def _contiguous_running(stats: RunningStats, names, loop):
-    """loop(stats) with the running rows `names` contiguous, as the kernels update them in
-    place: strided ones are worked on as copies, written back after."""
-    strided = [k for k in names if not getattr(stats, k).is_contiguous()]
-    if not strided:
-        return loop(stats)
-    work = stats._replace(**{k: getattr(stats, k).contiguous() for k in strided})
-    out = loop(work)
-    for k in strided:
-        getattr(stats, k).copy_(getattr(work, k))
-    return out
-
-
-def _launch_steps(steps: Steps, acc: torch.dtype, eps) -> tuple:
-    """The ops' trailing arguments: batch_sizes, rows, factors, factor_values, eps."""
-    return (steps.batch_sizes, steps.rows, *launch_factors(steps.factors, acc), float(eps))
-
-
 def forward_loop(u, weights: LayerWeights, h0, c0, stats: RunningStats, steps: Steps, eps, save):
     """The contract of backends.torch_ops.forward_loop; the steps run in the custom op
     bnlstm_triton::forward_loop, which torch.compile keeps whole (fullgraph)."""
@@ -691,10 +673,10 @@ def forward_loop(u, weights: LayerWeights, h0, c0, stats: RunningStats, steps: S
     def loop(stats):
         y, h_n, c_n, cell, hw, stat_hh, stat_c = torch.ops.bnlstm_triton.forward_loop(
             u, w.weight_hh, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0, *stats[2:6],
-            *_launch_steps(steps, accumulator(h0.dtype), eps))
+            *fused.launch_steps(steps, accumulator(h0.dtype), eps))
         return y[1:], h_n, c_n, Saved(hw, cell, stat_hh, stat_c) if save else None
 
-    return _contiguous_running(stats, fused.MUTATED, loop)
+    return fused.with_running_rows(stats, fused.MUTATED, accumulator(h0.dtype), loop)
 
 
 def _fused_input_forward(x, weights: LayerWeights, h0, c0, stats: RunningStats, steps: Steps,
@@ -708,11 +690,11 @@ def _fused_input_forward(x, weights: LayerWeights, h0, c0, stats: RunningStats, 
             torch.ops.bnlstm_triton.forward_loop_fused_input(
                 x, w.weight_ih, w.bias, w.gamma_ih, *stats[:2], w.weight_hh, w.gamma_hh,
                 w.gamma_c, w.beta_c, h0, c0, *stats[2:6],
-                *_launch_steps(steps, accumulator(x.dtype), eps)))
+                *fused.launch_steps(steps, accumulator(x.dtype), eps)))
         saved = Saved(hw, cell, stat_hh, stat_c) if save else None
         return y[1:], h_n, c_n, saved, InputSaved(xw, stat_ih)
 
-    return _contiguous_running(stats, fused.FUSED_INPUT_MUTATED, loop)
+    return fused.with_running_rows(stats, fused.FUSED_INPUT_MUTATED, accumulator(x.dtype), loop)
 
 
 def in_step_input():
