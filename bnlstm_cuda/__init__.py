@@ -1,11 +1,13 @@
 """bnlstm_cuda: the batch-normalised LSTM of Cooijmans et al. (2016) for PyTorch.
 
-Swap `nn.LSTM` for `bnlstm_cuda.BNLSTM`; `bnlstm_cuda.bnlstm` is the op for one layer and
-direction; `bnlstm_cuda.reference` holds the plain autograd oracle.
+Swap `nn.LSTM` for `bnlstm_cuda.BNLSTM` and `nn.LSTMCell` for `bnlstm_cuda.BNLSTMCell`;
+`bnlstm_cuda.bnlstm` is the op for one layer and direction; `bnlstm_cuda.reference` holds the
+plain autograd oracle.
 """
 
 from . import reference
 from .backends import available_backends
+from .cell import BNLSTMCell
 from .functional import bnlstm
 from .layer_state import LayerWeights, RunningStats
 from .module import BNLSTM
@@ -15,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BNLSTM",
+    "BNLSTMCell",
     "LayerWeights",
     "RunningStats",
     "available_backends",

@@ -87,8 +87,10 @@ def run_layer(
     momentum: Optional[float],
     eps: float,
     backend,
+    start_step: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """y (T, B, H), h_n, c_n of one layer and direction, in the dtype of x.
+    """y (T, B, H), h_n, c_n of one layer and direction, in the dtype of x; its first step is
+    step start_step of the sequence (which running-statistics row each step uses).
 
     Takes the autograd Function only when a gradient is wanted; otherwise nothing is saved.
     """
@@ -97,7 +99,7 @@ def run_layer(
     if acc != dtype:
         x, h0, c0 = x.to(acc), h0.to(acc), c0.to(acc)
         weights = LayerWeights(*(None if w is None else w.to(acc) for w in weights))
-    steps = plan_steps(batch_sizes, stats, training, momentum)
+    steps = plan_steps(batch_sizes, stats, training, momentum, start_step)
     tensors = (x, h0, c0, *weights)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         y, h_n, c_n = BNLSTMFunction.apply(x, h0, c0, *weights, stats, steps, eps, backend)

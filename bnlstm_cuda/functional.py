@@ -22,15 +22,17 @@ from .validation import (
     check_lengths,
     check_momentum,
     check_real,
+    check_start_step,
     check_stats_shapes,
     check_tensor,
 )
 
 
 def run_direction(x, lengths, h0, c0, weights, stats, *, reverse, training, momentum, eps,
-                  backend):
+                  backend, start_step=0):
     """One direction over x (T, B, F), time-major, batch sorted by decreasing `lengths` (None:
-    every sequence runs all T steps). Returns y (T, B, H) with zeros past each length, h_n, c_n."""
+    every sequence runs all T steps), its first step being step start_step of the sequence.
+    Returns y (T, B, H) with zeros past each length, h_n, c_n."""
     T, B = x.shape[:2]
     if reverse:
         x = reverse_padded(x, lengths)
@@ -40,7 +42,7 @@ def run_direction(x, lengths, h0, c0, weights, stats, *, reverse, training, mome
         weights = LayerWeights(*(cast(w, amp) for w in weights))
     with torch.autocast(x.device.type, enabled=False) if amp is not None else nullcontext():
         y, h_n, c_n = run_layer(x, h0, c0, weights, stats, batch_sizes_of(lengths, T, B),
-                                training, momentum, eps, backend)
+                                training, momentum, eps, backend, start_step)
     if reverse:
         y = reverse_padded(y, lengths)
     return y, h_n, c_n
@@ -77,6 +79,7 @@ def bnlstm(
     momentum: Optional[float] = 0.1,
     eps: float = 1e-5,
     backend: str = "auto",
+    start_step: int = 0,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """One batch-normalised LSTM layer in one direction (Cooijmans et al., 2016).
 
@@ -91,6 +94,9 @@ def bnlstm(
     training (updating row min(t, L-1) of running_stats in place), else with that row. A
     training step with fewer than 2 running sequences uses its row and leaves it unchanged.
     reverse=True reads each sequence backwards from its own last element, like nn.LSTM.
+    start_step: the call's step t is step start_step + t of the sequence (row
+    min(start_step + t, L-1)), for a call that continues a sequence with hx carried over from
+    the previous call; reverse=True takes only 0 (see check_start_step).
 
     Example:
         >>> import torch, bnlstm_cuda
@@ -119,6 +125,7 @@ def bnlstm(
     momentum = check_momentum(momentum)
     eps = check_real("eps", eps, 0.0)
     reverse, training = check_bool("reverse", reverse), check_bool("training", training)
+    start_step = check_start_step(start_step, reverse)
     impl = backends.resolve(check_backend_name(backend, backends.NAMES), input.device,
                             autocast_dtype(input.device) or input.dtype)
     if hx is None:
@@ -130,7 +137,8 @@ def bnlstm(
         check_tensor("hx[0] (h0)", h0, input, (B, H))
         check_tensor("hx[1] (c0)", c0, input, (B, H))
     weights = LayerWeights(weight_ih, weight_hh, bias, gamma_ih, gamma_hh, gamma_c, beta_c)
-    kwargs = dict(reverse=reverse, training=training, momentum=momentum, eps=eps, backend=impl)
+    kwargs = dict(reverse=reverse, training=training, momentum=momentum, eps=eps, backend=impl,
+                  start_step=start_step)
     if lengths is None:
         y, h_n, c_n = run_direction(input, None, h0, c0, weights, running_stats, **kwargs)
         return y, (h_n, c_n)

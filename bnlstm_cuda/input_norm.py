@@ -44,8 +44,8 @@ def _batch_statistics(z: Tensor, batch_sizes: list[int]) -> tuple[Tensor, Tensor
 
 def _runs(rows: list[int]) -> list[tuple[int, int]]:
     """Split steps 0 .. len(rows)-1 into runs [i, j) whose rows rise by one (rows[i] ..
-    rows[j-1]) or stay the same: the rows are min(t, max_length - 1), so a call has at most
-    two runs, and slices of them need no index tensor (torch.compile traces slices)."""
+    rows[j-1]) or stay the same: the rows are min(start_step + t, max_length - 1), so a call has
+    at most two runs, and slices of them need no index tensor (torch.compile traces slices)."""
     runs, i = [], 0
     while i < len(rows):
         j = i + 1

@@ -62,19 +62,23 @@ class Steps(NamedTuple):
 
 
 def plan_steps(batch_sizes: list[int], stats: RunningStats, training: bool,
-               momentum: Optional[float]) -> Steps:
+               momentum: Optional[float], start_step: int = 0) -> Steps:
     """The steps of one call; counts their updates in stats.num_batches_tracked, so call it
     exactly once per layer, direction and call."""
-    plan = step_plan(batch_sizes, stats.max_length, training)
+    plan = step_plan(batch_sizes, stats.max_length, training, start_step)
     factors = update_counts(stats, plan, momentum)
     return Steps(list(batch_sizes), [row for row, _ in plan], [u for _, u in plan], factors)
 
 
-def step_plan(batch_sizes: list[int], max_length: int, training: bool) -> list[tuple[int, bool]]:
+def step_plan(batch_sizes: list[int], max_length: int, training: bool,
+              start_step: int = 0) -> list[tuple[int, bool]]:
     """For each step: the running-statistics row it reads or updates, and whether it normalises
     with batch statistics (training with at least 2 running sequences; one sample has no batch
-    variance, so such a step uses its running row and leaves it unchanged)."""
-    return [(min(t, max_length - 1), training and n >= 2) for t, n in enumerate(batch_sizes)]
+    variance, so such a step uses its running row and leaves it unchanged). The call's step t is
+    step start_step + t of the sequence: a call that continues one reads the rows its steps would
+    have read in one long call."""
+    last = max_length - 1
+    return [(min(start_step + t, last), training and n >= 2) for t, n in enumerate(batch_sizes)]
 
 
 def update_counts(stats: RunningStats, plan: list[tuple[int, bool]], momentum: Optional[float]):

@@ -20,6 +20,7 @@ from .validation import (
     check_int,
     check_momentum,
     check_real,
+    check_start_step,
     check_tensor,
 )
 
@@ -31,72 +32,24 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-class BNLSTM(nn.Module):
-    """Batch-normalised LSTM (Cooijmans et al., 2016, "Recurrent Batch Normalization"), a drop-in
-    for nn.LSTM: same constructor arguments, shapes, hx, batch_first and PackedSequence handling.
+class _BNLSTMBase(nn.Module):
+    """The parameters and buffers of BN-LSTM layers (every layer and direction its own weights,
+    gammas and per-step running statistics), shared by BNLSTM and BNLSTMCell so that a
+    trained layer moves between them by state_dict."""
 
-    Per layer, direction and step t, with BN_t normalising each feature over the batch:
-        pre = BN_t(h_{t-1} W_hh^T; gamma_hh, 0) + BN_t(x_t W_ih^T; gamma_ih, 0) + bias  (i,f,g,o)
-        c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
-        h_t = sigmoid(o) * tanh(BN_t(c_t; gamma_c, beta_c))
-
-    Statistics: in training, step t uses the batch statistics (biased variance) of the sequences
-    still running at t, and moves row min(t, max_length-1) of the running buffers towards them
-    (unbiased variance, `momentum`; momentum=None keeps a cumulative average, see
-    `bnlstm_cuda.compute_population_statistics`). A training step with fewer than 2 running
-    sequences has no batch variance: it normalises with its running row and leaves it unchanged.
-    In evaluation, step t uses row min(t, max_length-1): steps past the longest trained length
-    reuse the last row, as the paper prescribes.
-
-    Initialisation, following the authors' scripts:
-        gamma_ih = gamma_hh = gamma_c = gamma_init (0.1: with 1, gradients vanish through time);
-        beta_c = 0; each gate block of weight_ih and of weight_hh its own (semi-)orthogonal
-        matrix; bias 0 except the forget-gate block at 1. There is one bias per gate (the BN
-        shifts of both products would be redundant with it).
-
-    Args beyond nn.LSTM's: max_length (rows of per-step statistics), momentum, eps, gamma_init,
-    backend ("auto" or a name from `bnlstm_cuda.available_backends()`).
-    Dropout between layers is applied in training, as in nn.LSTM; proj_size is not supported.
-
-    Precision: half-precision layers compute statistics and the cell state in float32 and keep
-    the running statistics in float32 (also after .half() or .to(torch.bfloat16)). Under
-    torch.autocast the layer does what nn.LSTM does: input, states and weights are cast to the
-    autocast dtype, which the outputs and final states come back in; parameter gradients are in
-    the parameters' dtype (see bnlstm_cuda/autocast.py).
-    Statistics are per process: under DistributedDataParallel each replica normalises with its
-    own batch, as nn.BatchNorm1d does, and DDP's broadcast_buffers copies rank 0's running
-    statistics to every rank before each forward (README: how to average them over ranks).
-    """
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        max_length: int = 1000,
-        momentum: Optional[float] = 0.1,
-        eps: float = 1e-5,
-        gamma_init: float = 0.1,
-        backend: str = "auto",
-        device=None,
-        dtype=None,
-    ):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, bias: bool,
+                 bidirectional: bool, max_length: int, momentum: Optional[float], eps: float,
+                 gamma_init: float, backend: str, device, dtype):
         super().__init__()
         self.input_size = check_int("input_size", input_size, 1)
         self.hidden_size = check_int("hidden_size", hidden_size, 1)
         self.num_layers = check_int("num_layers", num_layers, 1)
         self.max_length = check_int("max_length", max_length, 1)
-        self.dropout = check_real("dropout", dropout, 0.0, 1.0)
         self.momentum = check_momentum(momentum)
         self.eps = check_real("eps", eps, 0.0)
         self.gamma_init = check_real("gamma_init", gamma_init)
         self.backend = check_backend_name(backend, backends.NAMES)
         self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         factory = {"device": device, "dtype": dtype}
         stats_dtype = _stats_dtype(dtype or torch.get_default_dtype())
@@ -124,39 +77,6 @@ class BNLSTM(nn.Module):
                                  torch.zeros(max_length, dtype=torch.long, device=device))
         self.reset_parameters()
 
-    @classmethod
-    def from_lstm(cls, lstm: nn.LSTM, **overrides) -> BNLSTM:
-        """A BNLSTM with a trained nn.LSTM's weights, shape options, device and dtype, its bias
-        the sum bias_ih + bias_hh. Keyword overrides go to the constructor (max_length,
-        momentum, eps, gamma_init, backend, batch_first, dropout, device, dtype).
-
-        The gammas start at gamma_init (0.1, the paper's), so the result normalises from the
-        start; with gamma_init=1.0, eps=0.0 and fresh statistics it computes in eval exactly what
-        the lstm computes.
-        """
-        if not isinstance(lstm, nn.LSTM):
-            raise TypeError(f"lstm: expected a torch.nn.LSTM, got {type(lstm).__name__}")
-        if lstm.proj_size:
-            raise ValueError(f"lstm: proj_size is not supported, got {lstm.proj_size}")
-        fixed = sorted({"input_size", "hidden_size", "num_layers", "bias", "bidirectional"}
-                       & overrides.keys())
-        if fixed:
-            raise TypeError(f"from_lstm: {fixed} come from the lstm and cannot be overridden")
-        like = lstm.weight_ih_l0
-        kwargs = dict(input_size=lstm.input_size, hidden_size=lstm.hidden_size,
-                      num_layers=lstm.num_layers, bias=lstm.bias, batch_first=lstm.batch_first,
-                      dropout=lstm.dropout, bidirectional=lstm.bidirectional, device=like.device,
-                      dtype=like.dtype)
-        model = cls(**{**kwargs, **overrides})
-        with torch.no_grad():
-            for k, sfx in model._layer_keys():
-                w = model.layer_weights(k, bool(sfx))
-                w.weight_ih.copy_(getattr(lstm, f"weight_ih_l{k}{sfx}"))
-                w.weight_hh.copy_(getattr(lstm, f"weight_hh_l{k}{sfx}"))
-                if w.bias is not None:
-                    w.bias.copy_(getattr(lstm, f"bias_ih_l{k}{sfx}")
-                                 + getattr(lstm, f"bias_hh_l{k}{sfx}"))
-        return model
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
         """A checkpoint's running statistics must have max_length rows: fewer would leave rows
@@ -226,6 +146,100 @@ class BNLSTM(nn.Module):
             w.beta_c.zero_()
         self.reset_running_stats()
 
+
+class BNLSTM(_BNLSTMBase):
+    """Batch-normalised LSTM (Cooijmans et al., 2016, "Recurrent Batch Normalization"), a drop-in
+    for nn.LSTM: same constructor arguments, shapes, hx, batch_first and PackedSequence handling.
+
+    Per layer, direction and step t, with BN_t normalising each feature over the batch:
+        pre = BN_t(h_{t-1} W_hh^T; gamma_hh, 0) + BN_t(x_t W_ih^T; gamma_ih, 0) + bias  (i,f,g,o)
+        c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+        h_t = sigmoid(o) * tanh(BN_t(c_t; gamma_c, beta_c))
+
+    Statistics: in training, step t uses the batch statistics (biased variance) of the sequences
+    still running at t, and moves row min(t, max_length-1) of the running buffers towards them
+    (unbiased variance, `momentum`; momentum=None keeps a cumulative average, see
+    `bnlstm_cuda.compute_population_statistics`). A training step with fewer than 2 running
+    sequences has no batch variance: it normalises with its running row and leaves it unchanged.
+    In evaluation, step t uses row min(t, max_length-1): steps past the longest trained length
+    reuse the last row, as the paper prescribes.
+
+    Initialisation, following the authors' scripts:
+        gamma_ih = gamma_hh = gamma_c = gamma_init (0.1: with 1, gradients vanish through time);
+        beta_c = 0; each gate block of weight_ih and of weight_hh its own (semi-)orthogonal
+        matrix; bias 0 except the forget-gate block at 1. There is one bias per gate (the BN
+        shifts of both products would be redundant with it).
+
+    Args beyond nn.LSTM's: max_length (rows of per-step statistics), momentum, eps, gamma_init,
+    backend ("auto" or a name from `bnlstm_cuda.available_backends()`).
+    Dropout between layers is applied in training, as in nn.LSTM; proj_size is not supported.
+
+    Precision: half-precision layers compute statistics and the cell state in float32 and keep
+    the running statistics in float32 (also after .half() or .to(torch.bfloat16)). Under
+    torch.autocast the layer does what nn.LSTM does: input, states and weights are cast to the
+    autocast dtype, which the outputs and final states come back in; parameter gradients are in
+    the parameters' dtype (see bnlstm_cuda/autocast.py).
+    Statistics are per process: under DistributedDataParallel each replica normalises with its
+    own batch, as nn.BatchNorm1d does, and DDP's broadcast_buffers copies rank 0's running
+    statistics to every rank before each forward (README: how to average them over ranks).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        max_length: int = 1000,
+        momentum: Optional[float] = 0.1,
+        eps: float = 1e-5,
+        gamma_init: float = 0.1,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(input_size, hidden_size, num_layers, bias, bidirectional, max_length,
+                         momentum, eps, gamma_init, backend, device, dtype)
+        self.dropout = check_real("dropout", dropout, 0.0, 1.0)
+        self.batch_first = bool(batch_first)
+
+    @classmethod
+    def from_lstm(cls, lstm: nn.LSTM, **overrides) -> BNLSTM:
+        """A BNLSTM with a trained nn.LSTM's weights, shape options, device and dtype, its bias
+        the sum bias_ih + bias_hh. Keyword overrides go to the constructor (max_length,
+        momentum, eps, gamma_init, backend, batch_first, dropout, device, dtype).
+
+        The gammas start at gamma_init (0.1, the paper's), so the result normalises from the
+        start; with gamma_init=1.0, eps=0.0 and fresh statistics it computes in eval exactly what
+        the lstm computes.
+        """
+        if not isinstance(lstm, nn.LSTM):
+            raise TypeError(f"lstm: expected a torch.nn.LSTM, got {type(lstm).__name__}")
+        if lstm.proj_size:
+            raise ValueError(f"lstm: proj_size is not supported, got {lstm.proj_size}")
+        fixed = sorted({"input_size", "hidden_size", "num_layers", "bias", "bidirectional"}
+                       & overrides.keys())
+        if fixed:
+            raise TypeError(f"from_lstm: {fixed} come from the lstm and cannot be overridden")
+        like = lstm.weight_ih_l0
+        kwargs = dict(input_size=lstm.input_size, hidden_size=lstm.hidden_size,
+                      num_layers=lstm.num_layers, bias=lstm.bias, batch_first=lstm.batch_first,
+                      dropout=lstm.dropout, bidirectional=lstm.bidirectional, device=like.device,
+                      dtype=like.dtype)
+        model = cls(**{**kwargs, **overrides})
+        with torch.no_grad():
+            for k, sfx in model._layer_keys():
+                w = model.layer_weights(k, bool(sfx))
+                w.weight_ih.copy_(getattr(lstm, f"weight_ih_l{k}{sfx}"))
+                w.weight_hh.copy_(getattr(lstm, f"weight_hh_l{k}{sfx}"))
+                if w.bias is not None:
+                    w.bias.copy_(getattr(lstm, f"bias_ih_l{k}{sfx}")
+                                 + getattr(lstm, f"bias_hh_l{k}{sfx}"))
+        return model
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
@@ -252,10 +266,18 @@ class BNLSTM(nn.Module):
             h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
         return h0, c0
 
-    def forward(self, input, hx: Optional[tuple[Tensor, Tensor]] = None):
+    def forward(self, input, hx: Optional[tuple[Tensor, Tensor]] = None, *, start_step: int = 0):
         """input: (T, B, input_size), (B, T, input_size) if batch_first, (T, input_size)
         unbatched, or a PackedSequence. hx: (h_0, c_0), each (num_layers * num_directions, B, H),
-        or None for zeros. Returns output (T, B, D*H) (or a PackedSequence) and (h_n, c_n)."""
+        or None for zeros. Returns output (T, B, D*H) (or a PackedSequence) and (h_n, c_n).
+
+        start_step: the call's first step is step start_step of the sequence, so step t uses (in
+        evaluation) or updates (in training) running row min(start_step + t, max_length - 1).
+        To continue a sequence (sampling one step per call, a stream in chunks, truncated
+        backpropagation through time), pass the (h_n, c_n) of the previous call as hx and the
+        steps it has run so far as start_step. Unidirectional only: a reverse direction reads
+        each sequence from its end, which a call cannot continue."""
+        start_step = check_start_step(start_step, self.bidirectional)
         like = self.weight_ih_l0
         packed = isinstance(input, PackedSequence)
         sorted_indices = unsorted_indices = lengths = None
@@ -284,7 +306,7 @@ class BNLSTM(nn.Module):
                 y, h, c = run_direction(
                     x, lengths, h0[idx], c0[idx], self.layer_weights(k, bool(d)),
                     self.running_stats(k, bool(d)), reverse=bool(d), training=self.training,
-                    momentum=self.momentum, eps=self.eps, backend=impl,
+                    momentum=self.momentum, eps=self.eps, backend=impl, start_step=start_step,
                 )
                 ys.append(y)
                 h_n.append(h)

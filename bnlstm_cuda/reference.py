@@ -49,7 +49,7 @@ def _bn_named(stats, z, gamma, beta, name, row, use_batch, momentum, eps):
                            stats["num_batches_tracked"], row, use_batch, momentum, eps)
 
 
-def layer(seqs, h0, c0, params, stats, training, momentum, eps, reverse):
+def layer(seqs, h0, c0, params, stats, training, momentum, eps, reverse, start_step=0):
     """One layer and direction over a list of sequences.
 
     seqs: list of B tensors (len_b, input_size), any lengths >= 1, any order.
@@ -57,6 +57,7 @@ def layer(seqs, h0, c0, params, stats, training, momentum, eps, reverse):
     gamma_c, beta_c. stats: dict with mean_ih, var_ih, mean_hh, var_hh, mean_c, var_c
     (max_length, F) and num_batches_tracked (max_length,), updated in place when training.
     reverse: step s of a sequence reads its element len-1-s (nn.LSTM's convention).
+    start_step: the first step is step start_step of the sequence (its statistics row).
     Returns (list of B outputs (len_b, H), h_n (B, H), c_n (B, H)).
     """
     lengths = [s.shape[0] for s in seqs]
@@ -68,7 +69,7 @@ def layer(seqs, h0, c0, params, stats, training, momentum, eps, reverse):
     outs = [[] for _ in seqs]
     for t in range(max(lengths)):
         active = [b for b, n in enumerate(lengths) if n > t]
-        row = min(t, max_length - 1)
+        row = min(start_step + t, max_length - 1)
         use_batch = training and len(active) >= 2
         if use_batch:
             stats["num_batches_tracked"][row] += 1
@@ -103,11 +104,12 @@ def _layer_tensors(module, k, sfx):
     return params, stats
 
 
-def bnlstm_forward(module, input, hx=None):
+def bnlstm_forward(module, input, hx=None, start_step=0):
     """Run `module`'s parameters and buffers through the oracle, with nn.LSTM's conventions.
 
     Takes a `bnlstm_cuda.BNLSTM` (only its attributes are read, and its running buffers updated
-    when module.training) and the same (input, hx) as its forward; returns (output, (h_n, c_n)).
+    when module.training) and the same (input, hx, start_step) as its forward; returns
+    (output, (h_n, c_n)).
     """
     if module.training and module.dropout > 0 and module.num_layers > 1:
         raise ValueError("the reference does not model inter-layer dropout; use dropout=0")
@@ -136,7 +138,7 @@ def bnlstm_forward(module, input, hx=None):
             idx = k * dirs + d
             o, h, c = layer(
                 seqs, hx[0][idx], hx[1][idx], params, stats, module.training,
-                module.momentum, module.eps, reverse=bool(d),
+                module.momentum, module.eps, reverse=bool(d), start_step=start_step,
             )
             outs.append(o)
             h_n.append(h)

@@ -20,6 +20,20 @@ def check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
+def check_start_step(value, reverse: bool, name: str = "start_step") -> int:
+    """The sequence step a call starts at: an int in [0, 2**63) (int64, as the step counts are
+    kept). A reverse direction reads each sequence from its end, so its steps of a call that
+    continues a sequence are not the steps of the whole sequence: it takes only 0."""
+    value = check_int(name, value, 0)
+    if value >= 2**63:
+        raise ValueError(f"{name}: expected an int below 2**63, got {value}")
+    if reverse and value:
+        raise ValueError(f"{name}: a reverse direction reads each sequence from its last "
+                         f"element, so a call cannot continue a sequence there; expected 0 "
+                         f"with a bidirectional model or reverse=True, got {value}")
+    return value
+
+
 def check_real(name: str, value, low: float = -math.inf, high: float = math.inf) -> float:
     """A finite number in [low, high]: an infinite eps or gamma would silently zero every
     normalised value."""

@@ -58,3 +58,20 @@ def test_compiled_matches_eager(backend, compiler, momentum, modes, backward):
             assert_rel_close(grads2[name], grads[name], name="grad " + name)
         for (name, a), (_, b) in zip(compiled_model.named_buffers(), eager.named_buffers()):
             assert_rel_close(a, b, name=name)
+
+
+def test_compiled_continued_calls_match_eager(backend):
+    """One step per call with start_step running past max_length (sampling), as one graph per
+    call: the same outputs and running rows as eager."""
+    torch._dynamo.reset()
+    eager = BNLSTM(3, 6, max_length=3, backend=backend, dtype=D)
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model, backend="aot_eager", fullgraph=True)
+    hx = hx2 = None
+    for step in range(5):
+        x = torch.randn(1, 4, 3, dtype=D)
+        y, hx = eager(x, hx, start_step=step)
+        y2, hx2 = compiled(x, hx2, start_step=step)
+        assert_rel_close(y2, y, name=f"output at step {step}")
+    for (name, a), (_, b) in zip(compiled_model.named_buffers(), eager.named_buffers()):
+        assert_rel_close(a, b, name=name)
