@@ -162,7 +162,8 @@ class BNLSTM(_BNLSTMBase):
     `bnlstm_cuda.compute_population_statistics`). A training step with fewer than 2 running
     sequences has no batch variance: it normalises with its running row and leaves it unchanged.
     In evaluation, step t uses row min(t, max_length-1): steps past the longest trained length
-    reuse the last row, as the paper prescribes.
+    reuse the last row, as the paper prescribes. A call that continues a sequence counts t from
+    its start_step (see forward); bnlstm_cuda.BNLSTMCell is the one-step form.
 
     Initialisation, following the authors' scripts:
         gamma_ih = gamma_hh = gamma_c = gamma_init (0.1: with 1, gradients vanish through time);
