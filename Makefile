@@ -16,7 +16,7 @@ CI_CUDA_ARCHS ?= 9.0
 EXT_LOG := build/ext-build.log
 CPU_EXT_LOG := build/cpu-ext-build.log
 
-.PHONY: bench paper demo test build-ext gpu-build gpu-check clean
+.PHONY: bench paper demo char-lm test build-ext gpu-build gpu-check clean
 
 # The package and its dependencies; the extension is built by the next rule (an editable
 # install keeps the built module in bnlstm_cuda/, so reinstalling without a build keeps it).
@@ -85,6 +85,12 @@ emulate: $(VENV)/.installed
 
 demo: $(VENV)/.ext-built
 	$(PY) examples/demo.py
+
+# The character-level language model (examples/char_lm.py); its text comes from Debian's
+# bible-kjv-text package, read by the bible program (apt-get install bible-kjv, as root).
+char-lm: $(VENV)/.bench $(VENV)/.ext-built
+	@command -v bible > /dev/null || { echo "char-lm needs the bible program: apt-get install bible-kjv"; exit 1; }
+	$(PY) -m examples.char_lm
 
 # On the GPU machine (its own python3 with torch, nvcc, ninja; no internet). Then:
 # BNLSTM_TEST_DEVICE=cuda python3 -m pytest tests/test_cpp_ext.py
