@@ -60,25 +60,31 @@ class Config(NamedTuple):
     num_warps: int
 
 
-# Every configuration the launcher can pick (CI compiles each one for sm_80 and sm_90).
+# Every configuration the launcher can pick (CI compiles each one for sm_80 and sm_90 and fails
+# on a spill: tools/triton_report.py). 8 warps from 32 rows up, and a 16-wide reduction step at
+# 64 rows, keep every variant within 255 registers; 16 units per program, as more programs fill
+# more SMs. The backward and the fused-input forward stop at 32-row chunks: at 64 they spill.
 CONFIGS = (
     Config(16, 16, 16, 4),
-    Config(32, 16, 32, 4),
-    Config(64, 16, 32, 4),
-    Config(64, 32, 32, 8),
+    Config(32, 16, 32, 8),
+    Config(64, 16, 16, 8),
 )
+SHORT_CONFIGS = CONFIGS[:2]
 
 
-def pick_config(B: int, H: int, device: torch.device) -> Config:
-    """Smallest tiles under the interpreter (so chunk loops are exercised by small tests);
-    on a GPU, a chunk that holds the batch up to 64 rows and wider programs for wide layers."""
+def launch_options(cfg: Config) -> dict:
+    """Compile options of a launch. maxnreg: ptxas otherwise trades registers for occupancy and
+    spills (seen at 168 and 128 registers), though a step's grid is at most a program per SM."""
+    return dict(num_warps=cfg.num_warps, maxnreg=255)
+
+
+def pick_config(B: int, device: torch.device, short: bool = False) -> Config:
+    """Smallest tiles under the interpreter (so chunk loops are exercised by small tests); on a
+    GPU, the first chunk that holds the batch, else the tallest (of SHORT_CONFIGS if short)."""
+    configs = SHORT_CONFIGS if short else CONFIGS
     if device.type == "cpu":
-        return CONFIGS[0]
-    if B <= 16:
-        return CONFIGS[0]
-    if B <= 32:
-        return CONFIGS[1]
-    return CONFIGS[3] if H >= 1024 else CONFIGS[2]
+        return configs[0]
+    return next((c for c in configs if B <= c.block_b), configs[-1])
 
 
 INPUT_PRODUCTS = ("hoisted", "fused")
@@ -527,15 +533,21 @@ if triton is not None:
 
 def _kernel_flags(device: torch.device, acc: torch.dtype) -> dict:
     """The interpreter (CPU tensors) mis-computes low-precision tl.dot, so operands are upcast
-    there; fp32 products use TF32 only where torch's matmuls are allowed to."""
+    there. fp32 products run on tensor cores either way: in TF32 where torch's matmuls may
+    (torch.backends.cuda.matmul.allow_tf32), else as tf32x3 (three TF32 products, about fp32's
+    accuracy); float64 stays exact, as it is the check."""
     tf32 = torch.backends.cuda.matmul.allow_tf32
-    return dict(UPCAST_DOT=device.type == "cpu", INPUT_PRECISION="tf32" if tf32 else "ieee",
+    precision = "ieee" if acc == torch.float64 else "tf32" if tf32 else "tf32x3"
+    return dict(UPCAST_DOT=device.type == "cpu", INPUT_PRECISION=precision,
                 ACC=tl.float64 if acc == torch.float64 else tl.float32)
 
 
-def _config(B: int, H: int, device: torch.device, backward: bool = False) -> Config:
-    cfg = SETTINGS.config or pick_config(B, H, device)
-    return cfg._replace(block_h=max(cfg.block_h, 16)) if backward else cfg
+def _config(B: int, device: torch.device, backward: bool = False, short: bool = False
+            ) -> Config:
+    if SETTINGS.config is None:
+        return pick_config(B, device, short or backward)
+    return SETTINGS.config._replace(block_h=max(SETTINGS.config.block_h, 16)) if backward \
+        else SETTINGS.config
 
 
 def _launch_forward(u, weight_hh, gamma_hh, gamma_c, beta_c, h0, c0, mean_hh, var_hh, mean_c,
@@ -547,7 +559,8 @@ def _launch_forward(u, weight_hh, gamma_hh, gamma_c, beta_c, h0, c0, mean_hh, va
     T, B, G = u.shape
     H = G // 4
     dev = u.device
-    cfg = _config(B, H, dev)
+    fused_input = in_step is not None
+    cfg = _config(B, dev, short=fused_input)
     acc = u.dtype
     y = h0.new_zeros(T + 1, B, H)
     y[0] = h0
@@ -558,7 +571,6 @@ def _launch_forward(u, weight_hh, gamma_hh, gamma_c, beta_c, h0, c0, mean_hh, va
     stat_c = torch.empty(T, 2, H, device=dev, dtype=acc)
     # rows that never run (batch_sizes[0] < B) keep h0/c0; row-major, as the kernel writes them
     h_n, c_n = (t.clone(memory_format=torch.contiguous_format) for t in (h0, c0))
-    fused_input = in_step is not None
     if fused_input:
         x, weight_ih, bias, gamma_ih, mean_ih, var_ih, xw, stat_ih = in_step
         has_bias, k_in = bias is not None, x.shape[-1]
@@ -584,7 +596,7 @@ def _launch_forward(u, weight_hh, gamma_hh, gamma_c, beta_c, h0, c0, mean_hh, va
                 USE_BATCH=factors[t] >= 0, HAS_BIAS=has_bias, **flags, FUSED_INPUT=fused_input,
                 FACTOR_IN_MEMORY=in_memory,
                 BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-                num_warps=cfg.num_warps,
+                **launch_options(cfg),
             )
 
     key = step_graphs.graph_key(tensors, "fwd", tuple(batch_sizes), tuple(rows),
@@ -600,7 +612,7 @@ def _launch_backward(u, hw, cell, weight_hh, gamma_hh, gamma_c, beta_c, stat_hh,
     T, B, G = hw.shape
     H = G // 4
     dev = dy.device
-    cfg = _config(B, H, dev, backward=True)
+    cfg = _config(B, dev, backward=True)
     acc = hw.dtype
     flags = _kernel_flags(dev, acc)
     weight_hh = weight_hh.contiguous()
@@ -620,7 +632,7 @@ def _launch_backward(u, hw, cell, weight_hh, gamma_hh, gamma_c, beta_c, stat_hh,
             _bwd_step_kernel[grid](
                 *tensors, t, batch_sizes[t], batch_sizes[t + 1] if t + 1 < T else 0, B, H,
                 USE_BATCH=use_batch[t], **flags, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-                BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+                BLOCK_K=cfg.block_k, **launch_options(cfg),
             )
 
     key = step_graphs.graph_key(tensors, "bwd", tuple(batch_sizes), tuple(use_batch),
