@@ -5,8 +5,9 @@ Two sets of compiles, each through the JIT's own binder (so pointers, and int ar
 multiples of 16, get divisibility 16 exactly as at run time), with the flags the launchers pass:
 - every configuration the launcher can pick, with B, H and the input width not multiples of 16
   (what runs at the paper's H=100), per dtype (fp32 at its default precision, tf32 where
-  torch.backends.cuda.matmul.allow_tf32 is on);
-- what pick_config chooses at the benchmark's GPU shapes (benchmarks/shapes.py), sm_90, with
+  torch.backends.cuda.matmul.allow_tf32 is on), and on sm_90 the persistent launches (one
+  program, every step);
+- what triton_step.plan chooses at the benchmark's GPU shapes (benchmarks/shapes.py), sm_90, with
   their programs per step against an H100's 132 SMs (programs/132).
 Exits non-zero when anything spills (STACK or LOCAL bytes in the cubin: spilled registers land
 in STACK), shared memory is over the chip's limit, or an fp32, tf32, bf16 or fp16 compile has no
@@ -35,27 +36,31 @@ KERNELS = (("_fwd_step_kernel", None), ("_fwd_step_kernel", "FUSED_INPUT"),
            ("_bwd_step_kernel", None))
 IO_POINTERS = {"x_ptr", "w_ih_ptr", "xw_ptr", "y_ptr", "w_hh_ptr", "gamma_ih_ptr",
                "gamma_hh_ptr", "bias_ptr", "gamma_c_ptr", "beta_c_ptr", "h_n_ptr", "c_n_ptr",
-               "dy_ptr"}  # the layer's dtype; the rest accumulate
+               "dy_ptr"}  # the layer's dtype; the rest accumulate, but
+STEP_POINTERS = {"batch_sizes_ptr", "rows_ptr", "use_batch_ptr"}  # int32
 NOT_MULTIPLE_OF_16 = 17
 
 
-def _arguments(fn, flags, cfg, dtype, acc, sizes, fused_input):
+def _arguments(fn, flags, plan, dtype, acc, sizes, fused_input):
     """The launch's arguments as the launcher passes them: mock tensors (16-byte aligned, as the
     caching allocator's are) of the layer's or the accumulator dtype, the sizes, the flags."""
+    import triton.language as tl
     from triton.runtime.jit import MockTensor
 
+    cfg = plan.cfg
     constexprs = dict(flags, USE_BATCH=True, HAS_BIAS=True, FUSED_INPUT=fused_input,
-                      FACTOR_IN_MEMORY=False, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-                      BLOCK_K=cfg.block_k)
+                      FACTOR_IN_MEMORY=False, PERSISTENT=plan.persistent, BLOCK_B=cfg.block_b,
+                      BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k)
     args = []
     for param in fn.params:
         if param.is_constexpr:
             args.append(constexprs[param.name])
         elif param.name.endswith("_ptr"):
-            args.append(MockTensor(dtype if param.name in IO_POINTERS else acc))
+            args.append(MockTensor(tl.int32 if param.name in STEP_POINTERS
+                                   else dtype if param.name in IO_POINTERS else acc))
         elif param.annotation_type.startswith("fp"):
             args.append(0.1)
-        else:  # t, n, n_next, row are never specialised; B, H, K_in as given
+        else:  # the per-step numbers are never specialised; B, H, K_in as given
             args.append(sizes.get(param.name, NOT_MULTIPLE_OF_16))
     return args
 
@@ -91,28 +96,29 @@ def _cubin_tool(tool, cubin, *flags):
 
 
 def compile_one(job):
-    """Compile one job (kernel, variant, precision, arch, config or None, shape or None); return
+    """Compile one job (kernel, variant, precision, arch, plan or None, shape or None); return
     its report row."""
     import torch
     import triton.language as tl
 
     from bnlstm_cuda.backends import triton_step
 
-    kernel_name, variant, precision, arch, cfg, shape = job
+    kernel_name, variant, precision, arch, launch, shape = job
     fn = getattr(triton_step, kernel_name)
     dtype = getattr(torch, DTYPES[precision])
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     sizes = {}
     if shape is not None:
         sizes = dict(B=shape.B, H=shape.hidden_size, K_in=shape.input_size)
-        cfg = triton_step.pick_config(shape.B, torch.device("cuda"),
-                                      short=(kernel_name, variant) != KERNELS[0])
+        launch = triton_step.plan(shape.B, shape.hidden_size, torch.device("cuda"),
+                                  backward=kernel_name == "_bwd_step_kernel",
+                                  fused_input=variant == "FUSED_INPUT")
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     flags = triton_step._kernel_flags(torch.device("cuda"), acc)
-    args = _arguments(fn, flags, cfg, getattr(tl, DTYPES[precision]),
+    args = _arguments(fn, flags, launch, getattr(tl, DTYPES[precision]),
                       tl.float64 if precision == "fp64" else tl.float32, sizes,
                       variant == "FUSED_INPUT")
-    compiled = _compile(fn, args, triton_step.launch_options(cfg), arch)
+    compiled = _compile(fn, args, triton_step.launch_options(launch.cfg), arch)
     usage = _cubin_tool("cuobjdump", compiled.asm["cubin"], "--dump-resource-usage")
     regs, stack, local = (int(re.search(rf"{k}:(\d+)", usage).group(1))
                           for k in ("REG", "STACK", "LOCAL"))
@@ -120,7 +126,7 @@ def compile_one(job):
     mma = {kind: n for kind in ("HGMMA", "HMMA", "DMMA")
            if (n := MMA_SASS.findall(sass).count(kind))}
     shared = compiled.metadata.shared
-    programs = -(-shape.hidden_size // cfg.block_h) if shape is not None else None
+    programs = launch.grid[0] if shape is not None else None
     problems = []
     if stack or local:
         problems.append("spills")
@@ -128,7 +134,8 @@ def compile_one(job):
         problems.append("shared memory")
     if precision != "fp64" and not (mma.get("HGMMA") or mma.get("HMMA")):
         problems.append("no tensor cores")
-    return dict(kernel=kernel_name + (f"+{variant}" if variant else ""), cfg=tuple(cfg),
+    variant = "+".join(v for v in (variant, launch.persistent and "PERSISTENT") if v)
+    return dict(kernel=kernel_name + (f"+{variant}" if variant else ""), cfg=tuple(launch.cfg),
                 precision=precision, arch=arch, regs=regs, spill=stack + local, shared=shared,
                 mma=" ".join(f"{n} {kind}" for kind, n in mma.items()) or "none",
                 programs=programs,
@@ -142,14 +149,19 @@ def _jobs(args):
     from benchmarks.shapes import GPU_DEFAULT
     from bnlstm_cuda.backends import triton_step
 
-    jobs = [(name, variant, precision, arch, cfg, None) for name, variant in KERNELS
-            for cfg in (triton_step.CONFIGS if (name, variant) == KERNELS[0]
-                        else triton_step.SHORT_CONFIGS)
-            for precision in args.precision for arch in args.arch]
-    if 90 in args.arch:
+    # every configuration pick_config can give, and the persistent launches (sm_90)
+    plans = [(name, variant, triton_step.Plan(cfg, None, False)) for name, variant in KERNELS
+             for cfg in (triton_step.CONFIGS if (name, variant) == KERNELS[0]
+                         else triton_step.SHORT_CONFIGS)]
+    plans += [(name, None, triton_step.Plan(triton_step.PERSISTENT_CONFIG, (1,), True))
+              for name in ("_fwd_step_kernel", "_bwd_step_kernel")]
+    jobs = [(name, variant, precision, arch, launch, None)
+            for name, variant, launch in plans for precision in args.precision
+            for arch in args.arch if arch == 90 or not launch.persistent]
+    if 90 in args.arch:  # the launches the benchmark's shapes get
         by_dtype = {getattr(torch, v): k for k, v in DTYPES.items() if k != "tf32"}
-    jobs += [(name, variant, by_dtype[shape.dtype], 90, None, shape)
-             for shape in GPU_DEFAULT for name, variant in KERNELS]
+        jobs += [(name, variant, by_dtype[shape.dtype], 90, None, shape)
+                 for shape in GPU_DEFAULT for name, variant in KERNELS]
     return jobs
 
 
@@ -164,14 +176,14 @@ def main() -> int:
         return 2
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(compile_one, _jobs(args)))
-    print(f"| {'kernel':28} | {'shape':24} | {'config (B,H,K,w)':17} | dtype | dot    | sm "
+    print(f"| {'kernel':38} | {'shape':24} | {'config (B,H,K,w)':17} | dtype | dot    | sm "
           f"| regs | spill | shared | {'MMA in SASS':11} | {'programs':12} | ok |")
-    print("|" + "|".join("-" * w for w in (30, 26, 19, 7, 8, 4, 6, 7, 8, 13, 14, 4)) + "|")
+    print("|" + "|".join("-" * w for w in (40, 26, 19, 7, 8, 4, 6, 7, 8, 13, 14, 4)) + "|")
     for r in rows:
         programs = f"{r['programs']} ({r['programs'] / H100_SMS:.0%})" if r["programs"] else "-"
         dtype = "fp32" if r["precision"] == "tf32" else r["precision"]
         dot = r["input_precision"] if dtype == "fp32" else "-"
-        print(f"| {r['kernel']:28} | {r['shape']:24} | {str(r['cfg']):17} | {dtype:5} "
+        print(f"| {r['kernel']:38} | {r['shape']:24} | {str(r['cfg']):17} | {dtype:5} "
               f"| {dot:6} | {r['arch']} | {r['regs']:>4} | {r['spill']:>5} "
               f"| {r['shared']:>6} | {r['mma']:11} | {programs:>12} "
               f"| {', '.join(r['problems']) or 'ok'} |")
