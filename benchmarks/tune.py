@@ -45,7 +45,7 @@ def tune_shape(shape: Shape, device: torch.device, budget_ms: float,
     x = torch.randn(shape.T, shape.B, shape.input_size, device=device, dtype=shape.dtype)
     dy = torch.randn(shape.T, shape.B, shape.hidden_size, device=device, dtype=shape.dtype)
     provider = backend_provider("triton", device)
-    chosen = triton_step.pick_config(shape.B, shape.hidden_size, device)
+    chosen = triton_step.pick_config(shape.B, device)
     want = None
     lines = [shape.describe(), f"{'config (B,H,K,warps)':24} {'fwd_bwd ms p50':>15} "
              f"{'rel. diff':>10}"]

@@ -346,3 +346,47 @@ def test_auto_never_takes_the_interpreter_and_triton_needs_a_device_it_supports(
         assert bnlstm_cuda.backends.resolve("auto", torch.device("cpu"), dtype) is not triton_step
     with pytest.raises(ValueError, match="backend .triton. cannot run on meta"):
         bnlstm_cuda.backends.resolve("triton", torch.device("meta"))
+
+
+def _count_launches(monkeypatch, kernel_name):
+    """Count the launches of triton_step.<kernel_name> and their `steps` argument."""
+    kernel = getattr(triton_step, kernel_name)
+    launches = []
+
+    class Counting:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append((grid, kwargs["PERSISTENT"]))
+                return kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(triton_step, kernel_name, Counting())
+    return launches
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_persistent_layer(training, monkeypatch):
+    """Every step of a layer in one launch of one program, forward and backward: 17 rows in
+    two 16-row chunks whose running rows shrink to one chunk and below it, 24 units in two
+    blocks (the second part padding), T=7 past max_length=3; float64 exact, float32 by the
+    rule. One launch per pass and dtype."""
+    forward = _count_launches(monkeypatch, "_fwd_step_kernel")
+    backward = _count_launches(monkeypatch, "_bwd_step_kernel")
+    lengths = [7, 2, 7, 7, 1, 4, 7, 3, 5, 6, 7, 2, 7, 4, 4, 1, 7]
+    with triton_step.use_persistent(True):
+        check_rule(make_model(hidden=24, training=training, max_length=3),
+                   packed(_x(7, 17), lengths))
+    assert forward == backward == [((1,), True)] * 2
+
+
+def test_persistent_layer_cumulative_momentum_and_the_gpu_plan():
+    """momentum=None: the persistent launch reads every step's weight from the device. On a GPU
+    a layer takes it up to PERSISTENT_MAX_H units, the fused-input forward never."""
+    cuda = torch.device("cuda")
+    assert triton_step.plan(64, 128, cuda) == triton_step.Plan(triton_step.PERSISTENT_CONFIG, (1,),
+                                                               True)
+    assert not triton_step.plan(5, 129, cuda).persistent
+    assert not triton_step.plan(5, 8, cuda, fused_input=True).persistent
+    with triton_step.use_persistent(True):
+        check_rule(make_model(hidden=8, bias=False, momentum=None), packed(_x(5, 5),
+                                                                           [5, 2, 5, 4, 1]))

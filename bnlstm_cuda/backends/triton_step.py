@@ -60,25 +60,31 @@ class Config(NamedTuple):
     num_warps: int
 
 
-# Every configuration the launcher can pick (CI compiles each one for sm_80 and sm_90).
+# Every configuration the launcher can pick (CI compiles each one for sm_80 and sm_90 and fails
+# on a spill: tools/triton_report.py). 8 warps from 32 rows up, and a 16-wide reduction step at
+# 64 rows, keep every variant within 255 registers; 16 units per program, as more programs fill
+# more SMs. The backward and the fused-input forward stop at 32-row chunks: at 64 they spill.
 CONFIGS = (
     Config(16, 16, 16, 4),
-    Config(32, 16, 32, 4),
-    Config(64, 16, 32, 4),
-    Config(64, 32, 32, 8),
+    Config(32, 16, 32, 8),
+    Config(64, 16, 16, 8),
 )
+SHORT_CONFIGS = CONFIGS[:2]
 
 
-def pick_config(B: int, H: int, device: torch.device) -> Config:
-    """Smallest tiles under the interpreter (so chunk loops are exercised by small tests);
-    on a GPU, a chunk that holds the batch up to 64 rows and wider programs for wide layers."""
+def launch_options(cfg: Config) -> dict:
+    """Compile options of a launch. maxnreg: ptxas otherwise trades registers for occupancy and
+    spills (seen at 168 and 128 registers), though a step's grid is at most a program per SM."""
+    return dict(num_warps=cfg.num_warps, maxnreg=255)
+
+
+def pick_config(B: int, device: torch.device, short: bool = False) -> Config:
+    """Smallest tiles under the interpreter (so chunk loops are exercised by small tests); on a
+    GPU, the first chunk that holds the batch, else the tallest (of SHORT_CONFIGS if short)."""
+    configs = SHORT_CONFIGS if short else CONFIGS
     if device.type == "cpu":
-        return CONFIGS[0]
-    if B <= 16:
-        return CONFIGS[0]
-    if B <= 32:
-        return CONFIGS[1]
-    return CONFIGS[3] if H >= 1024 else CONFIGS[2]
+        return configs[0]
+    return next((c for c in configs if B <= c.block_b), configs[-1])
 
 
 INPUT_PRODUCTS = ("hoisted", "fused")
@@ -86,8 +92,11 @@ INPUT_PRODUCTS = ("hoisted", "fused")
 # loop (the default), or "fused", each step's launch computes its own beside h W_hh^T (the design
 # card's first plan). The benchmark times both (launch "fused_input"); the default follows its
 # numbers. config: the launch configuration forced on every launch (None: pick_config's choice).
+# persistent: run a layer's steps in one launch (Plan): None, where H <= PERSISTENT_MAX_H on a
+# GPU (never under the interpreter, whose tests force it); True or False everywhere.
 SETTINGS = types.SimpleNamespace(input_product=os.environ.get("BNLSTM_TRITON_INPUT_PRODUCT",
-                                                              "hoisted"), config=None)
+                                                              "hoisted"), config=None,
+                                 persistent=None)
 
 
 @contextlib.contextmanager
@@ -105,6 +114,11 @@ def use_input_product(mode: str):
     """Run forwards inside the block with the input product `mode` (one of INPUT_PRODUCTS)."""
     _check_input_product(mode, "mode")
     return _setting("input_product", mode)
+
+
+def use_persistent(on: bool):
+    """Inside the block, every layer runs its steps in one launch (on) or one per step."""
+    return _setting("persistent", on)
 
 
 def use_config(cfg: Config):
@@ -175,7 +189,7 @@ if triton is not None:
 
     @triton.jit
     def _statistics(total, centred, n, factor, eps, run_mean_ptr, run_var_ptr, stat_ptr, C,
-                    cols, col_mask, USE_BATCH: tl.constexpr, ACC: tl.constexpr):
+                    cols, col_mask, USE_BATCH, ACC: tl.constexpr):
         """Mean and 1/std of features `cols` (C of them) for this step, saved to stat_ptr
         ([2, C]: mean, rstd). With batch statistics the running row moves by `factor`
         towards them (unbiased variance); otherwise the running row is used as it is."""
@@ -239,9 +253,11 @@ if triton is not None:
         t, _ = _tanh_sech2(x)
         return t
 
-    # The step's own numbers (t, n, n_next, row) are not specialised on (Triton compiles a
-    # variant per value class: == 1, divisible by 16, other): one binary serves every step.
-    PER_STEP = ["t", "n", "n_next", "row"]
+    # The step's own numbers (t_first, n, n_next, row) are not specialised on (Triton compiles
+    # a variant per value class: == 1, divisible by 16, other): one binary serves every step.
+    # A launch runs `steps` steps from t_first: 1, or with PERSISTENT the whole loop (one
+    # program owns every unit, reads each step's numbers from memory, a barrier ends each step).
+    PER_STEP = ["t_first", "n", "n_next", "row", "steps"]
 
     @triton.jit(do_not_specialize=PER_STEP)
     def _fwd_step_kernel(
@@ -265,24 +281,66 @@ if triton is not None:
         stat_hh_ptr,  # [T, 2, 4H] ACC out: mean, rstd used at step t
         stat_c_ptr,  # [T, 2, H] ACC out
         h_n_ptr, c_n_ptr,  # [B, H] out: rows n_next..n-1 end at this step
-        factor_ptr,  # [T] ACC: the update weights, read only with FACTOR_IN_MEMORY
-        t, n, n_next, row, factor: tl.float64, eps: tl.float64, B, H, K_in,
+        factor_ptr,  # [T] ACC: the update weights, read with FACTOR_IN_MEMORY or PERSISTENT
+        # (then < 0: the step normalises with its running row)
+        batch_sizes_ptr,  # [T+1] int32: running rows per step, then 0; read with PERSISTENT
+        rows_ptr,  # [T] int32: each step's running-statistics row; read with PERSISTENT
+        t_first, n, n_next, row, steps, factor: tl.float64, eps: tl.float64, B, H, K_in,
         USE_BATCH: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST_DOT: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr, FUSED_INPUT: tl.constexpr,
-        FACTOR_IN_MEMORY: tl.constexpr,
+        FACTOR_IN_MEMORY: tl.constexpr, PERSISTENT: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
-        G = 4 * H
         # float64 arguments (the launcher would round an unannotated float to float32), used in
         # ACC; tl.full casts both a GPU argument and the interpreter's plain float
-        factor = tl.full((), factor, ACC)
         eps = tl.full((), eps, ACC)
-        if FACTOR_IN_MEMORY:  # a cumulative average: the weight lives on the device
-            factor = tl.load(factor_ptr + t)
-        j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+        if PERSISTENT:
+            for t in range(t_first, t_first + steps):  # step numbers not carried: new names
+                n_t = tl.load(batch_sizes_ptr + t)
+                n_next_t = tl.load(batch_sizes_ptr + t + 1)
+                factor_t = tl.load(factor_ptr + t)
+                for unit_block in range(0, tl.cdiv(H, BLOCK_H)):  # what the grid would run
+                    _fwd_step(x_ptr, w_ih_ptr, xw_ptr, gamma_ih_ptr, bias_ptr, run_mean_ih_ptr,
+                              run_var_ih_ptr, stat_ih_ptr, u_ptr, hw_ptr, y_ptr, cell_ptr,
+                              w_hh_ptr, gamma_hh_ptr, gamma_c_ptr, beta_c_ptr, run_mean_hh_ptr,
+                              run_var_hh_ptr, run_mean_c_ptr, run_var_c_ptr, stat_hh_ptr,
+                              stat_c_ptr, h_n_ptr, c_n_ptr, unit_block, t, n_t, n_next_t,
+                              tl.load(rows_ptr + t), factor_t, eps, factor_t >= 0, B, H, K_in,
+                              HAS_BIAS, UPCAST_DOT, INPUT_PRECISION, ACC, FUSED_INPUT, BLOCK_B,
+                              BLOCK_H, BLOCK_K)
+                tl.debug_barrier()  # h_t and c_t of every unit, before the next step reads them
+        else:
+            factor = tl.full((), factor, ACC)
+            if FACTOR_IN_MEMORY:  # a cumulative average: the weight lives on the device
+                factor = tl.load(factor_ptr + t_first)
+            _fwd_step(x_ptr, w_ih_ptr, xw_ptr, gamma_ih_ptr, bias_ptr, run_mean_ih_ptr,
+                      run_var_ih_ptr, stat_ih_ptr, u_ptr, hw_ptr, y_ptr, cell_ptr, w_hh_ptr,
+                      gamma_hh_ptr, gamma_c_ptr, beta_c_ptr, run_mean_hh_ptr, run_var_hh_ptr,
+                      run_mean_c_ptr, run_var_c_ptr, stat_hh_ptr, stat_c_ptr, h_n_ptr, c_n_ptr,
+                      tl.program_id(0), t_first, n, n_next, row, factor, eps, USE_BATCH, B, H,
+                      K_in, HAS_BIAS, UPCAST_DOT, INPUT_PRECISION, ACC, FUSED_INPUT, BLOCK_B,
+                      BLOCK_H, BLOCK_K)
+
+    @triton.jit
+    def _fwd_step(x_ptr, w_ih_ptr, xw_ptr, gamma_ih_ptr, bias_ptr, run_mean_ih_ptr,
+                  run_var_ih_ptr, stat_ih_ptr, u_ptr, hw_ptr, y_ptr, cell_ptr, w_hh_ptr,
+                  gamma_hh_ptr, gamma_c_ptr, beta_c_ptr, run_mean_hh_ptr, run_var_hh_ptr,
+                  run_mean_c_ptr, run_var_c_ptr, stat_hh_ptr, stat_c_ptr, h_n_ptr, c_n_ptr,
+                  unit_block, t, n, n_next, row, factor, eps, USE_BATCH, B, H, K_in,
+                  HAS_BIAS: tl.constexpr, UPCAST_DOT: tl.constexpr,
+                  INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr, FUSED_INPUT: tl.constexpr,
+                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Forward step t of hidden units unit_block * BLOCK_H + [0, BLOCK_H)."""
+        G = 4 * H
+        j = unit_block * BLOCK_H + tl.arange(0, BLOCK_H)
         j_mask = j < H
         rb = tl.arange(0, BLOCK_B)
-        t64 = t.to(tl.int64)
+        # the block's 4 * BLOCK_H features (gate-major: column c is gate c // BLOCK_H of unit
+        # c % BLOCK_H)
+        c4 = tl.arange(0, 4 * BLOCK_H)
+        cols = (c4 // BLOCK_H) * H + unit_block * BLOCK_H + c4 % BLOCK_H
+        c_mask = unit_block * BLOCK_H + c4 % BLOCK_H < H
+        t64 = tl.full((), t, tl.int64)  # the interpreter's loop counter is a plain int
         xw_t = xw_ptr + t64 * B * G
         u_t = u_ptr + t64 * B * G
         hw_t = hw_ptr + t64 * B * G
@@ -295,11 +353,8 @@ if triton is not None:
         stat_c_t = stat_c_ptr + t64 * 2 * H
         row64 = row.to(tl.int64)
 
-        # the products' statistics for the program's 4 * BLOCK_H features at once (gate-major:
-        # column c is gate c // BLOCK_H of unit c % BLOCK_H), one matmul per row chunk
-        c4 = tl.arange(0, 4 * BLOCK_H)
-        cols = (c4 // BLOCK_H) * H + tl.program_id(0) * BLOCK_H + c4 % BLOCK_H
-        c_mask = tl.program_id(0) * BLOCK_H + c4 % BLOCK_H < H
+        # the products' statistics for the program's 4 * BLOCK_H features at once, one matmul
+        # per row chunk
         sum_x = tl.zeros((4 * BLOCK_H,), dtype=ACC)
         sum_h = tl.zeros((4 * BLOCK_H,), dtype=ACC)
         for b0 in range(0, n, BLOCK_B):
@@ -397,14 +452,14 @@ if triton is not None:
                      mask=m2 & (rows >= n_next)[:, None])
 
     @triton.jit
-    def _bn_backward(d, xhat, rstd, sum_d, sum_dx, n, USE_BATCH: tl.constexpr):
+    def _bn_backward(d, xhat, rstd, sum_d, sum_dx, n, USE_BATCH):
         """Gradient through (z - mean) * rstd given d = dL/dxhat; with batch statistics the
         mean and variance depend on every row (sum_d, sum_dx: batch sums of d and d * xhat)."""
         if USE_BATCH:
-            return rstd[None, :] * (d - sum_d[None, :] / n - xhat * (sum_dx / n)[None, :])
+            d = d - sum_d[None, :] / n - xhat * (sum_dx / n)[None, :]
         return rstd[None, :] * d
 
-    @triton.jit(do_not_specialize=PER_STEP[:3])
+    @triton.jit(do_not_specialize=["t_last", "n", "n_next", "steps"])
     def _bwd_step_kernel(
         u_ptr,  # [T, B, 4H] ACC: the input's contribution, as the forward read it
         hw_ptr,  # [T, B, 4H] ACC as saved by the forward
@@ -421,16 +476,46 @@ if triton is not None:
         dc_ptr,  # [B, H] ACC carry: dL/dc_t in, dL/dc_{t-1} out (starts as dc_n)
         dsum_ptr,  # [T, 4H] ACC out: batch sums of dpre * xhat_hh
         dsum_c_ptr,  # [T, 2, H] ACC out: batch sums of dcn*chat, dcn
-        t, n, n_next, B, H,
+        batch_sizes_ptr,  # [T+1] int32: running rows per step, then 0; read with PERSISTENT
+        use_batch_ptr,  # [T] int32: batch statistics at step t (else running); PERSISTENT
+        t_last, n, n_next, steps, B, H,
         USE_BATCH: tl.constexpr, UPCAST_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-        ACC: tl.constexpr,
+        ACC: tl.constexpr, PERSISTENT: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
+        """Steps t_last, t_last - 1, ..., t_last - steps + 1 (as _fwd_step_kernel's, reversed)."""
+        if PERSISTENT:
+            for s in range(0, steps):  # step numbers not carried: new names
+                t = t_last - s
+                n_t = tl.load(batch_sizes_ptr + t)
+                n_next_t = tl.load(batch_sizes_ptr + t + 1)
+                use_batch = tl.load(use_batch_ptr + t) != 0
+                for unit_block in range(0, tl.cdiv(H, BLOCK_H)):  # what the grid would run
+                    _bwd_step(u_ptr, hw_ptr, cell_ptr, w_hh_ptr, gamma_hh_ptr, gamma_c_ptr,
+                              beta_c_ptr, stat_hh_ptr, stat_c_ptr, dy_ptr, dh_n_ptr, dpre_ptr,
+                              dpre_hh_ptr, dh_ptr, dc_ptr, dsum_ptr, dsum_c_ptr, unit_block, t,
+                              n_t, n_next_t, use_batch, B, H, UPCAST_DOT, INPUT_PRECISION, ACC,
+                              BLOCK_B, BLOCK_H, BLOCK_K)
+                tl.debug_barrier()  # dpre_hh[t] of every unit, before step t-1 reads it
+        else:
+            _bwd_step(u_ptr, hw_ptr, cell_ptr, w_hh_ptr, gamma_hh_ptr, gamma_c_ptr, beta_c_ptr,
+                      stat_hh_ptr, stat_c_ptr, dy_ptr, dh_n_ptr, dpre_ptr, dpre_hh_ptr, dh_ptr,
+                      dc_ptr, dsum_ptr, dsum_c_ptr, tl.program_id(0), t_last, n, n_next,
+                      USE_BATCH, B, H, UPCAST_DOT, INPUT_PRECISION, ACC, BLOCK_B, BLOCK_H,
+                      BLOCK_K)
+
+    @triton.jit
+    def _bwd_step(u_ptr, hw_ptr, cell_ptr, w_hh_ptr, gamma_hh_ptr, gamma_c_ptr, beta_c_ptr,
+                  stat_hh_ptr, stat_c_ptr, dy_ptr, dh_n_ptr, dpre_ptr, dpre_hh_ptr, dh_ptr,
+                  dc_ptr, dsum_ptr, dsum_c_ptr, unit_block, t, n, n_next, USE_BATCH, B, H,
+                  UPCAST_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr,
+                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Backward step t of hidden units unit_block * BLOCK_H + [0, BLOCK_H)."""
         G = 4 * H
-        j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+        j = unit_block * BLOCK_H + tl.arange(0, BLOCK_H)
         j_mask = j < H
         rb = tl.arange(0, BLOCK_B)
-        t64 = t.to(tl.int64)
+        t64 = tl.full((), t, tl.int64)  # the interpreter's loop counter is a plain int
         u_t = u_ptr + t64 * B * G
         hw_t = hw_ptr + t64 * B * G
         c_prev = cell_ptr + t64 * B * H
@@ -527,15 +612,50 @@ if triton is not None:
 
 def _kernel_flags(device: torch.device, acc: torch.dtype) -> dict:
     """The interpreter (CPU tensors) mis-computes low-precision tl.dot, so operands are upcast
-    there; fp32 products use TF32 only where torch's matmuls are allowed to."""
+    there. fp32 products run on tensor cores either way: in TF32 where torch's matmuls may
+    (torch.backends.cuda.matmul.allow_tf32), else as tf32x3 (three TF32 products, about fp32's
+    accuracy); float64 stays exact, as it is the check."""
     tf32 = torch.backends.cuda.matmul.allow_tf32
-    return dict(UPCAST_DOT=device.type == "cpu", INPUT_PRECISION="tf32" if tf32 else "ieee",
+    precision = "ieee" if acc == torch.float64 else "tf32" if tf32 else "tf32x3"
+    return dict(UPCAST_DOT=device.type == "cpu", INPUT_PRECISION=precision,
                 ACC=tl.float64 if acc == torch.float64 else tl.float32)
 
 
-def _config(B: int, H: int, device: torch.device, backward: bool = False) -> Config:
-    cfg = SETTINGS.config or pick_config(B, H, device)
-    return cfg._replace(block_h=max(cfg.block_h, 16)) if backward else cfg
+# A layer of up to PERSISTENT_MAX_H units runs its T steps in one launch of one program that
+# owns every unit (no launch per step, no synchronisation between programs: a barrier ends each
+# step); each step it runs, block after block of units, what the step kernels' programs would,
+# in 16-row chunks over 8 warps (taller chunks, or 4 warps, spill in its float64 backward).
+PERSISTENT_MAX_H = 128
+PERSISTENT_CONFIG = Config(16, 16, 16, 8)
+
+
+class Plan(NamedTuple):
+    """How a loop launches: its configuration, grid, and whether one launch runs every step."""
+
+    cfg: Config
+    grid: tuple
+    persistent: bool
+
+
+def plan(B: int, H: int, device: torch.device, backward: bool = False,
+         fused_input: bool = False) -> Plan:
+    """The launch of one layer's loop (fused_input: the forward computing x W_ih^T per step,
+    which stays one launch per step)."""
+    persistent = (SETTINGS.persistent if SETTINGS.persistent is not None
+                  else device.type == "cuda" and H <= PERSISTENT_MAX_H) and not fused_input
+    if persistent:
+        return Plan(PERSISTENT_CONFIG, (1,), True)
+    if SETTINGS.config is None:
+        cfg = pick_config(B, device, fused_input or backward)
+    else:
+        cfg = SETTINGS.config._replace(block_h=max(SETTINGS.config.block_h, 16)) if backward \
+            else SETTINGS.config
+    return Plan(cfg, (triton.cdiv(H, cfg.block_h),), False)
+
+
+def _per_step(values, device) -> torch.Tensor:
+    """Per-step numbers for a persistent launch: int32 on the device."""
+    return torch.tensor(values, dtype=torch.int32, device=device)
 
 
 def _launch_forward(u, weight_hh, gamma_hh, gamma_c, beta_c, h0, c0, mean_hh, var_hh, mean_c,
@@ -547,7 +667,8 @@ def _launch_forward(u, weight_hh, gamma_hh, gamma_c, beta_c, h0, c0, mean_hh, va
     T, B, G = u.shape
     H = G // 4
     dev = u.device
-    cfg = _config(B, H, dev)
+    fused_input = in_step is not None
+    cfg, grid, persistent = plan(B, H, dev, fused_input=fused_input)
     acc = u.dtype
     y = h0.new_zeros(T + 1, B, H)
     y[0] = h0
@@ -558,7 +679,6 @@ def _launch_forward(u, weight_hh, gamma_hh, gamma_c, beta_c, h0, c0, mean_hh, va
     stat_c = torch.empty(T, 2, H, device=dev, dtype=acc)
     # rows that never run (batch_sizes[0] < B) keep h0/c0; row-major, as the kernel writes them
     h_n, c_n = (t.clone(memory_format=torch.contiguous_format) for t in (h0, c0))
-    fused_input = in_step is not None
     if fused_input:
         x, weight_ih, bias, gamma_ih, mean_ih, var_ih, xw, stat_ih = in_step
         has_bias, k_in = bias is not None, x.shape[-1]
@@ -569,23 +689,35 @@ def _launch_forward(u, weight_hh, gamma_hh, gamma_c, beta_c, h0, c0, mean_hh, va
         has_bias, k_in = False, 1
         inputs = (u,) * 8  # never read without FUSED_INPUT
     in_memory = factor_values is not None
-    factor_values = factor_values.contiguous() if in_memory else stat_c  # else never read
+    if persistent:  # every step's weight on the device, -1 where it reads its running row
+        numbers = torch.tensor(factors, dtype=acc, device=dev)
+        factor_values = numbers if not in_memory else torch.where(numbers < 0, numbers,
+                                                                  factor_values)
+        per_step = (_per_step([*batch_sizes, 0], dev), _per_step(rows, dev))
+    else:
+        factor_values = factor_values.contiguous() if in_memory else stat_c  # else never read
+        per_step = (stat_c, stat_c)  # never read without PERSISTENT
     layer = (t.contiguous() for t in (weight_hh, gamma_hh, gamma_c, beta_c))
     tensors = (*inputs, u, hw, y, cell, *layer, mean_hh, var_hh, mean_c, var_c, stat_hh, stat_c,
-               h_n, c_n, factor_values)
+               h_n, c_n, factor_values, *per_step)
     flags = _kernel_flags(dev, acc)
-    grid = (triton.cdiv(H, cfg.block_h),)
+
+    def run(t, n, n_next, row, steps, factor, **switches):
+        _fwd_step_kernel[grid](
+            *tensors, t, n, n_next, row, steps, factor, float(eps), B, H, k_in,
+            HAS_BIAS=has_bias, **flags, FUSED_INPUT=fused_input, PERSISTENT=persistent,
+            BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+            BLOCK_K=cfg.block_k, **switches, **launch_options(cfg))
+
+    if persistent:
+        with step_graphs.device_guard(dev):
+            run(0, 0, 0, 0, T, 0.0, USE_BATCH=True, FACTOR_IN_MEMORY=False)
+        return y, h_n, c_n, cell, hw, stat_hh, stat_c
 
     def launch():
         for t in range(T):
-            _fwd_step_kernel[grid](
-                *tensors, t, batch_sizes[t], batch_sizes[t + 1] if t + 1 < T else 0, rows[t],
-                factors[t], float(eps), B, H, k_in,
-                USE_BATCH=factors[t] >= 0, HAS_BIAS=has_bias, **flags, FUSED_INPUT=fused_input,
-                FACTOR_IN_MEMORY=in_memory,
-                BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-                num_warps=cfg.num_warps,
-            )
+            run(t, batch_sizes[t], batch_sizes[t + 1] if t + 1 < T else 0, rows[t], 1,
+                factors[t], USE_BATCH=factors[t] >= 0, FACTOR_IN_MEMORY=in_memory)
 
     key = step_graphs.graph_key(tensors, "fwd", tuple(batch_sizes), tuple(rows),
                                 tuple(factors), eps, tuple(flags.items()), fused_input,
@@ -596,11 +728,12 @@ def _launch_forward(u, weight_hh, gamma_hh, gamma_c, beta_c, h0, c0, mean_hh, va
 
 def _launch_backward(u, hw, cell, weight_hh, gamma_hh, gamma_c, beta_c, stat_hh, stat_c, dy,
                      dh_n, dc_n, batch_sizes, use_batch):
-    """One fused launch per step in reverse, then dh0 and the per-feature sums over steps."""
+    """One fused launch per step in reverse (or one for all, Plan), then dh0 and the
+    per-feature sums over steps."""
     T, B, G = hw.shape
     H = G // 4
     dev = dy.device
-    cfg = _config(B, H, dev, backward=True)
+    cfg, grid, persistent = plan(B, H, dev, backward=True)
     acc = hw.dtype
     flags = _kernel_flags(dev, acc)
     weight_hh = weight_hh.contiguous()
@@ -610,22 +743,30 @@ def _launch_backward(u, hw, cell, weight_hh, gamma_hh, gamma_c, beta_c, stat_hh,
     dc = dc_n.to(acc).clone(memory_format=torch.contiguous_format)  # the kernel's carry
     dsum = torch.empty(T, G, device=dev, dtype=acc)
     dsum_c = torch.empty(T, 2, H, device=dev, dtype=acc)
-    grid = (triton.cdiv(H, cfg.block_h),)
+    per_step = ((_per_step([*batch_sizes, 0], dev), _per_step(use_batch, dev)) if persistent
+                else (dsum, dsum))  # never read without PERSISTENT
     tensors = (u.contiguous(), hw, cell, weight_hh,
                *(t.contiguous() for t in (gamma_hh, gamma_c, beta_c)), stat_hh, stat_c,
-               dy.contiguous(), dh_n.to(acc).contiguous(), dpre, dpre_hh, dh, dc, dsum, dsum_c)
+               dy.contiguous(), dh_n.to(acc).contiguous(), dpre, dpre_hh, dh, dc, dsum, dsum_c,
+               *per_step)
+
+    def run(t, n, n_next, steps, use_batch_t):
+        _bwd_step_kernel[grid](
+            *tensors, t, n, n_next, steps, B, H, USE_BATCH=use_batch_t, **flags,
+            PERSISTENT=persistent, BLOCK_B=cfg.block_b,
+            BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, **launch_options(cfg))
 
     def launch():
         for t in reversed(range(T)):
-            _bwd_step_kernel[grid](
-                *tensors, t, batch_sizes[t], batch_sizes[t + 1] if t + 1 < T else 0, B, H,
-                USE_BATCH=use_batch[t], **flags, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-                BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
-            )
+            run(t, batch_sizes[t], batch_sizes[t + 1] if t + 1 < T else 0, 1, use_batch[t])
 
-    key = step_graphs.graph_key(tensors, "bwd", tuple(batch_sizes), tuple(use_batch),
-                                tuple(flags.items()), cfg)
-    step_graphs.GRAPHS.run(key, launch, dev)
+    if persistent:
+        with step_graphs.device_guard(dev):
+            run(T - 1, 0, 0, T, True)
+    else:
+        key = step_graphs.graph_key(tensors, "bwd", tuple(batch_sizes), tuple(use_batch),
+                                    tuple(flags.items()), cfg)
+        step_graphs.GRAPHS.run(key, launch, dev)
     dh0 = dpre_hh[0] @ weight_hh.to(acc)
     dgamma_c, dbeta_c = (dsum_c[:, k].sum(0) for k in range(2))  # outputs may not alias
     return dpre, dpre_hh, dh0, dc, dsum.sum(0), dgamma_c, dbeta_c
