@@ -34,7 +34,7 @@ from conftest import DEVICE, compare_with_reference, packed
 from gpu_contract import check_against_torch_ops
 from torch.utils import cpp_extension
 
-from bnlstm_cuda import BNLSTM, backends
+from bnlstm_cuda import BNLSTM, backends, info
 from bnlstm_cuda.backends import cpp, fused
 from bnlstm_cuda.layer_state import accumulator
 
@@ -138,8 +138,11 @@ def test_kernels_against_torch_ops_low_precision(emu, monkeypatch, dtype, B, H, 
 ], ids=["fp64-H24", "fp64-H40", "fp32-H72", "fp32-H200", "fp32-H600", "fp64-H1000"])
 def test_forward_path(emu, dtype, H, want):
     """The smallest U (units per block) whose grid takes one block per SM; else the smallest
-    whose grid the SMs hold at once (several per SM); else per step, saying why."""
+    whose grid the SMs hold at once (several per SM); else per step, saying why. info's report
+    shows the same."""
     assert torch.ops.bnlstm_emu.forward_path(dtype, H).startswith(want)
+    (line,) = info.forward_paths(torch.ops.bnlstm_emu, [dtype], [H])
+    assert line.endswith(torch.ops.bnlstm_emu.forward_path(dtype, H)) and f"H={H} " in line
 
 
 @TRAINING
