@@ -296,9 +296,14 @@ void nanosleep(unsigned ns) {
   std::this_thread::sleep_for(std::chrono::nanoseconds(std::max(ns, 20000u)));
 }
 
+// One launch at a time, ordinary or cooperative: they share the pool.
+std::mutex& one_launch_at_a_time() {
+  static std::mutex mutex;
+  return mutex;
+}
+
 void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body) {
-  static std::mutex one_launch_at_a_time;
-  const std::lock_guard<std::mutex> lock(one_launch_at_a_time);
+  const std::lock_guard<std::mutex> lock(one_launch_at_a_time());
   const double watchdog_s = env_seconds("BNLSTM_EMU_WATCHDOG_S", 60);
   const unsigned blocks = grid.x * grid.y * grid.z, threads = block.x * block.y * block.z;
   for (const unsigned b : start_order(blocks)) {
@@ -323,8 +328,7 @@ cudaError_t run_cooperative(const char* kernel, dim3 grid, dim3 block, size_t sh
   if (blocks > unsigned(sms() * blocks_per_sm(static_cast<int>(threads), shared))) {
     return cudaErrorCooperativeLaunchTooLarge;
   }
-  static std::mutex one_launch_at_a_time;
-  const std::lock_guard<std::mutex> lock(one_launch_at_a_time);
+  const std::lock_guard<std::mutex> lock(one_launch_at_a_time());
   Launch launch(kernel, env_seconds("BNLSTM_EMU_WATCHDOG_S", 60));
   std::vector<std::unique_ptr<Block>> states;
   for (unsigned b = 0; b < blocks; ++b) {
