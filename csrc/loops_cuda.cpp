@@ -44,12 +44,16 @@ std::pair<at::Tensor, at::Tensor> step_table(const ForwardPlan& plan, int64_t T,
     ints[t] = static_cast<int>(plan.batch_sizes[t]);
     ints[T + 1 + t] = static_cast<int>(plan.rows[t]);
   }
+  // pinned and copied without blocking, so the host does not wait for the stream (the caching
+  // host allocator keeps a pinned buffer until its copy has run); the emulation's device is
+  // the CPU itself
+  auto to_device = [&](const at::Tensor& host) {
+    return device.is_cpu() ? host : host.pin_memory().to(device, host.scalar_type(), true);
+  };
   const auto cpu = at::TensorOptions().device(at::kCPU);
-  at::Tensor n_rows = at::tensor(ints, cpu.dtype(at::kInt)).to(device);
-  at::Tensor factors = at::tensor(std::vector<double>(plan.factors.begin(), plan.factors.end()),
-                                  cpu.dtype(at::kDouble))
-                           .to(device);
-  return {n_rows, factors};
+  return {to_device(at::tensor(ints, cpu.dtype(at::kInt))),
+          to_device(at::tensor(std::vector<double>(plan.factors.begin(), plan.factors.end()),
+                               cpu.dtype(at::kDouble)))};
 }
 
 }  // namespace
