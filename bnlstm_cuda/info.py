@@ -1,5 +1,6 @@
 """`python -m bnlstm_cuda.info`: what this install runs here, and whether it computes the right
-numbers here. Versions; every backend, whether it runs and why not; then bnlstm_cuda.selfcheck
+numbers here. Versions; every backend, whether it runs and why not; on a GPU the path the cpp
+backend's forward takes at a few sizes (persistent or per step, and why); then bnlstm_cuda.selfcheck
 for each runnable backend on each device (cpu; cuda when present) in float64 where the backend
 computes it natively, float32, and float16/bfloat16 on a GPU. Exit status 1 on a mismatch."""
 
@@ -67,6 +68,19 @@ def dtypes_to_check(module, device: torch.device) -> list[torch.dtype]:
     return out
 
 
+# hidden sizes whose CUDA forward path main() reports: the benchmark's and the paper's
+PATH_SIZES = (100, 256, 512, 768, 1024)
+
+
+def forward_paths(ops, dtypes=(torch.float32, torch.bfloat16),
+                  sizes=PATH_SIZES) -> list[str]:
+    """Which path the cpp backend's CUDA forward of one layer takes on the current device, per
+    dtype and hidden size (`ops.forward_path`: persistent in one cooperative launch, or per
+    step and why)."""
+    return [f"{str(dtype)[6:]:9} H={H:<5} {ops.forward_path(dtype, H)}"
+            for dtype in dtypes for H in sizes]
+
+
 def main() -> int:
     print("versions")
     for name, value in versions().items():
@@ -77,6 +91,10 @@ def main() -> int:
         print(f"  {name:8} {'runs' if ok else 'no':5} {reason}")
         if ok:
             runnable.append(name)
+    if torch.cuda.is_available() and hasattr(torch.ops.bnlstm, "forward_path"):
+        print("\nCUDA forward of the cpp backend on this GPU, one layer")
+        for line in forward_paths(torch.ops.bnlstm):
+            print(f"  {line}")
     print(f"\ncheck against bnlstm_cuda.reference (T={max(selfcheck.LENGTHS)}, "
           f"B={len(selfcheck.LENGTHS)} packed, H={selfcheck.HIDDEN}, training; output, final "
           "states, every gradient, running buffers)")

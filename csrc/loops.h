@@ -7,6 +7,8 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
+
 #include "bnlstm.h"
 
 namespace bnlstm {
@@ -37,7 +39,10 @@ using BackwardSteps = void (*)(const BwdParams& p, const at::Tensor& steps,
 void forward_steps_cpu(const FwdParams& p, const at::Tensor& steps, const ForwardPlan& plan);
 void backward_steps_cpu(const BwdParams& p, const at::Tensor& steps, const BackwardPlan& plan);
 
-// loops_cuda.cpp: one kernel launch per step on the current stream of the tensors' device
+// loops_cuda.cpp: on the current stream of the tensors' device, the forward persistent where
+// the device holds its grid, else one kernel launch per step; forward_path_cuda says which
+// path a layer of H units in `dtype` takes on the current device, and why.
+std::string forward_path_cuda(at::ScalarType dtype, int64_t H);
 void forward_steps_cuda(const FwdParams& p, const at::Tensor& steps, const ForwardPlan& plan);
 void backward_steps_cuda(const BwdParams& p, const at::Tensor& steps, const BackwardPlan& plan);
 

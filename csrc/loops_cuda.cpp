@@ -1,5 +1,6 @@
-// The CUDA time loops: one kernel launch per step on the current stream of the tensors'
-// device, no Python in between.
+// The CUDA time loops on the current stream of the tensors' device, no Python in between: the
+// forward as one persistent cooperative launch where the device holds its grid (see
+// forward_plan), else one kernel launch per step; the backward one launch per step.
 #ifdef BNLSTM_CUDA_EMULATION  // the kernels on CPU threads (csrc/emulation/)
 #include "emulation/cuda_context.h"
 #else
@@ -9,7 +10,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <string>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "launch.h"
 #include "loops.h"
@@ -31,7 +35,39 @@ void dispatch(at::ScalarType dtype, F&& f) {
   }
 }
 
+// The per-step table of the persistent forward on `device`: n[0 .. T] (n[T] = 0) then
+// rows[0 .. T-1] as int32, and the update weights as float64.
+std::pair<at::Tensor, at::Tensor> step_table(const ForwardPlan& plan, int64_t T,
+                                             c10::Device device) {
+  std::vector<int> ints(2 * T + 1, 0);
+  for (int64_t t = 0; t < T; ++t) {
+    ints[t] = static_cast<int>(plan.batch_sizes[t]);
+    ints[T + 1 + t] = static_cast<int>(plan.rows[t]);
+  }
+  // pinned and copied without blocking, so the host does not wait for the stream (the caching
+  // host allocator keeps a pinned buffer until its copy has run); the emulation's device is
+  // the CPU itself
+  auto to_device = [&](const at::Tensor& host) {
+    return device.is_cpu() ? host : host.pin_memory().to(device, host.scalar_type(), true);
+  };
+  const auto cpu = at::TensorOptions().device(at::kCPU);
+  return {to_device(at::tensor(ints, cpu.dtype(at::kInt))),
+          to_device(at::tensor(std::vector<double>(plan.factors.begin(), plan.factors.end()),
+                               cpu.dtype(at::kDouble)))};
+}
+
 }  // namespace
+
+std::string forward_path_cuda(at::ScalarType dtype, int64_t H) {
+  PersistentPlan plan;
+  dispatch(dtype, [&](auto tag) {
+    C10_CUDA_CHECK(plan_persistent_fwd<typename decltype(tag)::type>(H, plan));
+  });
+  if (!plan.persistent) return std::string("per-step: ") + plan.why;
+  return "persistent: " + std::to_string(plan.blocks) + " blocks of " +
+         std::to_string(plan.units) + " units (" + std::to_string(plan.threads) +
+         " threads, " + std::to_string(plan.shared_bytes) + " bytes of shared memory)";
+}
 
 void forward_steps_cuda(const FwdParams& p, const at::Tensor& steps, const ForwardPlan& plan) {
   const c10::cuda::CUDAGuard guard(steps.device());
@@ -45,6 +81,21 @@ void forward_steps_cuda(const FwdParams& p, const at::Tensor& steps, const Forwa
       C10_CUDA_CHECK(cudaMemsetAsync(p.hw, 0, hw, stream));
       C10_CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(p.cell) + p.B * p.H * acc, 0, cell,
                                      stream));
+    }
+    PersistentPlan persistent;
+    C10_CUDA_CHECK(plan_persistent_fwd<S>(p.H, persistent));
+    if (persistent.persistent) {
+      const auto [n_rows, factors] = step_table(plan, T, steps.device());
+      at::Tensor arrivals = at::zeros({1}, steps.options().dtype(at::kInt));
+      const int* n = n_rows.data_ptr<int>();
+      const cudaError_t status = launch_persistent_fwd<S>(
+          p, persistent, n, n + T + 1, factors.data_ptr<double>(), static_cast<int>(T),
+          reinterpret_cast<unsigned*>(arrivals.data_ptr<int>()), stream);
+      if (status != cudaErrorCooperativeLaunchTooLarge) {
+        C10_CUDA_CHECK(status);
+        return;
+      }
+      (void)cudaGetLastError();  // refused, nothing ran (not a sticky error): run per step
     }
     for (int64_t t = 0; t < T; ++t) {
       const int n_next = t + 1 < T ? static_cast<int>(plan.batch_sizes[t + 1]) : 0;

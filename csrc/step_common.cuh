@@ -69,17 +69,17 @@ __device__ void tile_matmul(const TA* a, int64_t a_stride, int a_rows, int b0, i
   }
 }
 
-// Sum over the block's row groups of each thread's partial v; every thread of a column gets the
-// same total (fixed order: deterministic). `scratch` holds kThreads values.
+// Sum over the block's row groups of each thread's partial v, thread (tid / cols, tid % cols)
+// holding column tid % cols; every thread of a column gets the same total (fixed order:
+// deterministic). `scratch` holds cols x groups values.
 template <typename A>
-__device__ A column_sum(A v, A* scratch) {
+__device__ A column_sum(A v, A* scratch, int cols = kBlockH, int groups = kRowGroups) {
   __syncthreads();  // every thread has read the previous sum
   scratch[threadIdx.x] = v;
   __syncthreads();
-  const int col = threadIdx.x % kBlockH;
+  const int col = threadIdx.x % cols;
   A total = A(0);
-#pragma unroll
-  for (int r = 0; r < kRowGroups; ++r) total += scratch[r * kBlockH + col];
+  for (int r = 0; r < groups; ++r) total += scratch[r * cols + col];
   return total;
 }
 

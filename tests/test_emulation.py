@@ -1,16 +1,21 @@
-"""The CUDA C++ kernels (csrc/step_*.cuh) run on the CPU: the same source, compiled by the host
-compiler under csrc/emulation/cuda_emu.h (every CUDA thread an OS thread, __syncthreads a
-barrier of the block with a watchdog, blocks one after another), behind the CUDA time loops
-(loops_cuda.cpp) and the ops (bnlstm.cpp) registered as torch.ops.bnlstm_emu.* on CPU tensors.
+"""The CUDA C++ kernels (csrc/step_*.cuh, csrc/persistent_fwd.cuh) run on the CPU: the same
+source, compiled by the host compiler under csrc/emulation/cuda_emu.h (every CUDA thread an OS
+thread, __syncthreads a barrier of the block with a watchdog; ordinary launches block by block, a
+cooperative launch every block at once on an emulated device of 4 SMs), behind the CUDA time
+loops (loops_cuda.cpp) and the ops (bnlstm.cpp) registered as torch.ops.bnlstm_emu.* on CPU
+tensors.
 
 They run the contract the GPU runs (gpu_contract.py and test_cpp_ext.py's module cases) at sizes
 that reach every path of the kernels: B in {2, 5, 33, 70} (one to three row chunks of 32), H in
 {8, 24, 40, 72} (one to three blocks, partial ones, one to three k tiles), T in {1, 7}, packed
 unsorted lengths, train and eval, T > max_length, momentum=None with steps where one sequence
-runs. Then: every launch in ascending and descending block order, bitwise equal; a standalone
-driver built with ThreadSanitizer runs forward and backward steps, where a race fails; the
-barrier watchdog names the kernel. Needs the CUDA toolkit's headers ($CUDA_HOME/include) and
-ninja; `make emulate` runs this file.
+runs; the forward both persistent (one cooperative launch: 1 or 3 blocks and a grid barrier per
+step) and per step (the fallback where the emulated device's shared memory is too small). Then:
+every launch in ascending, descending and a random block order, bitwise equal; a standalone
+driver built with ThreadSanitizer runs forward and backward steps and the persistent forward,
+where a race fails; the barrier watchdog names the kernel, for a block barrier and for a grid
+barrier; the emulated device refuses a cooperative grid larger than it holds. Needs the CUDA
+toolkit's headers ($CUDA_HOME/include) and ninja; `make emulate` runs this file.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from conftest import DEVICE, compare_with_reference, packed
 from gpu_contract import check_against_torch_ops
 from torch.utils import cpp_extension
 
-from bnlstm_cuda import BNLSTM, backends
+from bnlstm_cuda import BNLSTM, backends, info
 from bnlstm_cuda.backends import cpp, fused
 from bnlstm_cuda.layer_state import accumulator
 
@@ -38,6 +43,7 @@ CSRC = os.path.join(ROOT, "csrc")
 EMULATION = os.path.join(CSRC, "emulation")
 BUILD = os.path.join(ROOT, "build", "emulation")
 CUDA_INCLUDE = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")
+CCCL_INCLUDE = os.path.join(CUDA_INCLUDE, "cccl")  # libcu++ (cuda/atomic) for the host compiler
 CFLAGS = ["-O2", "-Wno-unknown-pragmas"]
 
 
@@ -64,7 +70,8 @@ def emu():
         sources=[os.path.join(CSRC, "bnlstm.cpp"), os.path.join(CSRC, "loops_cuda.cpp"),
                  os.path.join(EMULATION, "kernels.cpp"), os.path.join(EMULATION, "runtime.cpp")],
         extra_cflags=[*CFLAGS, "-DBNLSTM_CUDA_EMULATION", "-DBNLSTM_OPS=bnlstm_emu"],
-        extra_include_paths=[CUDA_INCLUDE], build_directory=BUILD, is_python_module=False)
+        extra_include_paths=[CUDA_INCLUDE, CCCL_INCLUDE], build_directory=BUILD,
+        is_python_module=False)
     for op, fake in (("forward_loop", fused.forward_loop_fake),
                      ("backward_loop", fused.backward_loop_fake)):
         torch.library.register_fake(f"bnlstm_emu::{op}")(fake)
@@ -89,20 +96,53 @@ CASES = [
     pytest.param(70, 72, 7, True, True, id="B70-H72-T7-packed"),
 ]
 TRAINING = pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+PATHS = pytest.mark.parametrize("path", ["persistent", "per-step"])
+
+
+def take_path(monkeypatch, path: str, dtype: torch.dtype, H: int) -> None:
+    """Makes the CUDA forward of a layer with H units take `path`: persistent on the emulated
+    device as it is, per step where its shared memory per block (1 KiB) holds no W_hh slice."""
+    if path == "per-step":
+        monkeypatch.setenv("BNLSTM_EMU_SHARED_BYTES", "1024")
+    taken = torch.ops.bnlstm_emu.forward_path(dtype, H)
+    assert taken.startswith(f"{path}: "), taken
 
 
 @TRAINING
+@PATHS
 @pytest.mark.parametrize("B,H,T,packed_,bias", CASES)
-def test_kernels_against_torch_ops_float64(emu, B, H, T, packed_, bias, training):
+def test_kernels_against_torch_ops_float64(emu, monkeypatch, B, H, T, packed_, bias, training,
+                                           path):
+    take_path(monkeypatch, path, torch.float64, H)
     check_against_torch_ops(emu, torch.float64, B, H, T, packed_, bias, training)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
                          ids=["fp32", "fp16", "bf16"])
+@PATHS
 @pytest.mark.parametrize("B,H,T,packed_,bias", [
     CASES[1], pytest.param(33, 40, 7, True, True, id="B33-H40-T7-packed")])
-def test_kernels_against_torch_ops_low_precision(emu, dtype, B, H, T, packed_, bias):
+def test_kernels_against_torch_ops_low_precision(emu, monkeypatch, dtype, B, H, T, packed_, bias,
+                                                 path):
+    take_path(monkeypatch, path, dtype, H)
     check_against_torch_ops(emu, dtype, B, H, T, packed_, bias, True)
+
+
+@pytest.mark.parametrize("dtype,H,want", [
+    (torch.float64, 24, "persistent: 3 blocks of 8 units (128 threads, "),
+    (torch.float64, 40, "persistent: 3 blocks of 16 units (256 threads, "),
+    (torch.float32, 72, "persistent: 3 blocks of 32 units (512 threads, "),
+    (torch.float32, 200, "persistent: 25 blocks of 8 units (128 threads, "),
+    (torch.float32, 600, "per-step: the grid is larger than the blocks the SMs hold at once"),
+    (torch.float64, 1000, "per-step: W_hh's slice does not fit the shared memory of a block"),
+], ids=["fp64-H24", "fp64-H40", "fp32-H72", "fp32-H200", "fp32-H600", "fp64-H1000"])
+def test_forward_path(emu, dtype, H, want):
+    """The smallest U (units per block) whose grid takes one block per SM; else the smallest
+    whose grid the SMs hold at once (several per SM); else per step, saying why. info's report
+    shows the same."""
+    assert torch.ops.bnlstm_emu.forward_path(dtype, H).startswith(want)
+    (line,) = info.forward_paths(torch.ops.bnlstm_emu, [dtype], [H])
+    assert line.endswith(torch.ops.bnlstm_emu.forward_path(dtype, H)) and f"H={H} " in line
 
 
 @TRAINING
@@ -110,6 +150,7 @@ def test_module_against_reference(emu, monkeypatch, training):
     """test_cpp_ext's module case (packed, unsorted, bidirectional, two layers, T > max_length,
     momentum=None, the last step with one running sequence) with the emulated kernels."""
     monkeypatch.setitem(backends._REGISTRY, "cpp", emu)
+    take_path(monkeypatch, "persistent", torch.float64, 24)
     test_cpp_ext.test_module_against_reference_float64(training)
 
 
@@ -119,6 +160,7 @@ def test_momentum_none_with_single_sequence_steps(emu, monkeypatch, B, H):
     sequence longer than the rest: its last steps normalise with the running rows, which
     must stay unchanged there, while the others use batch statistics and move theirs."""
     monkeypatch.setitem(backends._REGISTRY, "cpp", emu)
+    take_path(monkeypatch, "persistent", torch.float64, H)
     model = BNLSTM(3, H, max_length=4, momentum=None, backend="cpp", dtype=torch.float64)
     lengths = [5 - i % 3 for i in range(B)]
     lengths[B // 2] = 7
@@ -171,17 +213,21 @@ def _run_ops(B, H, T, dtype):
     return [*out, *running, *grads]
 
 
+@PATHS
 @pytest.mark.parametrize("B,H,T", [(70, 72, 7), (33, 40, 7), (5, 40, 1)],
                          ids=["B70-H72-T7", "B33-H40-T7", "B5-H40-T1"])
-def test_block_order_does_not_change_a_bit(emu, monkeypatch, B, H, T):
-    """Every launch with its blocks in ascending, then descending order: a block that read what
-    another block of the same launch writes would see a difference."""
+def test_block_order_does_not_change_a_bit(emu, monkeypatch, B, H, T, path):
+    """Every launch with its blocks started in ascending, descending and a random order: a
+    block that read what another block of the same launch writes (per step), or read it before
+    the grid barrier (persistent), would see a difference."""
+    take_path(monkeypatch, path, torch.float32, H)
     results = []
-    for order in ("ascending", "descending"):
+    for order in ("ascending", "descending", "random:1"):
         monkeypatch.setenv("BNLSTM_EMU_BLOCK_ORDER", order)
         results.append(_run_ops(B, H, T, torch.float32))
-    for i, (a, b) in enumerate(zip(*results)):
-        assert torch.equal(a, b), f"result {i} differs between block orders"
+    for result in results[1:]:
+        for i, (a, b) in enumerate(zip(results[0], result)):
+            assert torch.equal(a, b), f"result {i} differs between block orders"
 
 
 def _driver() -> str:
@@ -190,7 +236,7 @@ def _driver() -> str:
     sources = sorted(os.path.join(d, f) for d in (CSRC, EMULATION) for f in os.listdir(d)
                      if f.endswith((".h", ".cuh", ".cu", ".cpp")) and f != "loops_cpu.cpp")
     flags = ["-std=c++17", "-O1", "-g", "-fsanitize=thread", "-pthread", "-Wno-unknown-pragmas",
-             "-I", CUDA_INCLUDE]
+             "-I", CUDA_INCLUDE, "-I", CCCL_INCLUDE]
     digest = hashlib.sha256(" ".join(flags).encode())
     for path in sources:
         with open(path, "rb") as f:
@@ -226,9 +272,10 @@ def _run_driver(*args, **env) -> subprocess.CompletedProcess:
     (40, 72, [40, 33]),
 ], ids=["B70-H40-T3", "B40-H72-T2"])
 def test_no_data_race(B, H, sizes):
-    """Forward and backward steps under ThreadSanitizer, on shapes with more than one k tile and
-    more than one row chunk (below that the next barrier hides a missing one), partial blocks,
-    rows that stop, and a step with one running sequence."""
+    """Forward and backward steps, then the persistent forward (3 blocks at once, a grid barrier
+    per step), under ThreadSanitizer, on shapes with more than one k tile and more than one row
+    chunk (below that the next barrier hides a missing one), partial blocks, rows that stop, and
+    a step with one running sequence."""
     done = _run_driver("races", B, H, len(sizes), *sizes)
     assert "ThreadSanitizer" not in done.stderr, done.stderr[-6000:]
     assert done.returncode == 0, done.stdout + done.stderr
@@ -247,6 +294,24 @@ def test_barrier_watchdog_names_the_kernel(mode, message):
     assert "barrier_misuse_kernel, block 0: " in done.stderr and message in done.stderr, (
         done.stderr)
     assert "ThreadSanitizer" not in done.stderr, done.stderr
+
+
+def test_grid_barrier_watchdog_names_the_kernel():
+    """A grid barrier one block never reaches is an error naming the kernel and the spinning
+    block, never a hang."""
+    done = _run_driver("barrier", "grid", BNLSTM_EMU_WATCHDOG_S="0.5")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert ("grid_barrier_misuse_kernel, block 0: a thread spun (__nanosleep) past the "
+            "watchdog's 0.5 s") in done.stderr, done.stderr
+    assert "ThreadSanitizer" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("blocks,result", [(4, "ran"), (5, "refused")])
+def test_cooperative_launch_size_limit(blocks, result):
+    """An emulated device of 2 SMs holds 2 blocks with 100 kB of shared memory each at once: a
+    larger cooperative grid is refused, as a GPU refuses it, and nothing runs."""
+    done = _run_driver("cooperative", blocks, 100_000, BNLSTM_EMU_SMS="2")
+    assert done.returncode == 0 and done.stdout.strip() == result, done.stdout + done.stderr
 
 
 def test_emulated_ops_coexist_with_the_extension(emu):

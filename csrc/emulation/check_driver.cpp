@@ -1,13 +1,17 @@
 // A standalone program over the emulated kernels (no torch, no Python), for the checks that
 // want their own process: built with -fsanitize=thread it runs forward and backward steps under
 // ThreadSanitizer, and it runs the barrier watchdog on a kernel that breaks the barrier rule.
-//   check_driver races B H T n_1 .. n_T   the float steps over T steps of n_t <= B running rows
-//   check_driver barrier MODE             MODE: returned, divergent or late (see below)
+//   check_driver races B H T n_1 .. n_T   the float steps over T steps of n_t <= B running rows,
+//                                         then the same forward in one persistent launch
+//   check_driver barrier MODE             MODE: returned, divergent, late or grid (see below)
+//   check_driver cooperative BLOCKS BYTES a cooperative launch of BLOCKS blocks of kThreads
+//                                         with BYTES of shared memory: prints "ran" or "refused"
 // Exit status 0 when the kernels ran; the emulator's error, if any, goes to stderr.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -17,6 +21,7 @@
 #include "cuda_emu.h"
 
 #include "../launch.h"
+#include "../persistent_fwd.cuh"
 
 namespace {
 
@@ -57,6 +62,29 @@ double run_steps(int B, int H, const std::vector<int>& batch_sizes) {
     bnlstm::launch_fwd_step<float>(fwd, t, n, n_next, t, n >= 2 ? 0.1 : -1.0, nullptr);
   }
 
+  // the same forward again, every step in one cooperative launch (the grid barrier under TSan)
+  bnlstm::PersistentPlan plan;
+  if (bnlstm::plan_persistent_fwd<float>(H, plan) != cudaSuccess || !plan.persistent) {
+    throw std::runtime_error("the persistent forward does not fit the emulated device");
+  }
+  std::vector<int> n(batch_sizes), rows(T);
+  n.push_back(0);
+  std::iota(rows.begin(), rows.end(), 0);
+  std::vector<double> factors(T);
+  for (int t = 0; t < T; ++t) factors[t] = batch_sizes[t] >= 2 ? 0.1 : -1.0;
+  auto y2 = y, cell2 = cell, hw2 = hw, mean_hh2 = mean_hh, var_hh2 = var_hh;
+  auto mean_c2 = mean_c, var_c2 = var_c, stat_hh2 = stat_hh, stat_c2 = stat_c;
+  auto h_n2 = h_n, c_n2 = c_n;
+  const FwdParams fwd2{u.data(), hw2.data(), y2.data(), cell2.data(), weight_hh.data(),
+                       gamma_hh.data(), gamma_c.data(), beta_c.data(), mean_hh2.data(),
+                       var_hh2.data(), mean_c2.data(), var_c2.data(), stat_hh2.data(),
+                       stat_c2.data(), h_n2.data(), c_n2.data(), nullptr, B, H, 1e-5};
+  unsigned arrivals = 0;
+  if (bnlstm::launch_persistent_fwd<float>(fwd2, plan, n.data(), rows.data(), factors.data(), T,
+                                           &arrivals, nullptr) != cudaSuccess) {
+    throw std::runtime_error("the persistent forward was refused");
+  }
+
   auto dy = random(size_t(T) * B * H, gen, -1, 1), dh_n = random(size_t(B) * H, gen, -1, 1);
   auto dc = random(size_t(B) * H, gen, -1, 1);
   std::vector<float> dpre(size_t(T) * B * G), dpre_hh(size_t(T + 1) * B * G), dh(size_t(B) * H);
@@ -73,6 +101,7 @@ double run_steps(int B, int H, const std::vector<int>& batch_sizes) {
   for (float v : y) total += v;
   for (float v : dpre_hh) total += v;
   for (float v : dc) total += v;
+  for (float v : y2) total += v;
   return total;
 }
 
@@ -93,6 +122,14 @@ __global__ void barrier_misuse_kernel(int mode) {
   }
 }
 
+// A cooperative kernel whose block 1 returns instead of reaching the grid barrier.
+__global__ void grid_barrier_misuse_kernel(unsigned* arrivals) {
+  if (blockIdx.x == 1) return;
+  bnlstm::grid_sync(arrivals, gridDim.x);
+}
+
+__global__ void empty_kernel(int) {}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -109,16 +146,32 @@ int main(int argc, char** argv) {
     }
     if (what == "barrier" && argc == 3) {
       const std::string mode = argv[2];
+      if (mode == "grid") {
+        unsigned arrivals = 0;
+        return BNLSTM_LAUNCH_COOPERATIVE(grid_barrier_misuse_kernel, dim3(2),
+                                         dim3(bnlstm::kThreads), 0, nullptr, &arrivals);
+      }
       const int m = mode == "returned" ? 0 : mode == "divergent" ? 1 : mode == "late" ? 2 : -1;
       if (m < 0) throw std::invalid_argument("mode " + mode);
       BNLSTM_LAUNCH(barrier_misuse_kernel, dim3(2), dim3(bnlstm::kThreads), nullptr, m);
+      return 0;
+    }
+    if (what == "cooperative" && argc == 4) {
+      const cudaError_t status =
+          BNLSTM_LAUNCH_COOPERATIVE(empty_kernel, dim3(std::atoi(argv[2])),
+                                    dim3(bnlstm::kThreads), std::atoi(argv[3]), nullptr, 0);
+      std::printf("%s\n", status == cudaSuccess                           ? "ran"
+                          : status == cudaErrorCooperativeLaunchTooLarge ? "refused"
+                                                                          : "error");
       return 0;
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;
   }
-  std::fprintf(stderr, "usage: %s races B H T n_1 .. n_T | barrier returned|divergent|late\n",
+  std::fprintf(stderr,
+               "usage: %s races B H T n_1 .. n_T | barrier returned|divergent|late|grid | "
+               "cooperative BLOCKS BYTES\n",
                argv[0]);
   return 2;
 }

@@ -1,9 +1,11 @@
-// The emulator's runtime (cuda_emu.h): a pool of OS threads that runs one block at a time, the
-// block barrier with its watchdog, and the CUDA runtime calls the time loops make.
+// The emulator's runtime (cuda_emu.h): a pool of OS threads that runs one block at a time (or a
+// cooperative launch's blocks all at once), the block barrier with its watchdog, the emulated
+// device's limits, and the CUDA runtime calls the time loops make.
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <climits>
@@ -11,7 +13,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <memory>
 #include <mutex>
+#include <numeric>
+#include <random>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -54,32 +59,46 @@ std::string where(const char* site) {
 // Thrown out of the kernel in every thread of a block whose barrier failed.
 struct Aborted {};
 
-// One block's barrier: arrivals of the current generation, the threads that have left the
-// kernel, and the first failure.
-struct Block {
+// What the blocks of one launch share: the first failure, which ends every block.
+struct Launch {
   const char* kernel;
-  unsigned index, threads;
   double watchdog_s;
-  std::atomic<unsigned> arrived{0}, exited{0}, generation{0};
-  std::atomic<const char*> site{nullptr};  // of the current generation's first arrival
   std::atomic<bool> failed{false};
   std::mutex failure_mutex;
   std::string failure;
+  std::vector<std::atomic<unsigned>*> wake_on_failure;  // each block's barrier word
 
-  Block(const char* kernel, unsigned index, unsigned threads, double watchdog_s)
-      : kernel(kernel), index(index), threads(threads), watchdog_s(watchdog_s) {}
+  Launch(const char* kernel, double watchdog_s) : kernel(kernel), watchdog_s(watchdog_s) {}
 
-  [[noreturn]] void fail(const std::string& what) {
+  [[noreturn]] void fail(unsigned block, const std::string& what) {
     {
       const std::lock_guard<std::mutex> lock(failure_mutex);
       if (!failed.load()) {
-        failure = std::string(kernel) + ", block " + std::to_string(index) + ": " + what;
+        failure = std::string(kernel) + ", block " + std::to_string(block) + ": " + what;
         failed.store(true);
       }
     }
-    futex_wake(generation);
+    for (auto* word : wake_on_failure) futex_wake(*word);
     throw Aborted{};
   }
+};
+
+// One block's barrier: arrivals of the current generation, the threads that have left the
+// kernel, and its dynamic shared memory.
+struct Block {
+  Launch& launch;
+  unsigned index, threads;
+  std::atomic<unsigned> arrived{0}, exited{0}, generation{0};
+  std::atomic<unsigned> spinning{0};       // threads in a spin-wait (__nanosleep)
+  std::atomic<const char*> site{nullptr};  // of the current generation's first arrival
+  std::vector<unsigned char> shared;
+
+  Block(Launch& launch, unsigned index, unsigned threads, size_t shared_bytes)
+      : launch(launch), index(index), threads(threads), shared(shared_bytes, 0xff) {
+    launch.wake_on_failure.push_back(&generation);
+  }
+
+  [[noreturn]] void fail(const std::string& what) { launch.fail(index, what); }
 
   // The threads waiting at a barrier the rest of the block has left the kernel without
   // reaching, or 0. One snapshot: a thread that arrived cannot exit, so a + e == threads holds
@@ -95,7 +114,7 @@ struct Block {
   }
 
   void sync(const char* here) {
-    if (failed.load()) throw Aborted{};
+    if (launch.failed.load()) throw Aborted{};
     const char* first = nullptr;
     if (!site.compare_exchange_strong(first, here) && first != here &&
         std::strcmp(first, here) != 0) {
@@ -110,15 +129,21 @@ struct Block {
       futex_wake(generation);
       return;
     }
-    const auto start = std::chrono::steady_clock::now();
+    auto start = std::chrono::steady_clock::now();
     while (generation.load(std::memory_order_acquire) == gen) {
-      if (failed.load()) throw Aborted{};
+      if (launch.failed.load()) throw Aborted{};
       if (const unsigned waiting = stranded()) {
         fail(reached(here, waiting) + "; the other " + std::to_string(threads - waiting) +
              " returned from the kernel");
       }
+      const double watchdog_s = launch.watchdog_s;
       const double left = watchdog_s - std::chrono::duration<double>(
                                            std::chrono::steady_clock::now() - start).count();
+      // a thread of the block spins (a grid barrier): its own watchdog reports
+      if (left <= 0 && spinning.load() > 0) {
+        start = std::chrono::steady_clock::now();
+        continue;
+      }
       if (left <= 0) {
         fail(reached(here, arrived.load()) + " within the watchdog's " + seconds(watchdog_s) +
              " (BNLSTM_EMU_WATCHDOG_S)");
@@ -134,6 +159,8 @@ struct Block {
 };
 
 thread_local Block* current = nullptr;
+// when this thread's current spin-wait (__nanosleep calls with no barrier between) began
+thread_local std::chrono::steady_clock::time_point spin_start{};
 
 // OS threads kept across launches (creating 256 per block would cost more than the block).
 class Pool {
@@ -188,37 +215,183 @@ class Pool {
   bool stop_ = false;
 };
 
+// The emulated device: BNLSTM_EMU_SMS SMs (default 4, few: the grid stays small enough to run
+// as OS threads) with an H100's per-SM limits.
+constexpr int kThreadsPerSm = 2048, kBlocksPerSm = 32;
+constexpr size_t kSharedReservedPerBlock = 1024;
+
+int sms() { return static_cast<int>(env_seconds("BNLSTM_EMU_SMS", 4)); }
+size_t shared_per_block() {
+  return static_cast<size_t>(env_seconds("BNLSTM_EMU_SHARED_BYTES", 232448));
+}
+size_t shared_per_sm() { return shared_per_block() + kSharedReservedPerBlock; }
+
+// Blocks of `threads` threads and `shared` dynamic bytes one SM holds at once.
+int blocks_per_sm(int threads, size_t shared) {
+  if (threads <= 0 || threads > 1024 || shared > shared_per_block()) return 0;
+  const size_t by_shared = shared_per_sm() / (shared + kSharedReservedPerBlock);
+  return static_cast<int>(std::min<size_t>({size_t(kThreadsPerSm / threads), kBlocksPerSm,
+                                            by_shared}));
+}
+
+// Block b's place in the start order: ascending, descending or random:SEED (a permutation).
+std::vector<unsigned> start_order(unsigned blocks) {
+  std::vector<unsigned> order(blocks);
+  std::iota(order.begin(), order.end(), 0u);
+  const char* name = std::getenv("BNLSTM_EMU_BLOCK_ORDER");
+  const std::string how = name != nullptr ? name : "ascending";
+  if (how == "descending") {
+    std::reverse(order.begin(), order.end());
+  } else if (how.rfind("random:", 0) == 0) {
+    std::mt19937 gen(static_cast<unsigned>(std::stoul(how.substr(7))));
+    std::shuffle(order.begin(), order.end(), gen);
+  } else if (how != "ascending") {
+    throw std::invalid_argument("BNLSTM_EMU_BLOCK_ORDER=" + how +
+                                ": ascending, descending or random:SEED");
+  }
+  return order;
+}
+
+void enter(Block& block, dim3 grid, dim3 blockdim, unsigned tid) {
+  threadIdx = {tid % blockdim.x, tid / blockdim.x % blockdim.y, tid / (blockdim.x * blockdim.y)};
+  const unsigned b = block.index;
+  blockIdx = {b % grid.x, b / grid.x % grid.y, b / (grid.x * grid.y)};
+  blockDim = blockdim;
+  gridDim = grid;
+  current = &block;
+  spin_start = {};
+}
+
 }  // namespace
 
-void sync_threads(const char* site) { current->sync(site); }
+// The end of this thread's spin-wait, if it was in one.
+void end_spin() {
+  if (spin_start != std::chrono::steady_clock::time_point{}) {
+    spin_start = {};
+    current->spinning.fetch_sub(1);
+  }
+}
+
+void sync_threads(const char* site) {
+  end_spin();
+  current->sync(site);
+}
+
+unsigned char* dynamic_shared() { return current->shared.data(); }
+
+void nanosleep(unsigned ns) {
+  Launch& launch = current->launch;
+  if (launch.failed.load()) throw Aborted{};
+  const auto now = std::chrono::steady_clock::now();
+  if (spin_start == std::chrono::steady_clock::time_point{}) {
+    spin_start = now;
+    current->spinning.fetch_add(1);
+  }
+  if (std::chrono::duration<double>(now - spin_start).count() > launch.watchdog_s) {
+    current->fail("a thread spun (__nanosleep) past the watchdog's " +
+                  seconds(launch.watchdog_s) +
+                  " (BNLSTM_EMU_WATCHDOG_S): a grid barrier some block never reaches");
+  }
+  // a real pause: the spinning thread gives the cores to the blocks it waits for
+  std::this_thread::sleep_for(std::chrono::nanoseconds(std::max(ns, 20000u)));
+}
+
+// One launch at a time, ordinary or cooperative: they share the pool.
+std::mutex& one_launch_at_a_time() {
+  static std::mutex mutex;
+  return mutex;
+}
 
 void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body) {
-  static std::mutex one_launch_at_a_time;
-  const std::lock_guard<std::mutex> lock(one_launch_at_a_time);
-  const char* order = std::getenv("BNLSTM_EMU_BLOCK_ORDER");
-  const bool descending = order != nullptr && std::strcmp(order, "descending") == 0;
+  const std::lock_guard<std::mutex> lock(one_launch_at_a_time());
   const double watchdog_s = env_seconds("BNLSTM_EMU_WATCHDOG_S", 60);
   const unsigned blocks = grid.x * grid.y * grid.z, threads = block.x * block.y * block.z;
-  for (unsigned i = 0; i < blocks; ++i) {
-    const unsigned b = descending ? blocks - 1 - i : i;
-    Block state(kernel, b, threads, watchdog_s);
+  for (const unsigned b : start_order(blocks)) {
+    Launch launch(kernel, watchdog_s);
+    Block state(launch, b, threads, 0);
     Pool::get().run(threads, [&](unsigned tid) {
-      threadIdx = {tid % block.x, tid / block.x % block.y, tid / (block.x * block.y)};
-      blockIdx = {b % grid.x, b / grid.x % grid.y, b / (grid.x * grid.y)};
-      blockDim = block;
-      gridDim = grid;
-      current = &state;
+      enter(state, grid, block, tid);
       try {
         body();
       } catch (const Aborted&) {
       }
+      end_spin();
       state.exit();
     });
-    if (state.failed.load()) throw std::runtime_error("CUDA emulation: " + state.failure);
+    if (launch.failed.load()) throw std::runtime_error("CUDA emulation: " + launch.failure);
   }
 }
 
+cudaError_t run_cooperative(const char* kernel, dim3 grid, dim3 block, size_t shared,
+                            const std::function<void()>& body) {
+  const unsigned blocks = grid.x * grid.y * grid.z, threads = block.x * block.y * block.z;
+  if (blocks > unsigned(sms() * blocks_per_sm(static_cast<int>(threads), shared))) {
+    return cudaErrorCooperativeLaunchTooLarge;
+  }
+  const std::lock_guard<std::mutex> lock(one_launch_at_a_time());
+  Launch launch(kernel, env_seconds("BNLSTM_EMU_WATCHDOG_S", 60));
+  std::vector<std::unique_ptr<Block>> states;
+  for (unsigned b = 0; b < blocks; ++b) {
+    states.push_back(std::make_unique<Block>(launch, b, threads, shared));
+  }
+  // Block order[r] starts once every thread of order[r - 1] has entered the kernel.
+  const std::vector<unsigned> order = start_order(blocks);
+  std::vector<unsigned> rank(blocks);
+  for (unsigned r = 0; r < blocks; ++r) rank[order[r]] = r;
+  std::atomic<unsigned> started{0}, entered{0};
+  Pool::get().run(blocks * threads, [&](unsigned i) {
+    const unsigned r = i / threads;
+    for (unsigned s; (s = started.load(std::memory_order_acquire)) < r;) futex_wait(started, s);
+    Block& state = *states[order[r]];
+    enter(state, grid, block, i % threads);
+    if (entered.fetch_add(1, std::memory_order_acq_rel) + 1 == (r + 1) * threads) {
+      started.fetch_add(1, std::memory_order_release);
+      futex_wake(started);
+    }
+    try {
+      body();
+    } catch (const Aborted&) {
+    }
+    end_spin();
+    state.exit();
+  });
+  if (launch.failed.load()) throw std::runtime_error("CUDA emulation: " + launch.failure);
+  return cudaSuccess;
+}
+
 }  // namespace bnlstm_emu
+
+// The emulated device's attributes and occupancy, as loops_cuda.cpp and the launchers ask them.
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = bnlstm_emu::sms(); return cudaSuccess;
+    case cudaDevAttrCooperativeLaunch: *value = 1; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+      *value = static_cast<int>(bnlstm_emu::shared_per_block());
+      return cudaSuccess;
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute attr, int value) {
+  return attr == cudaFuncAttributeMaxDynamicSharedMemorySize && value >= 0 &&
+                 size_t(value) <= bnlstm_emu::shared_per_block()
+             ? cudaSuccess
+             : cudaErrorInvalidValue;
+}
+
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, const void*, int threads,
+                                                          size_t shared) {
+  *blocks = bnlstm_emu::blocks_per_sm(threads, shared);
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetLastError() { return cudaSuccess; }
 
 // The CUDA runtime calls of the time loops (loops_cuda.cpp), on host memory; the launches
 // before them have completed, so stream order holds.
