@@ -25,6 +25,10 @@ import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 
+# the repository root: benchmarks/ (the GPU shapes) is not installed, and `python
+# tools/triton_report.py` puts only tools/ on the path
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}  # max dynamic shared memory per block
 H100_SMS = 132
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp64")  # tf32: fp32 with allow_tf32 on
