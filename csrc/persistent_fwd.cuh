@@ -188,28 +188,17 @@ persistent_fwd_kernel(FwdParams p, StepTable steps, int T, int U, unsigned* arri
         }
       }
     }
-    sum_h = column_sum(sum_h, scratch, cols, kPersistRowGroups);
-    A sq_h = A(0);
-    if (use_batch) {
-      // each thread re-reads only the hw it stored itself
-      for (int64_t b = rg; b < n && j_ok; b += kPersistRowGroups) {
-        const A d = hw_t[b * G + c] - sum_h / A(n);
-        sq_h += d * d;
-      }
-      sq_h = column_sum(sq_h, scratch, cols, kPersistRowGroups);
-    }
-    if (j_ok) {
-      A mean, rstd;
-      step_statistics(sum_h, sq_h, n, use_batch, factor, eps,
+    A hh_mean, hh_rstd;
+    column_statistics(sum_h, hw_t + c, G, rg, kPersistRowGroups, n, j_ok, use_batch, factor, eps,
                       static_cast<A*>(p.run_mean_hh) + row * G + c,
-                      static_cast<A*>(p.run_var_hh) + row * G + c, rg == 0, mean, rstd);
-      if (rg == 0) {
-        A* stat = static_cast<A*>(p.stat_hh) + t * 2 * G;
-        stat[c] = mean;
-        stat[G + c] = rstd;
-        mean_hh[cc] = mean;
-        rstd_hh[cc] = rstd;
-      }
+                      static_cast<A*>(p.run_var_hh) + row * G + c, j_ok && rg == 0, scratch,
+                      cols, kPersistRowGroups, hh_mean, hh_rstd);
+    if (j_ok && rg == 0) {
+      A* stat = static_cast<A*>(p.stat_hh) + t * 2 * G;
+      stat[c] = hh_mean;
+      stat[G + c] = hh_rstd;
+      mean_hh[cc] = hh_mean;
+      rstd_hh[cc] = hh_rstd;
     }
     __syncthreads();  // the gate statistics, and hw stored by the product layout's threads
 
@@ -226,27 +215,17 @@ persistent_fwd_kernel(FwdParams p, StepTable steps, int T, int U, unsigned* arri
       c_next[b * H + je] = cell;
       sum_c += cell;
     }
-    sum_c = column_sum(sum_c, scratch, U, row_groups_e);
-    A sq_c = A(0);
-    if (use_batch) {
-      for (int64_t b = er; b < n && je_ok; b += row_groups_e) {
-        const A d = c_next[b * H + je] - sum_c / A(n);
-        sq_c += d * d;
-      }
-      sq_c = column_sum(sq_c, scratch, U, row_groups_e);
-    }
-    if (je_ok) {
-      A mean, rstd;
-      step_statistics(sum_c, sq_c, n, use_batch, factor, eps,
+    A c_mean, c_rstd;
+    column_statistics(sum_c, c_next + je, H, er, row_groups_e, n, je_ok, use_batch, factor, eps,
                       static_cast<A*>(p.run_mean_c) + row * H + je,
-                      static_cast<A*>(p.run_var_c) + row * H + je, er == 0, mean, rstd);
-      if (er == 0) {
-        A* stat = static_cast<A*>(p.stat_c) + t * 2 * H;
-        stat[je] = mean;
-        stat[H + je] = rstd;
-        mean_c[eu] = mean;
-        rstd_c[eu] = rstd;
-      }
+                      static_cast<A*>(p.run_var_c) + row * H + je, je_ok && er == 0, scratch, U,
+                      row_groups_e, c_mean, c_rstd);
+    if (je_ok && er == 0) {
+      A* stat = static_cast<A*>(p.stat_c) + t * 2 * H;
+      stat[je] = c_mean;
+      stat[H + je] = c_rstd;
+      mean_c[eu] = c_mean;
+      rstd_c[eu] = c_rstd;
     }
     __syncthreads();  // the cell statistics
 

@@ -83,6 +83,30 @@ __device__ A column_sum(A v, A* scratch, int cols = kBlockH, int groups = kRowGr
   return total;
 }
 
+// Mean and 1/std of this thread's feature at the step, from its partial sum over its rows: the
+// block-wide sum (column_sum), then with batch statistics the centred squares of the values
+// this thread stored itself, z[b * ld] for b = first, first + stride, ... < n (two-pass; the
+// same rows, so no barrier), and step_statistics (the writer moves the running row). Every
+// thread of the block calls it (it holds barriers); z is read and mean, rstd set only where ok.
+template <typename A>
+__device__ void column_statistics(A sum, const A* z, int64_t ld, int64_t first, int64_t stride,
+                                  int64_t n, bool ok, bool use_batch, A factor, A eps,
+                                  A* run_mean, A* run_var, bool writer, A* scratch, int cols,
+                                  int groups, A& mean, A& rstd) {
+  sum = column_sum(sum, scratch, cols, groups);
+  A sq = A(0);
+  if (use_batch) {
+    for (int64_t b = first; b < n && ok; b += stride) {
+      const A d = z[b * ld] - sum / A(n);
+      sq += d * d;
+    }
+    sq = column_sum(sq, scratch, cols, groups);
+  }
+  if (ok) {
+    step_statistics(sum, sq, n, use_batch, factor, eps, run_mean, run_var, writer, mean, rstd);
+  }
+}
+
 // Per-feature constants of the block's hidden units at this step, in shared memory.
 template <typename A>
 struct StepConstants {

@@ -59,27 +59,16 @@ fwd_step_kernel(FwdParams p, int t, int n, int n_next, int row, double factor_ar
         }
       }
     }
-    sum_h = column_sum(sum_h, scratch);
-    A sq_h = A(0);
-    if (use_batch) {
-      // each thread re-reads only the hw it stored itself: same rows, no barrier needed
-      for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
-        const A d = hw_t[b * G + c] - sum_h / A(n);
-        sq_h += d * d;
-      }
-      sq_h = column_sum(sq_h, scratch);
-    }
-    if (j_ok) {
-      A mean_hh, rstd_hh;
-      step_statistics(sum_h, sq_h, n, use_batch, factor, eps,
+    A mean_hh, rstd_hh;
+    column_statistics(sum_h, hw_t + c, G, rg, kRowGroups, n, j_ok, use_batch, factor, eps,
                       static_cast<A*>(p.run_mean_hh) + row * G + c,
-                      static_cast<A*>(p.run_var_hh) + row * G + c, writer, mean_hh, rstd_hh);
-      if (writer) {
-        stat_hh_t[c] = mean_hh;
-        stat_hh_t[G + c] = rstd_hh;
-        k.mean_hh[g][col] = mean_hh;
-        k.rstd_hh[g][col] = rstd_hh;
-      }
+                      static_cast<A*>(p.run_var_hh) + row * G + c, writer, scratch, kBlockH,
+                      kRowGroups, mean_hh, rstd_hh);
+    if (writer) {
+      stat_hh_t[c] = mean_hh;
+      stat_hh_t[G + c] = rstd_hh;
+      k.mean_hh[g][col] = mean_hh;
+      k.rstd_hh[g][col] = rstd_hh;
     }
   }
   __syncthreads();  // the writers' statistics in k are read by every row group
@@ -93,26 +82,16 @@ fwd_step_kernel(FwdParams p, int t, int n, int n_next, int row, double factor_ar
     c_next[b * H + j] = c;
     sum_c += c;
   }
-  sum_c = column_sum(sum_c, scratch);
-  A sq_c = A(0);
-  if (use_batch) {
-    for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
-      const A d = c_next[b * H + j] - sum_c / A(n);
-      sq_c += d * d;
-    }
-    sq_c = column_sum(sq_c, scratch);
-  }
-  if (j_ok) {
-    A mean_c, rstd_c;
-    step_statistics(sum_c, sq_c, n, use_batch, factor, eps,
+  A mean_c, rstd_c;
+  column_statistics(sum_c, c_next + j, H, rg, kRowGroups, n, j_ok, use_batch, factor, eps,
                     static_cast<A*>(p.run_mean_c) + row * H + j,
-                    static_cast<A*>(p.run_var_c) + row * H + j, writer, mean_c, rstd_c);
-    if (writer) {
-      stat_c_t[j] = mean_c;
-      stat_c_t[H + j] = rstd_c;
-      k.mean_c[col] = mean_c;
-      k.rstd_c[col] = rstd_c;
-    }
+                    static_cast<A*>(p.run_var_c) + row * H + j, writer, scratch, kBlockH,
+                    kRowGroups, mean_c, rstd_c);
+  if (writer) {
+    stat_c_t[j] = mean_c;
+    stat_c_t[H + j] = rstd_c;
+    k.mean_c[col] = mean_c;
+    k.rstd_c[col] = rstd_c;
   }
   __syncthreads();  // the cell statistics in k
 

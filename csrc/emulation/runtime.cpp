@@ -302,6 +302,17 @@ std::mutex& one_launch_at_a_time() {
   return mutex;
 }
 
+// An emulated thread's run of the kernel, once it has entered its block: a failed barrier
+// ends it (Aborted), then it leaves any spin-wait and the block.
+static void run_kernel(Block& block, const std::function<void()>& body) {
+  try {
+    body();
+  } catch (const Aborted&) {
+  }
+  end_spin();
+  block.exit();
+}
+
 void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body) {
   const std::lock_guard<std::mutex> lock(one_launch_at_a_time());
   const double watchdog_s = env_seconds("BNLSTM_EMU_WATCHDOG_S", 60);
@@ -311,12 +322,7 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<voi
     Block state(launch, b, threads, 0);
     Pool::get().run(threads, [&](unsigned tid) {
       enter(state, grid, block, tid);
-      try {
-        body();
-      } catch (const Aborted&) {
-      }
-      end_spin();
-      state.exit();
+      run_kernel(state, body);
     });
     if (launch.failed.load()) throw std::runtime_error("CUDA emulation: " + launch.failure);
   }
@@ -348,12 +354,7 @@ cudaError_t run_cooperative(const char* kernel, dim3 grid, dim3 block, size_t sh
       started.fetch_add(1, std::memory_order_release);
       futex_wake(started);
     }
-    try {
-      body();
-    } catch (const Aborted&) {
-    }
-    end_spin();
-    state.exit();
+    run_kernel(state, body);
   });
   if (launch.failed.load()) throw std::runtime_error("CUDA emulation: " + launch.failure);
   return cudaSuccess;
