@@ -78,8 +78,8 @@ test: $(VENV)/.ext-built build-ext
 	$(CUDA_VENV)/bin/pytest -q -p no:logging tests/test_cpp_ext.py
 
 # The CUDA kernels run on the CPU (csrc/emulation/, tests/test_emulation.py): the GPU contract,
-# the persistent and per-step forward, three block orders, ThreadSanitizer, the watchdogs. Needs the toolkit's headers, no GPU;
-# `make test` runs it with the rest of tests/.
+# the persistent and per-step forward, three block orders, ThreadSanitizer, the watchdogs.
+# Needs the toolkit's headers, no GPU; `make test` runs it with the rest of tests/.
 emulate: $(VENV)/.installed
 	CUDA_HOME=$(CUDA_HOME) $(PY) -m pytest -q tests/test_emulation.py
 
