@@ -87,7 +87,7 @@ def run_shape(shape: Shape, device: torch.device, found: list[Provider], env: di
     template = make_template(shape, device)
     x = torch.randn(shape.T, shape.B, shape.input_size, device=device, dtype=shape.dtype)
     dy = torch.randn(shape.T, shape.B, shape.hidden_size, device=device, dtype=shape.dtype)
-    rows, notes = [], []
+    rows, notes, references = [], [], {}
     for provider in found:
         if shape.tokens > limits.get(provider.name, float("inf")):
             notes.append(f"{provider.name}: skipped (too slow above T*B="
@@ -98,7 +98,7 @@ def run_shape(shape: Shape, device: torch.device, found: list[Provider], env: di
         checked = []
         for label, context in launches:  # every variant passes the check before it is timed
             with context():
-                failures = _check(provider, template, x, dy)
+                failures = _check(provider, template, x, dy, references)
             if failures:
                 name = provider.name + ("" if label == "eager" else f" ({label})")
                 notes.append(f"{name}: FAILED the check against the reference, not timed: "
@@ -129,10 +129,10 @@ def run_shape(shape: Shape, device: torch.device, found: list[Provider], env: di
     return rows, notes
 
 
-def _check(provider, template, x, dy) -> list[str]:
+def _check(provider, template, x, dy, references) -> list[str]:
     """check_provider's failures; a backend that cannot run this shape says why, and is out."""
     try:
-        return check_provider(provider, template, x, dy)
+        return check_provider(provider, template, x, dy, references)
     except Exception as error:
         return [f"raised {type(error).__name__}: {error}"]
 

@@ -12,6 +12,7 @@ Run on a GPU from the repository root: `python -m benchmarks.tune` (about a minu
 from __future__ import annotations
 
 import argparse
+from typing import Iterator
 
 import torch
 
@@ -37,9 +38,10 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def tune_shape(shape: Shape, device: torch.device, budget_ms: float,
-               candidates=CANDIDATES) -> list[str]:
-    """One line per candidate: its fwd_bwd time, and how far its input and weight_ih gradients
-    are from those under the launcher's own choice."""
+               candidates=CANDIDATES) -> Iterator[str]:
+    """One line per candidate, as it is measured (a compile takes seconds): its fwd_bwd time,
+    and how far its input and weight_ih gradients are from those under the launcher's own
+    choice."""
     torch.manual_seed(0)
     template = make_template(shape, device)
     x = torch.randn(shape.T, shape.B, shape.input_size, device=device, dtype=shape.dtype)
@@ -47,8 +49,8 @@ def tune_shape(shape: Shape, device: torch.device, budget_ms: float,
     provider = backend_provider("triton", device)
     chosen = triton_step.pick_config(shape.B, device)
     want = None
-    lines = [shape.describe(), f"{'config (B,H,K,warps)':24} {'fwd_bwd ms p50':>15} "
-             f"{'rel. diff':>10}"]
+    yield shape.describe()
+    yield f"{'config (B,H,K,warps)':24} {'fwd_bwd ms p50':>15} {'rel. diff':>10}"
     for cfg in (chosen, *(c for c in candidates if c != chosen)):
         label = f"{tuple(cfg)}{' (picked)' if cfg == chosen else ''}"
         try:
@@ -57,12 +59,11 @@ def tune_shape(shape: Shape, device: torch.device, budget_ms: float,
                 grads = [g.clone() for g in call()]
                 timing = measure.time_calls(call, device, budget_ms=budget_ms)
         except Exception as error:  # a tile that does not compile or fit says so
-            lines.append(f"{label:24} failed: {type(error).__name__}: {str(error)[:80]}")
+            yield f"{label:24} failed: {type(error).__name__}: {str(error)[:80]}"
             continue
         want = want or grads
         diff = max(_relative(grads[0], want[0]), _relative(grads[1], want[1]))
-        lines.append(f"{label:24} {timing.ms_p50:>15.3f} {diff:>10.1e}")
-    return lines
+        yield f"{label:24} {timing.ms_p50:>15.3f} {diff:>10.1e}"
 
 
 def main(argv=None) -> None:
@@ -74,7 +75,9 @@ def main(argv=None) -> None:
         raise SystemExit("benchmarks.tune needs a CUDA device (it times Triton launches)")
     device = torch.device("cuda")
     for shape in SHAPES:
-        print("\n".join(tune_shape(shape, device, args.budget_ms)) + "\n", flush=True)
+        for line in tune_shape(shape, device, args.budget_ms):
+            print(line, flush=True)
+        print()
 
 
 if __name__ == "__main__":

@@ -166,8 +166,8 @@ def test_tune_times_every_candidate_and_reports_the_ones_that_fail():
     if not available_backends()["triton"][0]:
         pytest.skip("the Triton backend cannot run here")
     shape = Shape(3, 5, 3, 8, torch.float32, "tune test")
-    lines = tune_shape(shape, CPU, budget_ms=1.0,
-                       candidates=(Config(32, 16, 32, 4), Config(16, 12, 16, 4)))
+    lines = list(tune_shape(shape, CPU, budget_ms=1.0,
+                            candidates=(Config(32, 16, 32, 4), Config(16, 12, 16, 4))))
     assert len(lines) == 2 + 3
     assert "(picked)" in lines[2] and float(lines[2].split()[-2]) > 0
     assert lines[2].split()[-1] == "0.0e+00"  # its own reference
