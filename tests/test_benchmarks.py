@@ -61,6 +61,23 @@ def test_a_wrong_provider_fails_the_check(name):
     assert any(f.startswith("eval output") for f in failures), failures
 
 
+def test_lstm_baselines_are_checked_in_training_mode():
+    """cuDNN refuses a backward in eval mode, so the check runs an LSTM baseline in training
+    mode (an LSTM without dropout computes the same): one that refuses as cuDNN does passes."""
+    lstm = _by_name(BASELINE)
+
+    def build(template):
+        module, forward = lstm.build(template)
+
+        def refusing(m, x):
+            if not m.training:
+                raise RuntimeError("cudnn RNN backward can only be called in training mode")
+            return forward(m, x)
+        return Built(module, refusing)
+    assert check_provider(Provider("cudnn-like", "lstm", build, graphs=True),
+                          *_inputs(TINY)) == []
+
+
 def test_a_bnlstm_provider_with_a_wrong_gradient_fails():
     good = _by_name("bnlstm[torch]")
 
