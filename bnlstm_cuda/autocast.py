@@ -11,12 +11,17 @@ import torch
 from torch import Tensor
 
 _CASTABLE = (torch.float32, torch.float16, torch.bfloat16)
+# Device types autocast exists on (is_autocast_enabled raises on the others, meta among them),
+# asked once at import: torch.compile in torch 2.11 cannot trace the question itself.
+_AUTOCAST_DEVICES = frozenset(kind for kind in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia",
+                                                "maia", "xla", "privateuseone")
+                              if torch.amp.is_autocast_available(kind))
 
 
 def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype for tensors on `device`, or None when autocast is off there."""
     kind = device.type
-    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+    if kind in _AUTOCAST_DEVICES and torch.is_autocast_enabled(kind):
         return torch.get_autocast_dtype(kind)
     return None
 

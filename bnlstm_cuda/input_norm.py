@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .device_numbers import device_numbers
 from .layer_state import LayerWeights, RunningStats, Steps, accumulator
 
 
@@ -26,7 +27,7 @@ class InputSaved(NamedTuple):
 
 def _running_mask(batch_sizes: list[int], B: int, like: Tensor) -> Tensor:
     """(T, B, 1) 1 for the rows running at each step, else 0."""
-    n = torch.tensor(batch_sizes, device=like.device)
+    n = device_numbers(batch_sizes, torch.int64, like.device)
     return (torch.arange(B, device=like.device)[None, :] < n[:, None]).to(like.dtype)[..., None]
 
 
@@ -37,7 +38,7 @@ def _batch_statistics(z: Tensor, batch_sizes: list[int]) -> tuple[Tensor, Tensor
         mean = z.mean(1)
         return mean, (z - mean[:, None]).square_().mean(1)  # one (T, B, 4H) temporary
     running = _running_mask(batch_sizes, B, z)
-    n = torch.tensor(batch_sizes, device=z.device, dtype=z.dtype).clamp_min(1)[:, None]
+    n = device_numbers(batch_sizes, z.dtype, z.device).clamp_min(1)[:, None]
     mean = (z * running).sum(1) / n
     return mean, ((z - mean[:, None]).mul_(running)).square_().sum(1) / n
 
@@ -87,7 +88,7 @@ def _weights(factors: list, like: Tensor):
     if all(not isinstance(f, Tensor) for f in factors) and len(set(factors)) == 1:
         return factors[0]
     return torch.stack([f.to(like.dtype) if isinstance(f, Tensor)
-                        else torch.tensor(f, dtype=like.dtype, device=like.device)
+                        else torch.full((), f, dtype=like.dtype, device=like.device)
                         for f in factors])[:, None]
 
 
@@ -100,7 +101,7 @@ def statistics(xw: Tensor, stats: RunningStats, steps: Steps, eps: float) -> Ten
     mean = var = z.new_empty(0, z.shape[2])
     if k:
         mean, var = _batch_statistics(z[:k], steps.batch_sizes[:k])
-        n = torch.tensor(steps.batch_sizes[:k], device=z.device, dtype=z.dtype)[:, None]
+        n = device_numbers(steps.batch_sizes[:k], z.dtype, z.device)[:, None]
         with torch.no_grad():
             _update_running(stats.mean_ih, mean, steps, k)
             _update_running(stats.var_ih, var * n / (n - 1), steps, k)
@@ -154,7 +155,7 @@ def backward(dpre: Tensor, saved: InputSaved, weights: LayerWeights,
     dgamma_ih, dbias = product.sum((0, 1)), dpre.sum((0, 1))
     k = _batch_steps(steps)
     if k:
-        n = torch.tensor(steps.batch_sizes[:k], dtype=dpre.dtype, device=dpre.device)
+        n = device_numbers(steps.batch_sizes[:k], dpre.dtype, dpre.device)
         n = n[:, None, None]
         out = xhat[:k].mul_(-product[:k].sum(1, keepdim=True) / n)  # xhat's buffer
         out.add_(dpre[:k]).sub_(dpre[:k].sum(1, keepdim=True) / n)

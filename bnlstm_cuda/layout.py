@@ -9,6 +9,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .device_numbers import device_numbers
+
 
 def batch_sizes_of(lengths: Optional[list[int]], T: int, B: int) -> list[int]:
     """Number of running sequences at each step, in O(T + B): it runs on every layer and
@@ -31,9 +33,7 @@ def reverse_padded(x: Tensor, lengths: Optional[list[int]]) -> Tensor:
     if lengths is None or all(n == x.shape[0] for n in lengths):
         return x.flip(0)
     T = x.shape[0]
-    t = torch.arange(T).unsqueeze(1)
-    n = torch.tensor(lengths).unsqueeze(0)
+    t = torch.arange(T, device=x.device).unsqueeze(1)
+    n = device_numbers(lengths, torch.int64, x.device).unsqueeze(0)
     index = torch.where(t < n, n - 1 - t, t)
-    if x.is_cuda:  # from pinned memory the copy does not make the host wait for the device
-        index = index.pin_memory().to(x.device, non_blocking=True)
     return x.gather(0, index.unsqueeze(-1).expand_as(x))

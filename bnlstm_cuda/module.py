@@ -19,6 +19,7 @@ from .validation import (
     check_input,
     check_int,
     check_momentum,
+    check_packed_indices,
     check_real,
     check_start_step,
     check_tensor,
@@ -285,6 +286,7 @@ class BNLSTM(_BNLSTMBase):
         unbatched = False
         if packed:
             check_input(input.data, self.input_size, like, ranks=(2,))
+            check_packed_indices(input)
             sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
             x, lengths = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes))
             lengths = lengths.tolist()

@@ -7,6 +7,7 @@ import math
 from numbers import Integral, Real
 from typing import Optional, Sequence
 
+import torch
 from torch import Tensor
 
 from .autocast import as_autocast
@@ -97,6 +98,23 @@ def check_input(input, input_size: int, like: Tensor, ranks: tuple[int, ...]) ->
     if not input.is_floating_point():
         raise TypeError(f"input: expected a floating-point tensor, got {input.dtype}")
     check_dtype_device("input", input, like)
+
+
+def check_packed_indices(input) -> None:
+    """A PackedSequence's sorted_indices and unsorted_indices (None, or B int64 indices each)
+    on its data's device, as PackedSequence.to() keeps them: else they would fail deep inside
+    the call, or come back in the output to fail in the caller's pad_packed_sequence."""
+    B = int(input.batch_sizes[0]) if len(input.batch_sizes) else 0
+    for name in ("sorted_indices", "unsorted_indices"):
+        index = getattr(input, name)
+        if index is None:
+            continue
+        if index.device != input.data.device:
+            raise ValueError(f"input.{name}: expected device {input.data.device} (the "
+                             f"PackedSequence's data), got {index.device}")
+        if index.dtype != torch.int64 or tuple(index.shape) != (B,):
+            raise ValueError(f"input.{name}: expected a ({B},) int64 tensor (B = "
+                             f"batch_sizes[0]), got {tuple(index.shape)} {index.dtype}")
 
 
 def check_lengths(lengths, T: int, B: int) -> list[int]:

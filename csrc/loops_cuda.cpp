@@ -5,6 +5,7 @@
 #include "emulation/cuda_context.h"
 #else
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #endif
 #include <cuda_bf16.h>
@@ -35,6 +36,26 @@ void dispatch(at::ScalarType dtype, F&& f) {
   }
 }
 
+// values on the device without a copy from host memory, one fill or arange per run of values
+// that rise by a constant step (integers only), as bnlstm_cuda/device_numbers.py builds them
+// while a CUDA graph is captured: a copy from a pinned buffer would be replayed from that
+// buffer long after it was freed.
+template <typename V>
+at::Tensor from_runs(const std::vector<V>& values, const at::TensorOptions& options) {
+  std::vector<at::Tensor> parts;
+  for (size_t i = 0; i < values.size();) {
+    size_t j = i + 1;
+    const V step = std::is_integral_v<V> && j < values.size() ? values[j] - values[i] : V(0);
+    while (j < values.size() && values[j] - values[j - 1] == step) ++j;
+    const auto length = static_cast<int64_t>(j - i);
+    parts.push_back(step != V(0)
+                        ? at::arange(values[i], values[i] + step * length, step, options)
+                        : at::full({length}, values[i], options));
+    i = j;
+  }
+  return at::cat(parts);
+}
+
 // The per-step table of the persistent forward on `device`: n[0 .. T] (n[T] = 0) then
 // rows[0 .. T-1] as int32, and the update weights as float64.
 std::pair<at::Tensor, at::Tensor> step_table(const ForwardPlan& plan, int64_t T,
@@ -44,16 +65,18 @@ std::pair<at::Tensor, at::Tensor> step_table(const ForwardPlan& plan, int64_t T,
     ints[t] = static_cast<int>(plan.batch_sizes[t]);
     ints[T + 1 + t] = static_cast<int>(plan.rows[t]);
   }
-  // pinned and copied without blocking, so the host does not wait for the stream (the caching
-  // host allocator keeps a pinned buffer until its copy has run); the emulation's device is
-  // the CPU itself
-  auto to_device = [&](const at::Tensor& host) {
-    return device.is_cpu() ? host : host.pin_memory().to(device, host.scalar_type(), true);
+  const std::vector<double> factors(plan.factors.begin(), plan.factors.end());
+  // eagerly pinned and copied without blocking, so the host does not wait for the stream (the
+  // caching host allocator keeps a pinned buffer until its copy has run); the emulation's
+  // device is the CPU itself
+  const bool capturing =
+      c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+  auto to_device = [&](const auto& values, at::ScalarType dtype) {
+    if (capturing) return from_runs(values, at::TensorOptions().device(device).dtype(dtype));
+    const at::Tensor host = at::tensor(values, at::TensorOptions().dtype(dtype));
+    return device.is_cpu() ? host : host.pin_memory().to(device, dtype, true);
   };
-  const auto cpu = at::TensorOptions().device(at::kCPU);
-  return {to_device(at::tensor(ints, cpu.dtype(at::kInt))),
-          to_device(at::tensor(std::vector<double>(plan.factors.begin(), plan.factors.end()),
-                               cpu.dtype(at::kDouble)))};
+  return {to_device(ints, at::kInt), to_device(factors, at::kDouble)};
 }
 
 }  // namespace

@@ -75,3 +75,18 @@ def test_compiled_continued_calls_match_eager(backend):
         assert_rel_close(y2, y, name=f"output at step {step}")
     for (name, a), (_, b) in zip(compiled_model.named_buffers(), eager.named_buffers()):
         assert_rel_close(a, b, name=name)
+
+
+def test_autocast_question_needs_no_untraceable_call(monkeypatch):
+    """torch 2.11's dynamo cannot trace torch.amp.is_autocast_available (seen on the H200 run,
+    fullgraph compile refused): the forward asks only is_autocast_enabled, for device types
+    known at import."""
+    from bnlstm_cuda import autocast
+
+    def refuse(kind):
+        raise AssertionError("is_autocast_available called at run time")
+    monkeypatch.setattr(torch.amp, "is_autocast_available", refuse)
+    assert autocast.autocast_dtype(torch.device("cpu")) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert autocast.autocast_dtype(torch.device("cpu")) == torch.bfloat16
+    assert autocast.autocast_dtype(torch.device("meta")) is None

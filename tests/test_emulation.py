@@ -230,6 +230,18 @@ def test_block_order_does_not_change_a_bit(emu, monkeypatch, B, H, T, path):
             assert torch.equal(a, b), f"result {i} differs between block orders"
 
 
+@pytest.mark.parametrize("B,H,T", [(33, 40, 7), (5, 40, 1)], ids=["B33-H40-T7", "B5-H40-T1"])
+def test_persistent_table_built_for_a_graph_capture_changes_no_bit(emu, monkeypatch, B, H, T):
+    """Under CUDA graph capture the persistent forward builds its per-step table on the device
+    (fills and aranges) instead of copying it: the same kernels must see the same numbers."""
+    take_path(monkeypatch, "persistent", torch.float32, H)
+    eager = _run_ops(B, H, T, torch.float32)
+    monkeypatch.setenv("BNLSTM_EMU_CAPTURING", "1")
+    captured = _run_ops(B, H, T, torch.float32)
+    for i, (a, b) in enumerate(zip(eager, captured)):
+        assert torch.equal(a, b), f"result {i} differs with the table built on the device"
+
+
 def _driver() -> str:
     """The standalone driver over the emulated kernels, built with ThreadSanitizer (cached by
     the sources' content)."""

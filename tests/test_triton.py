@@ -40,8 +40,10 @@ pytestmark = pytest.mark.skipif(not triton_ok, reason=why)
 
 def _cast_input(x, dtype):
     if isinstance(x, PackedSequence):
+        indices = (None if i is None else i.to(DEVICE)
+                   for i in (x.sorted_indices, x.unsorted_indices))
         return PackedSequence(x.data.detach().to(DEVICE, dtype).requires_grad_(), x.batch_sizes,
-                              x.sorted_indices, x.unsorted_indices)
+                              *indices)
     return x.detach().to(DEVICE, dtype).requires_grad_()
 
 

@@ -33,7 +33,8 @@ def test_fused_input_product_against_torch_ops(dtype, B, H, T, packed):
 
 def test_graph_replays_match_eager_launches():
     """The same loop three times (eager, capture + replay, replay: the caching allocator hands
-    back the same addresses) gives bitwise the eager result, forwards and backwards."""
+    back the same addresses) gives bitwise the eager result, forwards and backwards. One launch
+    per step: at this width a layer would otherwise run as one persistent launch, no graph."""
     torch.manual_seed(0)
     B, H, T = 32, 64, 20
     model = BNLSTM(H, H, max_length=T, device=DEVICE)
@@ -44,16 +45,17 @@ def test_graph_replays_match_eager_launches():
     lengths = sorted(torch.randint(1, T + 1, (B,)).tolist(), reverse=True)
     batch_sizes = batch_sizes_of(lengths, T, B)
     runs = []
-    for _ in range(3):
-        stats_copy = RunningStats(*(s.clone() for s in stats))
-        steps = plan_steps(batch_sizes, stats_copy, True, 0.1)
-        y, h, c, saved, inp = function._forward(triton_step, x, weights, h0, c0, stats_copy,
-                                                steps, 1e-5, True)
-        grads = triton_step.backward_loop(saved, inp, weights, c0, steps, dy,
-                                          torch.zeros_like(h), torch.zeros_like(c))
-        runs.append([t.clone() for t in (y, h, c, *grads, *stats_copy)])
-        # free, so the next loop gets the same addresses
-        del y, h, c, saved, inp, grads, stats_copy
+    with triton_step.use_persistent(False):
+        for _ in range(3):
+            stats_copy = RunningStats(*(s.clone() for s in stats))
+            steps = plan_steps(batch_sizes, stats_copy, True, 0.1)
+            y, h, c, saved, inp = function._forward(triton_step, x, weights, h0, c0, stats_copy,
+                                                    steps, 1e-5, True)
+            grads = triton_step.backward_loop(saved, inp, weights, c0, steps, dy,
+                                              torch.zeros_like(h), torch.zeros_like(c))
+            runs.append([t.clone() for t in (y, h, c, *grads, *stats_copy)])
+            # free, so the next loop gets the same addresses
+            del y, h, c, saved, inp, grads, stats_copy
     assert any(entry is not None for entry in step_graphs.GRAPHS.entries.values())
     n_grads = len(runs[0]) - 3 - len(RunningStats._fields)
     names = ["y", "h_n", "c_n", *(f"grad {i}" for i in range(n_grads)), *RunningStats._fields]

@@ -6,6 +6,7 @@ import types
 
 import pytest
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
 import bnlstm_cuda
 from bnlstm_cuda import BNLSTM, backends
@@ -54,6 +55,26 @@ def model():
 ])
 def test_bad_input(model, make, error, match):
     with pytest.raises(error, match=match):
+        model(make())
+
+
+def _packed_with(sorted_indices, unsorted_indices):
+    p = torch.nn.utils.rnn.pack_sequence([torch.ones(3, 3), torch.ones(2, 3)])
+    return PackedSequence(p.data, p.batch_sizes, sorted_indices, unsorted_indices)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: _packed_with(torch.tensor([0, 1], device="meta"), torch.tensor([0, 1])),
+     r"input.sorted_indices: expected device cpu \(the PackedSequence's data\), got meta"),
+    (lambda: _packed_with(torch.tensor([0, 1]), torch.tensor([0, 1], device="meta")),
+     "input.unsorted_indices: expected device cpu"),
+    (lambda: _packed_with(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])),
+     r"input.sorted_indices: expected a \(2,\) int64 tensor"),
+    (lambda: _packed_with(torch.tensor([0, 1]), torch.tensor([0.0, 1.0])),
+     r"input.unsorted_indices: expected a \(2,\) int64"),
+])
+def test_packed_indices_on_the_data_device(model, make, match):
+    with pytest.raises(ValueError, match=match):
         model(make())
 
 

@@ -31,6 +31,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ..device_numbers import device_numbers
 from ..input_norm import InputSaved, contribution
 from ..layer_state import LayerWeights, RunningStats, Steps, accumulator
 from . import fused, step_graphs
@@ -175,8 +176,8 @@ if triton is not None:
                         mask=row_mask[:, None] & k_mask[None, :], other=0.0)  # [BB, BK]
             w = tl.load(w_cols + (ks.to(tl.int64) * w_k_stride)[:, None],
                         mask=k_mask[:, None] & col_mask[None, :], other=0.0)  # [BK, BN]
-            if UPCAST_DOT:
-                acc += tl.dot(a.to(ACC), w.to(ACC))
+            if UPCAST_DOT:  # the operands rounded as the GPU's tensor cores take them
+                acc += tl.dot(a.to(w.dtype).to(ACC), w.to(ACC))
             else:  # in the weights' dtype: the backward's fp32 dpre meets bf16 tensor cores
                 acc += tl.dot(a.to(w.dtype), w, input_precision=INPUT_PRECISION)
         return acc
@@ -611,8 +612,9 @@ if triton is not None:
 
 
 def _kernel_flags(device: torch.device, acc: torch.dtype) -> dict:
-    """The interpreter (CPU tensors) mis-computes low-precision tl.dot, so operands are upcast
-    there. fp32 products run on tensor cores either way: in TF32 where torch's matmuls may
+    """The interpreter (CPU tensors) mis-computes low-precision tl.dot, so there the operands
+    are rounded to the weights' dtype, as the GPU's tensor cores take them, and multiplied in
+    ACC. fp32 products run on tensor cores either way: in TF32 where torch's matmuls may
     (torch.backends.cuda.matmul.allow_tf32), else as tf32x3 (three TF32 products, about fp32's
     accuracy); float64 stays exact, as it is the check."""
     tf32 = torch.backends.cuda.matmul.allow_tf32
@@ -655,7 +657,7 @@ def plan(B: int, H: int, device: torch.device, backward: bool = False,
 
 def _per_step(values, device) -> torch.Tensor:
     """Per-step numbers for a persistent launch: int32 on the device."""
-    return torch.tensor(values, dtype=torch.int32, device=device)
+    return device_numbers(values, torch.int32, device)
 
 
 def _launch_forward(u, weight_hh, gamma_hh, gamma_c, beta_c, h0, c0, mean_hh, var_hh, mean_c,
@@ -690,7 +692,7 @@ def _launch_forward(u, weight_hh, gamma_hh, gamma_c, beta_c, h0, c0, mean_hh, va
         inputs = (u,) * 8  # never read without FUSED_INPUT
     in_memory = factor_values is not None
     if persistent:  # every step's weight on the device, -1 where it reads its running row
-        numbers = torch.tensor(factors, dtype=acc, device=dev)
+        numbers = device_numbers(factors, acc, dev)
         factor_values = numbers if not in_memory else torch.where(numbers < 0, numbers,
                                                                   factor_values)
         per_step = (_per_step([*batch_sizes, 0], dev), _per_step(rows, dev))

@@ -7,12 +7,21 @@
 #include <c10/util/Exception.h>
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+
 namespace c10::cuda {
 struct CUDAGuard {
   explicit CUDAGuard(c10::Device device) {
     TORCH_CHECK(device.is_cpu(), "the CUDA emulation runs on CPU tensors, got ", device);
   }
 };
+// A graph "capture" the tests switch on (BNLSTM_EMU_CAPTURING=1), so that the tables a capture
+// builds on the device are checked on the CPU too.
+enum class CaptureStatus { None, Active };
+inline CaptureStatus currentStreamCaptureStatusMayInitCtx() {
+  const char* v = std::getenv("BNLSTM_EMU_CAPTURING");
+  return v != nullptr && v[0] == '1' ? CaptureStatus::Active : CaptureStatus::None;
+}
 }  // namespace c10::cuda
 
 namespace at::cuda {
