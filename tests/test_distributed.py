@@ -57,4 +57,14 @@ def free_port() -> int:
 
 
 def test_ddp_gloo_two_processes(backend):
-    mp.spawn(train_replica, args=(free_port(), backend), nprocs=WORLD, join=True)
+    """A replica killed by SIGABRT ("terminate called without an active exception", from the
+    process teardown: seen three times on 2 loaded cores, with the triton and the cpp backend,
+    never with a failed assertion) runs once more; an assertion or any other death fails at
+    once."""
+    for attempt in range(2):
+        try:
+            mp.spawn(train_replica, args=(free_port(), backend), nprocs=WORLD, join=True)
+            return
+        except mp.ProcessExitedException as error:
+            if attempt or error.signal_name != "SIGABRT":
+                raise
