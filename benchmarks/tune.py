@@ -1,8 +1,9 @@
 """Time the Triton backend under each launch configuration at the issue's target shape, so one
 GPU run says which tiles `triton_step.pick_config` should choose (it guesses until then).
 
-Each candidate runs training forward + backward (the launches the benchmark's fwd_bwd mode
-makes) with CUDA-graph replay as in the default launch; its gradients are compared with those
+Each candidate runs the training forward alone, then forward + backward (the launches the
+benchmark's train_fwd and fwd_bwd modes make), so the two halves' gains can be told apart, with
+CUDA-graph replay as in the default launch; its gradients are compared with those
 under the launcher's own choice (the same math in another summation order, so they differ by
 rounding only), and a candidate that fails to compile says so.
 
@@ -39,9 +40,10 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def tune_shape(shape: Shape, device: torch.device, budget_ms: float,
                candidates=CANDIDATES) -> Iterator[str]:
-    """One line per candidate, as it is measured (a compile takes seconds): its fwd_bwd time,
-    and how far its input and weight_ih gradients are from those under the launcher's own
-    choice."""
+    """One line per candidate, as it is measured (a compile takes seconds): the configuration
+    the forward and the backward launch with (the backward keeps 16 units per program), the
+    training forward's time and the forward + backward's, and how far the input and weight_ih
+    gradients are from those under the launcher's own choice."""
     torch.manual_seed(0)
     template = make_template(shape, device)
     x = torch.randn(shape.T, shape.B, shape.input_size, device=device, dtype=shape.dtype)
@@ -50,11 +52,16 @@ def tune_shape(shape: Shape, device: torch.device, budget_ms: float,
     chosen = triton_step.pick_config(shape.B, device)
     want = None
     yield shape.describe()
-    yield f"{'config (B,H,K,warps)':24} {'fwd_bwd ms p50':>15} {'rel. diff':>10}"
+    yield (f"{'forward (B,H,K,warps)':24} {'backward':18} {'train_fwd ms':>12} "
+           f"{'fwd_bwd ms':>11} {'rel. diff':>10}")
     for cfg in (chosen, *(c for c in candidates if c != chosen)):
         label = f"{tuple(cfg)}{' (picked)' if cfg == chosen else ''}"
         try:
             with triton_step.use_config(cfg):
+                backward = triton_step.plan(shape.B, shape.hidden_size, device,
+                                            backward=True).cfg
+                forward = make_call(provider.build(template), x, dy, "train_fwd")
+                forward_ms = measure.time_calls(forward, device, budget_ms=budget_ms).ms_p50
                 call = make_call(provider.build(template), x, dy, "fwd_bwd")
                 grads = [g.clone() for g in call()]
                 timing = measure.time_calls(call, device, budget_ms=budget_ms)
@@ -63,7 +70,8 @@ def tune_shape(shape: Shape, device: torch.device, budget_ms: float,
             continue
         want = want or grads
         diff = max(_relative(grads[0], want[0]), _relative(grads[1], want[1]))
-        yield f"{label:24} {timing.ms_p50:>15.3f} {diff:>10.1e}"
+        yield (f"{label:24} {str(tuple(backward)):18} {forward_ms:>12.3f} "
+               f"{timing.ms_p50:>11.3f} {diff:>10.1e}")
 
 
 def main(argv=None) -> None:
