@@ -49,7 +49,7 @@ def tune_shape(shape: Shape, device: torch.device, budget_ms: float,
     x = torch.randn(shape.T, shape.B, shape.input_size, device=device, dtype=shape.dtype)
     dy = torch.randn(shape.T, shape.B, shape.hidden_size, device=device, dtype=shape.dtype)
     provider = backend_provider("triton", device)
-    chosen = triton_step.pick_config(shape.B, device)
+    chosen = triton_step.plan(shape.B, shape.hidden_size, device).cfg
     want = None
     yield shape.describe()
     yield (f"{'forward (B,H,K,warps)':24} {'backward':18} {'train_fwd ms':>12} "

@@ -381,6 +381,20 @@ def test_persistent_layer(training, monkeypatch):
     assert forward == backward == [((1,), True)] * 2
 
 
+def test_forward_programs_fill_the_sms():
+    """On a GPU the hoisted forward takes 4-unit programs unless 16-unit ones already fill 90%
+    of the SMs; the backward and the fused-input forward keep 16 units."""
+    cuda, plan = torch.device("cuda"), triton_step.plan
+    wide, narrow = triton_step.CONFIGS[2], triton_step.NARROW_CONFIGS[2]
+    assert plan(64, 512, cuda, sms=132) == triton_step.Plan(narrow, (128,), False)
+    assert plan(64, 2048, cuda, sms=132) == triton_step.Plan(wide, (128,), False)
+    assert plan(64, 2048, cuda, sms=150) == triton_step.Plan(narrow, (512,), False)
+    assert plan(20, 512, cuda, sms=132).cfg == triton_step.NARROW_CONFIGS[1]
+    assert plan(64, 512, cuda, backward=True, sms=132).cfg.block_h == 16
+    assert plan(64, 512, cuda, fused_input=True, sms=132).cfg.block_h == 16
+    assert plan(64, 512, torch.device("cpu")).cfg == triton_step.CONFIGS[0]
+
+
 def test_persistent_layer_cumulative_momentum_and_the_gpu_plan():
     """momentum=None: the persistent launch reads every step's weight from the device. On a GPU
     a layer takes it up to PERSISTENT_MAX_H units, the fused-input forward never."""

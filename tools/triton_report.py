@@ -116,7 +116,7 @@ def compile_one(job):
         sizes = dict(B=shape.B, H=shape.hidden_size, K_in=shape.input_size)
         launch = triton_step.plan(shape.B, shape.hidden_size, torch.device("cuda"),
                                   backward=kernel_name == "_bwd_step_kernel",
-                                  fused_input=variant == "FUSED_INPUT")
+                                  fused_input=variant == "FUSED_INPUT", sms=H100_SMS)
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     flags = triton_step._kernel_flags(torch.device("cuda"), acc)
     args = _arguments(fn, flags, launch, getattr(tl, DTYPES[precision]),
@@ -155,8 +155,8 @@ def _jobs(args):
 
     # every configuration pick_config can give, and the persistent launches (sm_90)
     plans = [(name, variant, triton_step.Plan(cfg, None, False)) for name, variant in KERNELS
-             for cfg in (triton_step.CONFIGS if (name, variant) == KERNELS[0]
-                         else triton_step.SHORT_CONFIGS)]
+             for cfg in (triton_step.CONFIGS + triton_step.NARROW_CONFIGS
+                         if (name, variant) == KERNELS[0] else triton_step.SHORT_CONFIGS)]
     plans += [(name, None, triton_step.Plan(triton_step.PERSISTENT_CONFIG, (1,), True))
               for name in ("_fwd_step_kernel", "_bwd_step_kernel")]
     jobs = [(name, variant, precision, arch, launch, None)

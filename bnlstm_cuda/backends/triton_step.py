@@ -71,6 +71,13 @@ CONFIGS = (
     Config(64, 16, 16, 8),
 )
 SHORT_CONFIGS = CONFIGS[:2]
+# The hoisted forward's narrow programs: 4 units (a 16-column tl.dot), 4 warps, a 32-wide
+# reduction step, at each chunk height (95-230 registers, no spill). 16 units gave 32 programs at
+# H=512, a quarter of an H100's SMs; on the H200 (benchmarks/results/gpu) forward + backward at
+# T=100, B=64, 512/512 took 10.0 ms with 4 units per forward program and 16.3 ms with 16 (the
+# sweep changed the backward's configuration with it, so the forward's share is not known).
+NARROW_CONFIGS = tuple(Config(c.block_b, 4, 32, 4) for c in CONFIGS)
+SM_SHARE = 0.9  # a forward grid of 16-unit programs this full of the SMs stays at 16 units
 
 
 def launch_options(cfg: Config) -> dict:
@@ -639,16 +646,35 @@ class Plan(NamedTuple):
     persistent: bool
 
 
+def multiprocessors(device: torch.device) -> int:
+    """The SM count of `device` (an H100's 132 where no CUDA device answers: the compile report
+    plans launches on a machine without one)."""
+    if not torch.cuda.is_available():
+        return 132
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def narrowed(cfg: Config, H: int, sms: int) -> Config:
+    """The hoisted forward's configuration: cfg where its grid of 16-unit programs fills
+    SM_SHARE of the SMs, else the same rows in 4-unit programs (NARROW_CONFIGS)."""
+    if triton.cdiv(H, cfg.block_h) >= SM_SHARE * sms:
+        return cfg
+    return NARROW_CONFIGS[CONFIGS.index(cfg)]
+
+
 def plan(B: int, H: int, device: torch.device, backward: bool = False,
-         fused_input: bool = False) -> Plan:
+         fused_input: bool = False, sms: Optional[int] = None) -> Plan:
     """The launch of one layer's loop (fused_input: the forward computing x W_ih^T per step,
-    which stays one launch per step)."""
+    which stays one launch per step; sms: the SM count the forward's grid should fill, by
+    default the device's)."""
     persistent = (SETTINGS.persistent if SETTINGS.persistent is not None
                   else device.type == "cuda" and H <= PERSISTENT_MAX_H) and not fused_input
     if persistent:
         return Plan(PERSISTENT_CONFIG, (1,), True)
     if SETTINGS.config is None:
         cfg = pick_config(B, device, fused_input or backward)
+        if device.type == "cuda" and not (fused_input or backward):
+            cfg = narrowed(cfg, H, sms or multiprocessors(device))
     else:
         cfg = SETTINGS.config._replace(block_h=max(SETTINGS.config.block_h, 16)) if backward \
             else SETTINGS.config
