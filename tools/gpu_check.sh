@@ -48,6 +48,10 @@ LOG=tests stage tests_small 40 python3 -m pytest -q -rs --tb=line tests/test_tri
 LOG=tests stage tests_large 75 python3 -m pytest -q -rs --tb=line --durations=5 \
   tests/test_triton_gpu.py -k "not (B5-H24 or B33-H40 or graph)"
 LOG=tests stage tests_cpp 30 python3 -m pytest -v -rs --tb=line tests/test_cpp_ext.py
+if command -v gdb > /dev/null; then  # the C++ frames of the argument check that segfaulted
+  LOG=tests stage segv 30 gdb -batch -ex run -ex bt --args python3 -m pytest -q -x \
+    tests/test_cpp_ext.py -k "argument_checks"
+fi
 LOG=tests stage tests_triton 40 python3 -m pytest -q -rs --tb=line tests/test_triton.py
 # the paper-sized and published shapes against cuDNN and the eager BN loop (the references'
 # Python loops only check, at seconds per call)
