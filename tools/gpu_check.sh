@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check, for a lent GPU machine (its own python3 with torch, triton, nvcc):
 # build the extension, check every backend (bnlstm_cuda.info), run the GPU tests and the benchmark.
-# Each stage has a time limit; the limits add up to 480 s (510 where gdb exists), so the whole check stays under 8
-# minutes and a rerun fits in a 15-minute lease. Logs and the CSV go to OUT (default
+# Each stage has a time limit; the limits add up to 480 s (510 where gdb exists), so the whole
+# check stays near 8 minutes and a rerun fits in a 15-minute lease. Logs and the CSV go to OUT (default
 # benchmarks/results/gpu).
 # Usage from the repository root: COMMIT=<sha> [SKIP='info tune'] bash tools/gpu_check.sh [OUT]
 set -uo pipefail
