@@ -11,11 +11,26 @@ import torch
 from torch import Tensor
 
 _CASTABLE = (torch.float32, torch.float16, torch.bfloat16)
-# Device types autocast exists on (is_autocast_enabled raises on the others, meta among them),
-# asked once at import: torch.compile in torch 2.11 cannot trace the question itself.
-_AUTOCAST_DEVICES = frozenset(kind for kind in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia",
-                                                "maia", "xla", "privateuseone")
-                              if torch.amp.is_autocast_available(kind))
+
+
+def _autocast_devices() -> frozenset:
+    """Device types autocast exists on (is_autocast_enabled raises on the others, meta among
+    them), asked once at import: torch.compile in torch 2.11 cannot trace the question itself.
+    A name this torch does not know is simply left out; a renamed privateuse1 backend (say
+    "npu") is asked under its own name."""
+    names = ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "maia", "xla", "privateuseone",
+             getattr(torch._C, "_get_privateuse1_backend_name", lambda: "privateuseone")())
+    found = set()
+    for kind in names:
+        try:
+            if torch.amp.is_autocast_available(kind):
+                found.add(kind)
+        except RuntimeError:  # a device type this torch does not know
+            pass
+    return frozenset(found)
+
+
+_AUTOCAST_DEVICES = _autocast_devices()
 
 
 def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:

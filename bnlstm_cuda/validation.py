@@ -101,7 +101,7 @@ def check_input(input, input_size: int, like: Tensor, ranks: tuple[int, ...]) ->
 
 
 def check_packed_indices(input) -> None:
-    """A PackedSequence's sorted_indices and unsorted_indices (None, or B int64 indices each)
+    """A PackedSequence's sorted_indices and unsorted_indices (None, or B integer indices each)
     on its data's device, as PackedSequence.to() keeps them: else they would fail deep inside
     the call, or come back in the output to fail in the caller's pad_packed_sequence."""
     B = int(input.batch_sizes[0]) if len(input.batch_sizes) else 0
@@ -112,8 +112,8 @@ def check_packed_indices(input) -> None:
         if index.device != input.data.device:
             raise ValueError(f"input.{name}: expected device {input.data.device} (the "
                              f"PackedSequence's data), got {index.device}")
-        if index.dtype != torch.int64 or tuple(index.shape) != (B,):
-            raise ValueError(f"input.{name}: expected a ({B},) int64 tensor (B = "
+        if index.dtype not in (torch.int64, torch.int32) or tuple(index.shape) != (B,):
+            raise ValueError(f"input.{name}: expected a ({B},) int64 or int32 tensor (B = "
                              f"batch_sizes[0]), got {tuple(index.shape)} {index.dtype}")
 
 

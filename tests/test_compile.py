@@ -90,3 +90,19 @@ def test_autocast_question_needs_no_untraceable_call(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert autocast.autocast_dtype(torch.device("cpu")) == torch.bfloat16
     assert autocast.autocast_dtype(torch.device("meta")) is None
+
+
+def test_autocast_probe_leaves_out_device_types_this_torch_does_not_know(monkeypatch):
+    """A device type an older torch does not know raises in is_autocast_available: left out,
+    the import goes on."""
+    from bnlstm_cuda import autocast
+    known = torch.amp.is_autocast_available
+
+    def older_torch(kind):
+        if kind == "maia":
+            raise RuntimeError("Expected one of cpu, cuda, ... device type at start of device "
+                               "string: maia")
+        return known(kind)
+    monkeypatch.setattr(torch.amp, "is_autocast_available", older_torch)
+    found = autocast._autocast_devices()
+    assert "maia" not in found and {"cpu", "cuda"} <= found

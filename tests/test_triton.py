@@ -325,11 +325,12 @@ def test_fused_input_product_half_precision():
         check_rule(make_model(hidden=24), _x(5, 5), dtypes=(torch.bfloat16,))
 
 
-@pytest.mark.parametrize("block_h", [4, 8])
-def test_narrow_programs(block_h):
-    """Programs of 4 or 8 hidden units (the tile sweep's candidates: more programs for the SMs;
-    the backward keeps 16), over 10 units: the last program is part padding."""
-    with triton_step.use_config(triton_step.Config(16, block_h, 16, 4)):
+@pytest.mark.parametrize("cfg", [triton_step.NARROW_CONFIGS[0], triton_step.Config(16, 8, 16, 4)],
+                         ids=["4", "8"])
+def test_narrow_programs(cfg):
+    """Programs of 4 (the GPU forward's NARROW_CONFIGS) or 8 hidden units (a tile sweep
+    candidate; the backward keeps 16), over 10 units: the last program is part padding."""
+    with triton_step.use_config(cfg):
         check_rule(make_model(hidden=10), packed(_x(6, 5), [6, 3, 6, 1, 4]))
 
 

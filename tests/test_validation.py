@@ -69,7 +69,7 @@ def _packed_with(sorted_indices, unsorted_indices):
     (lambda: _packed_with(torch.tensor([0, 1]), torch.tensor([0, 1], device="meta")),
      "input.unsorted_indices: expected device cpu"),
     (lambda: _packed_with(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])),
-     r"input.sorted_indices: expected a \(2,\) int64 tensor"),
+     r"input.sorted_indices: expected a \(2,\) int64 or int32 tensor"),
     (lambda: _packed_with(torch.tensor([0, 1]), torch.tensor([0.0, 1.0])),
      r"input.unsorted_indices: expected a \(2,\) int64"),
 ])
