@@ -35,9 +35,11 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp64")  # tf32: fp32 with allow_t
 MMA_SASS = re.compile(r"\b(HGMMA|HMMA|DMMA)\.")  # DMMA: float64's, not counted as tensor cores
 DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16",
           "fp64": "float64"}
-# the hoisted forward first: the others take pick_config's short configurations
-KERNELS = (("_fwd_step_kernel", None), ("_fwd_step_kernel", "FUSED_INPUT"),
-           ("_bwd_step_kernel", None))
+# the hoisted forward first, chunked and with every row in one chunk (ONE_CHUNK: in registers);
+# the others take pick_config's short configurations
+KERNELS = (("_fwd_step_kernel", None), ("_fwd_step_kernel", "ONE_CHUNK"),
+           ("_fwd_step_kernel", "FUSED_INPUT"), ("_bwd_step_kernel", None))
+HOISTED = KERNELS[:2]
 IO_POINTERS = {"x_ptr", "w_ih_ptr", "xw_ptr", "y_ptr", "w_hh_ptr", "gamma_ih_ptr",
                "gamma_hh_ptr", "bias_ptr", "gamma_c_ptr", "beta_c_ptr", "h_n_ptr", "c_n_ptr",
                "dy_ptr"}  # the layer's dtype; the rest accumulate, but
@@ -45,16 +47,17 @@ STEP_POINTERS = {"batch_sizes_ptr", "rows_ptr", "use_batch_ptr"}  # int32
 NOT_MULTIPLE_OF_16 = 17
 
 
-def _arguments(fn, flags, plan, dtype, acc, sizes, fused_input):
+def _arguments(fn, flags, plan, dtype, acc, sizes, variant):
     """The launch's arguments as the launcher passes them: mock tensors (16-byte aligned, as the
     caching allocator's are) of the layer's or the accumulator dtype, the sizes, the flags."""
     import triton.language as tl
     from triton.runtime.jit import MockTensor
 
     cfg = plan.cfg
-    constexprs = dict(flags, USE_BATCH=True, HAS_BIAS=True, FUSED_INPUT=fused_input,
-                      FACTOR_IN_MEMORY=False, PERSISTENT=plan.persistent, BLOCK_B=cfg.block_b,
-                      BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k)
+    constexprs = dict(flags, USE_BATCH=True, HAS_BIAS=True, FUSED_INPUT=variant == "FUSED_INPUT",
+                      ONE_CHUNK=variant == "ONE_CHUNK", FACTOR_IN_MEMORY=False,
+                      PERSISTENT=plan.persistent, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+                      BLOCK_K=cfg.block_k)
     args = []
     for param in fn.params:
         if param.is_constexpr:
@@ -120,8 +123,7 @@ def compile_one(job):
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     flags = triton_step._kernel_flags(torch.device("cuda"), acc)
     args = _arguments(fn, flags, launch, getattr(tl, DTYPES[precision]),
-                      tl.float64 if precision == "fp64" else tl.float32, sizes,
-                      variant == "FUSED_INPUT")
+                      tl.float64 if precision == "fp64" else tl.float32, sizes, variant)
     compiled = _compile(fn, args, triton_step.launch_options(launch.cfg), arch)
     usage = _cubin_tool("cuobjdump", compiled.asm["cubin"], "--dump-resource-usage")
     regs, stack, local = (int(re.search(rf"{k}:(\d+)", usage).group(1))
@@ -156,17 +158,29 @@ def _jobs(args):
     # every configuration pick_config can give, and the persistent launches (sm_90)
     plans = [(name, variant, triton_step.Plan(cfg, None, False)) for name, variant in KERNELS
              for cfg in (triton_step.CONFIGS + triton_step.NARROW_CONFIGS
-                         if (name, variant) == KERNELS[0] else triton_step.SHORT_CONFIGS)]
-    plans += [(name, None, triton_step.Plan(triton_step.PERSISTENT_CONFIG, (1,), True))
-              for name in ("_fwd_step_kernel", "_bwd_step_kernel")]
+                         if (name, variant) in HOISTED else triton_step.SHORT_CONFIGS)]
+    plans += [(name, variant, triton_step.Plan(triton_step.PERSISTENT_CONFIG, (1,), True))
+              for name, variant in (*HOISTED, KERNELS[-1])]
     jobs = [(name, variant, precision, arch, launch, None)
             for name, variant, launch in plans for precision in args.precision
             for arch in args.arch if arch == 90 or not launch.persistent]
     if 90 in args.arch:  # the launches the benchmark's shapes get
         by_dtype = {getattr(torch, v): k for k, v in DTYPES.items() if k != "tf32"}
         jobs += [(name, variant, by_dtype[shape.dtype], 90, None, shape)
-                 for shape in GPU_DEFAULT for name, variant in KERNELS]
+                 for shape in GPU_DEFAULT for name, variant in KERNELS
+                 if (name, variant) not in HOISTED or _takes(shape, variant)]
     return jobs
+
+
+def _takes(shape, variant) -> bool:
+    """Whether the hoisted forward at `shape` runs `variant` (ONE_CHUNK where the batch fits
+    one chunk of the launch's configuration)."""
+    import torch
+
+    from bnlstm_cuda.backends import triton_step
+
+    cfg = triton_step.plan(shape.B, shape.hidden_size, torch.device("cuda"), sms=H100_SMS).cfg
+    return (variant == "ONE_CHUNK") == (shape.B <= cfg.block_b)
 
 
 def main() -> int:

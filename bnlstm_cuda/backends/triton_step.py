@@ -199,7 +199,7 @@ if triton is not None:
     def _statistics(total, centred, n, factor, eps, run_mean_ptr, run_var_ptr, stat_ptr, C,
                     cols, col_mask, USE_BATCH, ACC: tl.constexpr):
         """Mean and 1/std of features `cols` (C of them) for this step, saved to stat_ptr
-        ([2, C]: mean, rstd). With batch statistics the running row moves by `factor`
+        ([2, C]: mean, rstd) and returned. With batch statistics the running row moves by `factor`
         towards them (unbiased variance); otherwise the running row is used as it is."""
         if USE_BATCH:
             mean = total / n
@@ -217,6 +217,7 @@ if triton is not None:
         rstd = 1.0 / tl.sqrt(var + eps)
         tl.store(stat_ptr + cols, mean, mask=col_mask)
         tl.store(stat_ptr + C + cols, rstd, mask=col_mask)
+        return mean, rstd
 
     @triton.jit
     def _normalised(ptr, stride, stat_ptr, C, rows, row_mask, cols, col_mask, ACC: tl.constexpr):
@@ -296,7 +297,7 @@ if triton is not None:
         t_first, n, n_next, row, steps, factor: tl.float64, eps: tl.float64, B, H, K_in,
         USE_BATCH: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST_DOT: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr, FUSED_INPUT: tl.constexpr,
-        FACTOR_IN_MEMORY: tl.constexpr, PERSISTENT: tl.constexpr,
+        FACTOR_IN_MEMORY: tl.constexpr, PERSISTENT: tl.constexpr, ONE_CHUNK: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         # float64 arguments (the launcher would round an unannotated float to float32), used in
@@ -314,8 +315,8 @@ if triton is not None:
                               run_var_hh_ptr, run_mean_c_ptr, run_var_c_ptr, stat_hh_ptr,
                               stat_c_ptr, h_n_ptr, c_n_ptr, unit_block, t, n_t, n_next_t,
                               tl.load(rows_ptr + t), factor_t, eps, factor_t >= 0, B, H, K_in,
-                              HAS_BIAS, UPCAST_DOT, INPUT_PRECISION, ACC, FUSED_INPUT, BLOCK_B,
-                              BLOCK_H, BLOCK_K)
+                              HAS_BIAS, UPCAST_DOT, INPUT_PRECISION, ACC, FUSED_INPUT, ONE_CHUNK,
+                              BLOCK_B, BLOCK_H, BLOCK_K)
                 tl.debug_barrier()  # h_t and c_t of every unit, before the next step reads them
         else:
             factor = tl.full((), factor, ACC)
@@ -326,8 +327,8 @@ if triton is not None:
                       gamma_hh_ptr, gamma_c_ptr, beta_c_ptr, run_mean_hh_ptr, run_var_hh_ptr,
                       run_mean_c_ptr, run_var_c_ptr, stat_hh_ptr, stat_c_ptr, h_n_ptr, c_n_ptr,
                       tl.program_id(0), t_first, n, n_next, row, factor, eps, USE_BATCH, B, H,
-                      K_in, HAS_BIAS, UPCAST_DOT, INPUT_PRECISION, ACC, FUSED_INPUT, BLOCK_B,
-                      BLOCK_H, BLOCK_K)
+                      K_in, HAS_BIAS, UPCAST_DOT, INPUT_PRECISION, ACC, FUSED_INPUT, ONE_CHUNK,
+                      BLOCK_B, BLOCK_H, BLOCK_K)
 
     @triton.jit
     def _fwd_step(x_ptr, w_ih_ptr, xw_ptr, gamma_ih_ptr, bias_ptr, run_mean_ih_ptr,
@@ -337,8 +338,11 @@ if triton is not None:
                   unit_block, t, n, n_next, row, factor, eps, USE_BATCH, B, H, K_in,
                   HAS_BIAS: tl.constexpr, UPCAST_DOT: tl.constexpr,
                   INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr, FUSED_INPUT: tl.constexpr,
-                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-        """Forward step t of hidden units unit_block * BLOCK_H + [0, BLOCK_H)."""
+                  ONE_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
+        """Forward step t of hidden units unit_block * BLOCK_H + [0, BLOCK_H): with ONE_CHUNK
+        (every row in one chunk, the input product hoisted) in registers, else chunk by chunk
+        through global memory."""
         G = 4 * H
         j = unit_block * BLOCK_H + tl.arange(0, BLOCK_H)
         j_mask = j < H
@@ -361,103 +365,170 @@ if triton is not None:
         stat_c_t = stat_c_ptr + t64 * 2 * H
         row64 = row.to(tl.int64)
 
-        # the products' statistics for the program's 4 * BLOCK_H features at once, one matmul
-        # per row chunk
-        sum_x = tl.zeros((4 * BLOCK_H,), dtype=ACC)
-        sum_h = tl.zeros((4 * BLOCK_H,), dtype=ACC)
-        for b0 in range(0, n, BLOCK_B):
-            rows = b0 + rb
-            r_mask = rows < n
-            m2 = r_mask[:, None] & c_mask[None, :]
-            hw = _tile_matmul(h_prev, H, rows, r_mask, H, w_hh_ptr, 1, H, cols, c_mask, BLOCK_B,
-                              4 * BLOCK_H, BLOCK_K, UPCAST_DOT, INPUT_PRECISION, ACC)
-            tl.store(_tile_ptrs(hw_t, G, rows, cols), hw, mask=m2)
-            sum_h += tl.sum(hw, axis=0)
-            if FUSED_INPUT:  # rounded to the layer's dtype, as the hoisted GEMM's result
-                xw = _tile_matmul(x_ptr + t64 * B * K_in, K_in, rows, r_mask, K_in, w_ih_ptr, 1,
-                                  K_in, cols, c_mask, BLOCK_B, 4 * BLOCK_H, BLOCK_K, UPCAST_DOT,
-                                  INPUT_PRECISION, ACC).to(xw_ptr.dtype.element_ty)
-                tl.store(_tile_ptrs(xw_t, G, rows, cols), xw, mask=m2)
-                sum_x += tl.sum(xw.to(ACC), axis=0)
-        sq_x = tl.zeros((4 * BLOCK_H,), dtype=ACC)
-        sq_h = tl.zeros((4 * BLOCK_H,), dtype=ACC)
-        if USE_BATCH:
-            tl.debug_barrier()  # hw (xw) chunks were stored by other threads' layout
+        if ONE_CHUNK:
+            _fwd_in_registers(u_t, hw_t, h_prev, c_prev, h_t, c_t, stat_hh_t, stat_c_t, w_hh_ptr,
+                              gamma_hh_ptr, gamma_c_ptr, beta_c_ptr, run_mean_hh_ptr + row64 * G,
+                              run_var_hh_ptr + row64 * G, run_mean_c_ptr + row64 * H,
+                              run_var_c_ptr + row64 * H, h_n_ptr, c_n_ptr, unit_block, n, n_next,
+                              factor, eps, USE_BATCH, H, UPCAST_DOT, INPUT_PRECISION, ACC,
+                              BLOCK_B, BLOCK_H, BLOCK_K)
+        else:
+            # the products' statistics for the program's 4 * BLOCK_H features at once, one matmul
+            # per row chunk
+            sum_x = tl.zeros((4 * BLOCK_H,), dtype=ACC)
+            sum_h = tl.zeros((4 * BLOCK_H,), dtype=ACC)
             for b0 in range(0, n, BLOCK_B):
                 rows = b0 + rb
                 r_mask = rows < n
                 m2 = r_mask[:, None] & c_mask[None, :]
-                dh = _load_tile(hw_t, G, rows, r_mask, cols, c_mask, ACC) - (sum_h / n)[None, :]
-                sq_h += tl.sum(tl.where(m2, dh * dh, 0.0), axis=0)
-                if FUSED_INPUT:
-                    dx = (_load_tile(xw_t, G, rows, r_mask, cols, c_mask, ACC)
-                          - (sum_x / n)[None, :])
-                    sq_x += tl.sum(tl.where(m2, dx * dx, 0.0), axis=0)
-        _statistics(sum_h, sq_h, n, factor, eps, run_mean_hh_ptr + row64 * G,
-                    run_var_hh_ptr + row64 * G, stat_hh_t, G, cols, c_mask, USE_BATCH, ACC)
-        if FUSED_INPUT:
-            _statistics(sum_x, sq_x, n, factor, eps, run_mean_ih_ptr + row64 * G,
-                        run_var_ih_ptr + row64 * G, stat_ih_t, G, cols, c_mask, USE_BATCH, ACC)
-        tl.debug_barrier()
-
-        if FUSED_INPUT:  # u_t, in input_norm.contribution's order (the backward recomputes it)
-            scale = (tl.load(gamma_ih_ptr + cols, mask=c_mask, other=0.0).to(ACC)
-                     * tl.load(stat_ih_t + G + cols, mask=c_mask, other=0.0))
-            mean = tl.load(stat_ih_t + cols, mask=c_mask, other=0.0)
-            for b0 in range(0, n, BLOCK_B):
-                rows = b0 + rb
-                r_mask = rows < n
-                xw = _load_tile(xw_t, G, rows, r_mask, cols, c_mask, ACC)
-                u = (xw - mean[None, :]) * scale[None, :]
-                if HAS_BIAS:
-                    u += tl.load(bias_ptr + cols, mask=c_mask, other=0.0).to(ACC)[None, :]
-                tl.store(_tile_ptrs(u_t, G, rows, cols), u,
-                         mask=r_mask[:, None] & c_mask[None, :])
+                hw = _tile_matmul(h_prev, H, rows, r_mask, H, w_hh_ptr, 1, H, cols, c_mask, BLOCK_B,
+                                  4 * BLOCK_H, BLOCK_K, UPCAST_DOT, INPUT_PRECISION, ACC)
+                tl.store(_tile_ptrs(hw_t, G, rows, cols), hw, mask=m2)
+                sum_h += tl.sum(hw, axis=0)
+                if FUSED_INPUT:  # rounded to the layer's dtype, as the hoisted GEMM's result
+                    xw = _tile_matmul(x_ptr + t64 * B * K_in, K_in, rows, r_mask, K_in, w_ih_ptr, 1,
+                                      K_in, cols, c_mask, BLOCK_B, 4 * BLOCK_H, BLOCK_K, UPCAST_DOT,
+                                      INPUT_PRECISION, ACC).to(xw_ptr.dtype.element_ty)
+                    tl.store(_tile_ptrs(xw_t, G, rows, cols), xw, mask=m2)
+                    sum_x += tl.sum(xw.to(ACC), axis=0)
+            sq_x = tl.zeros((4 * BLOCK_H,), dtype=ACC)
+            sq_h = tl.zeros((4 * BLOCK_H,), dtype=ACC)
+            if USE_BATCH:
+                tl.debug_barrier()  # hw (xw) chunks were stored by other threads' layout
+                for b0 in range(0, n, BLOCK_B):
+                    rows = b0 + rb
+                    r_mask = rows < n
+                    m2 = r_mask[:, None] & c_mask[None, :]
+                    dh = _load_tile(hw_t, G, rows, r_mask, cols, c_mask, ACC) - (sum_h / n)[None, :]
+                    sq_h += tl.sum(tl.where(m2, dh * dh, 0.0), axis=0)
+                    if FUSED_INPUT:
+                        dx = (_load_tile(xw_t, G, rows, r_mask, cols, c_mask, ACC)
+                              - (sum_x / n)[None, :])
+                        sq_x += tl.sum(tl.where(m2, dx * dx, 0.0), axis=0)
+            _statistics(sum_h, sq_h, n, factor, eps, run_mean_hh_ptr + row64 * G,
+                        run_var_hh_ptr + row64 * G, stat_hh_t, G, cols, c_mask, USE_BATCH, ACC)
+            if FUSED_INPUT:
+                _statistics(sum_x, sq_x, n, factor, eps, run_mean_ih_ptr + row64 * G,
+                            run_var_ih_ptr + row64 * G, stat_ih_t, G, cols, c_mask, USE_BATCH, ACC)
             tl.debug_barrier()
 
-        sum_c = tl.zeros((BLOCK_H,), dtype=ACC)
-        for b0 in range(0, n, BLOCK_B):
-            rows = b0 + rb
-            r_mask = rows < n
-            m2 = r_mask[:, None] & j_mask[None, :]
-            i = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
-                                          j, j_mask, ACC))
-            f = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
-                                          H + j, j_mask, ACC))
-            gg = _tanh(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
-                                      2 * H + j, j_mask, ACC))
-            c = f * _load_tile(c_prev, H, rows, r_mask, j, j_mask, ACC) + i * gg
-            tl.store(_tile_ptrs(c_t, H, rows, j), c, mask=m2)
-            tl.store(_tile_ptrs(c_n_ptr, H, rows, j), c.to(c_n_ptr.dtype.element_ty),
-                     mask=m2 & (rows >= n_next)[:, None])
-            sum_c += tl.sum(tl.where(m2, c, 0.0), axis=0)
-        tl.debug_barrier()
-        sq_c = tl.zeros((BLOCK_H,), dtype=ACC)
-        if USE_BATCH:
+            if FUSED_INPUT:  # u_t, in input_norm.contribution's order (the backward recomputes it)
+                scale = (tl.load(gamma_ih_ptr + cols, mask=c_mask, other=0.0).to(ACC)
+                         * tl.load(stat_ih_t + G + cols, mask=c_mask, other=0.0))
+                mean = tl.load(stat_ih_t + cols, mask=c_mask, other=0.0)
+                for b0 in range(0, n, BLOCK_B):
+                    rows = b0 + rb
+                    r_mask = rows < n
+                    xw = _load_tile(xw_t, G, rows, r_mask, cols, c_mask, ACC)
+                    u = (xw - mean[None, :]) * scale[None, :]
+                    if HAS_BIAS:
+                        u += tl.load(bias_ptr + cols, mask=c_mask, other=0.0).to(ACC)[None, :]
+                    tl.store(_tile_ptrs(u_t, G, rows, cols), u,
+                             mask=r_mask[:, None] & c_mask[None, :])
+                tl.debug_barrier()
+
+            sum_c = tl.zeros((BLOCK_H,), dtype=ACC)
             for b0 in range(0, n, BLOCK_B):
                 rows = b0 + rb
                 r_mask = rows < n
                 m2 = r_mask[:, None] & j_mask[None, :]
-                c = _load_tile(c_t, H, rows, r_mask, j, j_mask, ACC)
-                d = c - (sum_c / n)[None, :]
-                sq_c += tl.sum(tl.where(m2, d * d, 0.0), axis=0)
-        _statistics(sum_c, sq_c, n, factor, eps, run_mean_c_ptr + row64 * H,
-                    run_var_c_ptr + row64 * H, stat_c_t, H, j, j_mask, USE_BATCH, ACC)
-        tl.debug_barrier()
+                i = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
+                                              j, j_mask, ACC))
+                f = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
+                                              H + j, j_mask, ACC))
+                gg = _tanh(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
+                                          2 * H + j, j_mask, ACC))
+                c = f * _load_tile(c_prev, H, rows, r_mask, j, j_mask, ACC) + i * gg
+                tl.store(_tile_ptrs(c_t, H, rows, j), c, mask=m2)
+                tl.store(_tile_ptrs(c_n_ptr, H, rows, j), c.to(c_n_ptr.dtype.element_ty),
+                         mask=m2 & (rows >= n_next)[:, None])
+                sum_c += tl.sum(tl.where(m2, c, 0.0), axis=0)
+            tl.debug_barrier()
+            sq_c = tl.zeros((BLOCK_H,), dtype=ACC)
+            if USE_BATCH:
+                for b0 in range(0, n, BLOCK_B):
+                    rows = b0 + rb
+                    r_mask = rows < n
+                    m2 = r_mask[:, None] & j_mask[None, :]
+                    c = _load_tile(c_t, H, rows, r_mask, j, j_mask, ACC)
+                    d = c - (sum_c / n)[None, :]
+                    sq_c += tl.sum(tl.where(m2, d * d, 0.0), axis=0)
+            _statistics(sum_c, sq_c, n, factor, eps, run_mean_c_ptr + row64 * H,
+                        run_var_c_ptr + row64 * H, stat_c_t, H, j, j_mask, USE_BATCH, ACC)
+            tl.debug_barrier()
 
+            gamma_c = tl.load(gamma_c_ptr + j, mask=j_mask, other=0.0).to(ACC)
+            beta_c = tl.load(beta_c_ptr + j, mask=j_mask, other=0.0).to(ACC)
+            for b0 in range(0, n, BLOCK_B):
+                rows = b0 + rb
+                r_mask = rows < n
+                chat = _normalised(c_t, H, stat_c_t, H, rows, r_mask, j, j_mask, ACC)
+                o = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
+                                              3 * H + j, j_mask, ACC))
+                h = o * _tanh(gamma_c[None, :] * chat + beta_c[None, :])
+                m2 = r_mask[:, None] & j_mask[None, :]
+                tl.store(_tile_ptrs(h_t, H, rows, j), h.to(y_ptr.dtype.element_ty), mask=m2)
+                tl.store(_tile_ptrs(h_n_ptr, H, rows, j), h.to(h_n_ptr.dtype.element_ty),
+                         mask=m2 & (rows >= n_next)[:, None])
+
+    @triton.jit
+    def _gates(pre, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+        """The gates i, f, g, o ([BLOCK_B, BLOCK_H] each) of a gate-major [BLOCK_B, 4 * BLOCK_H]
+        tile: gate 2p + q is split off by q, then by p."""
+        x = tl.permute(tl.reshape(pre, (BLOCK_B, 4, BLOCK_H)), (0, 2, 1))
+        even, odd = tl.split(tl.reshape(x, (BLOCK_B, BLOCK_H, 2, 2)))
+        i, g = tl.split(even)
+        f, o = tl.split(odd)
+        return i, f, g, o
+
+    @triton.jit
+    def _fwd_in_registers(u_t, hw_t, h_prev, c_prev, h_t, c_t, stat_hh_t, stat_c_t, w_hh_ptr,
+                          gamma_hh_ptr, gamma_c_ptr, beta_c_ptr, run_mean_hh, run_var_hh,
+                          run_mean_c, run_var_c, h_n_ptr, c_n_ptr, unit_block, n, n_next, factor,
+                          eps, USE_BATCH, H, UPCAST_DOT: tl.constexpr,
+                          INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr,
+                          BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Forward step t where every running row fits one chunk: the product's tile, its
+        statistics, the gates, c_t and its statistics and h_t stay in registers; hw, c_t and the
+        statistics are stored once, for the backward (the same sums as one chunk of the chunked
+        path, in the same order)."""
+        G = 4 * H
+        j = unit_block * BLOCK_H + tl.arange(0, BLOCK_H)
+        j_mask = j < H
+        rows = tl.arange(0, BLOCK_B)
+        r_mask = rows < n
+        c4 = tl.arange(0, 4 * BLOCK_H)
+        cols = (c4 // BLOCK_H) * H + unit_block * BLOCK_H + c4 % BLOCK_H
+        c_mask = unit_block * BLOCK_H + c4 % BLOCK_H < H
+        m4 = r_mask[:, None] & c_mask[None, :]
+        m2 = r_mask[:, None] & j_mask[None, :]
+        hw = _tile_matmul(h_prev, H, rows, r_mask, H, w_hh_ptr, 1, H, cols, c_mask, BLOCK_B,
+                          4 * BLOCK_H, BLOCK_K, UPCAST_DOT, INPUT_PRECISION, ACC)
+        tl.store(_tile_ptrs(hw_t, G, rows, cols), hw, mask=m4)
+        total = tl.sum(hw, axis=0)  # rows past n are 0: their h rows load as 0
+        d = tl.where(m4, hw - (total / n)[None, :], 0.0)
+        mean, rstd = _statistics(total, tl.sum(d * d, axis=0), n, factor, eps, run_mean_hh,
+                                 run_var_hh, stat_hh_t, G, cols, c_mask, USE_BATCH, ACC)
+        gamma_hh = tl.load(gamma_hh_ptr + cols, mask=c_mask, other=0.0).to(ACC)
+        u = _load_tile(u_t, G, rows, r_mask, cols, c_mask, ACC)
+        i, f, g, o = _gates(u + gamma_hh[None, :] * ((hw - mean[None, :]) * rstd[None, :]),
+                            BLOCK_B, BLOCK_H)
+        c = (tl.sigmoid(f) * _load_tile(c_prev, H, rows, r_mask, j, j_mask, ACC)
+             + tl.sigmoid(i) * _tanh(g))
+        tl.store(_tile_ptrs(c_t, H, rows, j), c, mask=m2)
+        tl.store(_tile_ptrs(c_n_ptr, H, rows, j), c.to(c_n_ptr.dtype.element_ty),
+                 mask=m2 & (rows >= n_next)[:, None])
+        total_c = tl.sum(tl.where(m2, c, 0.0), axis=0)
+        d = tl.where(m2, c - (total_c / n)[None, :], 0.0)
+        mean_c, rstd_c = _statistics(total_c, tl.sum(d * d, axis=0), n, factor, eps, run_mean_c,
+                                     run_var_c, stat_c_t, H, j, j_mask, USE_BATCH, ACC)
         gamma_c = tl.load(gamma_c_ptr + j, mask=j_mask, other=0.0).to(ACC)
         beta_c = tl.load(beta_c_ptr + j, mask=j_mask, other=0.0).to(ACC)
-        for b0 in range(0, n, BLOCK_B):
-            rows = b0 + rb
-            r_mask = rows < n
-            chat = _normalised(c_t, H, stat_c_t, H, rows, r_mask, j, j_mask, ACC)
-            o = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
-                                          3 * H + j, j_mask, ACC))
-            h = o * _tanh(gamma_c[None, :] * chat + beta_c[None, :])
-            m2 = r_mask[:, None] & j_mask[None, :]
-            tl.store(_tile_ptrs(h_t, H, rows, j), h.to(y_ptr.dtype.element_ty), mask=m2)
-            tl.store(_tile_ptrs(h_n_ptr, H, rows, j), h.to(h_n_ptr.dtype.element_ty),
-                     mask=m2 & (rows >= n_next)[:, None])
+        chat = (c - mean_c[None, :]) * rstd_c[None, :]
+        h = tl.sigmoid(o) * _tanh(gamma_c[None, :] * chat + beta_c[None, :])
+        tl.store(_tile_ptrs(h_t, H, rows, j), h.to(h_t.dtype.element_ty), mask=m2)
+        tl.store(_tile_ptrs(h_n_ptr, H, rows, j), h.to(h_n_ptr.dtype.element_ty),
+                 mask=m2 & (rows >= n_next)[:, None])
 
     @triton.jit
     def _bn_backward(d, xhat, rstd, sum_d, sum_dx, n, USE_BATCH):
@@ -734,7 +805,8 @@ def _launch_forward(u, weight_hh, gamma_hh, gamma_c, beta_c, h0, c0, mean_hh, va
         _fwd_step_kernel[grid](
             *tensors, t, n, n_next, row, steps, factor, float(eps), B, H, k_in,
             HAS_BIAS=has_bias, **flags, FUSED_INPUT=fused_input, PERSISTENT=persistent,
-            BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+            ONE_CHUNK=B <= cfg.block_b and not fused_input, BLOCK_B=cfg.block_b,
+            BLOCK_H=cfg.block_h,
             BLOCK_K=cfg.block_k, **switches, **launch_options(cfg))
 
     if persistent:
