@@ -38,7 +38,8 @@ DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "flo
 # the hoisted forward first, chunked and with every row in one chunk (ONE_CHUNK: in registers);
 # the others take pick_config's short configurations
 KERNELS = (("_fwd_step_kernel", None), ("_fwd_step_kernel", "ONE_CHUNK"),
-           ("_fwd_step_kernel", "FUSED_INPUT"), ("_bwd_step_kernel", None))
+           ("_fwd_step_kernel", "FUSED_INPUT"), ("_bwd_step_kernel", None),
+           ("_bwd_step_kernel", "ONE_CHUNK"))
 HOISTED = KERNELS[:2]
 IO_POINTERS = {"x_ptr", "w_ih_ptr", "xw_ptr", "y_ptr", "w_hh_ptr", "gamma_ih_ptr",
                "gamma_hh_ptr", "bias_ptr", "gamma_c_ptr", "beta_c_ptr", "h_n_ptr", "c_n_ptr",
@@ -160,7 +161,7 @@ def _jobs(args):
              for cfg in (triton_step.CONFIGS + triton_step.NARROW_CONFIGS
                          if (name, variant) in HOISTED else triton_step.SHORT_CONFIGS)]
     plans += [(name, variant, triton_step.Plan(triton_step.PERSISTENT_CONFIG, (1,), True))
-              for name, variant in (*HOISTED, KERNELS[-1])]
+              for name, variant in KERNELS if variant != "FUSED_INPUT"]
     jobs = [(name, variant, precision, arch, launch, None)
             for name, variant, launch in plans for precision in args.precision
             for arch in args.arch if arch == 90 or not launch.persistent]
@@ -168,18 +169,19 @@ def _jobs(args):
         by_dtype = {getattr(torch, v): k for k, v in DTYPES.items() if k != "tf32"}
         jobs += [(name, variant, by_dtype[shape.dtype], 90, None, shape)
                  for shape in GPU_DEFAULT for name, variant in KERNELS
-                 if (name, variant) not in HOISTED or _takes(shape, variant)]
+                 if variant == "FUSED_INPUT" or _takes(shape, name, variant)]
     return jobs
 
 
-def _takes(shape, variant) -> bool:
-    """Whether the hoisted forward at `shape` runs `variant` (ONE_CHUNK where the batch fits
-    one chunk of the launch's configuration)."""
+def _takes(shape, name, variant) -> bool:
+    """Whether kernel `name` (the hoisted forward or the backward) at `shape` runs `variant`
+    (ONE_CHUNK where the batch fits one chunk of the launch's configuration)."""
     import torch
 
     from bnlstm_cuda.backends import triton_step
 
-    cfg = triton_step.plan(shape.B, shape.hidden_size, torch.device("cuda"), sms=H100_SMS).cfg
+    cfg = triton_step.plan(shape.B, shape.hidden_size, torch.device("cuda"),
+                           backward=name == "_bwd_step_kernel", sms=H100_SMS).cfg
     return (variant == "ONE_CHUNK") == (shape.B <= cfg.block_b)
 
 

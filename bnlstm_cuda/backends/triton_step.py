@@ -559,7 +559,7 @@ if triton is not None:
         use_batch_ptr,  # [T] int32: batch statistics at step t (else running); PERSISTENT
         t_last, n, n_next, steps, B, H,
         USE_BATCH: tl.constexpr, UPCAST_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-        ACC: tl.constexpr, PERSISTENT: tl.constexpr,
+        ACC: tl.constexpr, PERSISTENT: tl.constexpr, ONE_CHUNK: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         """Steps t_last, t_last - 1, ..., t_last - steps + 1 (as _fwd_step_kernel's, reversed)."""
@@ -574,22 +574,24 @@ if triton is not None:
                               beta_c_ptr, stat_hh_ptr, stat_c_ptr, dy_ptr, dh_n_ptr, dpre_ptr,
                               dpre_hh_ptr, dh_ptr, dc_ptr, dsum_ptr, dsum_c_ptr, unit_block, t,
                               n_t, n_next_t, use_batch, B, H, UPCAST_DOT, INPUT_PRECISION, ACC,
-                              BLOCK_B, BLOCK_H, BLOCK_K)
+                              ONE_CHUNK, BLOCK_B, BLOCK_H, BLOCK_K)
                 tl.debug_barrier()  # dpre_hh[t] of every unit, before step t-1 reads it
         else:
             _bwd_step(u_ptr, hw_ptr, cell_ptr, w_hh_ptr, gamma_hh_ptr, gamma_c_ptr, beta_c_ptr,
                       stat_hh_ptr, stat_c_ptr, dy_ptr, dh_n_ptr, dpre_ptr, dpre_hh_ptr, dh_ptr,
                       dc_ptr, dsum_ptr, dsum_c_ptr, tl.program_id(0), t_last, n, n_next,
-                      USE_BATCH, B, H, UPCAST_DOT, INPUT_PRECISION, ACC, BLOCK_B, BLOCK_H,
-                      BLOCK_K)
+                      USE_BATCH, B, H, UPCAST_DOT, INPUT_PRECISION, ACC, ONE_CHUNK, BLOCK_B,
+                      BLOCK_H, BLOCK_K)
 
     @triton.jit
     def _bwd_step(u_ptr, hw_ptr, cell_ptr, w_hh_ptr, gamma_hh_ptr, gamma_c_ptr, beta_c_ptr,
                   stat_hh_ptr, stat_c_ptr, dy_ptr, dh_n_ptr, dpre_ptr, dpre_hh_ptr, dh_ptr,
                   dc_ptr, dsum_ptr, dsum_c_ptr, unit_block, t, n, n_next, USE_BATCH, B, H,
                   UPCAST_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr, ACC: tl.constexpr,
-                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-        """Backward step t of hidden units unit_block * BLOCK_H + [0, BLOCK_H)."""
+                  ONE_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
+        """Backward step t of hidden units unit_block * BLOCK_H + [0, BLOCK_H): with ONE_CHUNK
+        (every row in one chunk) in registers, else chunk by chunk through global memory."""
         G = 4 * H
         j = unit_block * BLOCK_H + tl.arange(0, BLOCK_H)
         j_mask = j < H
@@ -604,89 +606,162 @@ if triton is not None:
         dpre_t = dpre_ptr + t64 * B * G
         dpre_hh_t = dpre_hh_ptr + t64 * B * G
         dpre_hh_next = dpre_hh_ptr + (t64 + 1) * B * G
+        if ONE_CHUNK:
+            _bwd_in_registers(u_t, hw_t, c_prev, c_t, stat_hh_t, stat_c_t,
+                              dy_ptr + t64 * B * H, dh_n_ptr, dpre_t, dpre_hh_t, dpre_hh_next,
+                              dc_ptr, dsum_ptr + t64 * G, dsum_c_ptr + t64 * 2 * H, w_hh_ptr,
+                              gamma_hh_ptr, gamma_c_ptr, beta_c_ptr, unit_block, n, n_next,
+                              USE_BATCH, H, UPCAST_DOT, INPUT_PRECISION, ACC, BLOCK_B, BLOCK_H,
+                              BLOCK_K)
+        else:
+            gamma_c = tl.load(gamma_c_ptr + j, mask=j_mask, other=0.0).to(ACC)
+            beta_c = tl.load(beta_c_ptr + j, mask=j_mask, other=0.0).to(ACC)
+            rstd_c = tl.load(stat_c_t + H + j, mask=j_mask, other=0.0)
+
+            # dh_t and the batch sums through the cell norm
+            sum_dcn = tl.zeros((BLOCK_H,), dtype=ACC)
+            sum_dcn_chat = tl.zeros((BLOCK_H,), dtype=ACC)
+            for b0 in range(0, n, BLOCK_B):
+                rows = b0 + rb
+                r_mask = rows < n
+                m2 = r_mask[:, None] & j_mask[None, :]
+                carried = _tile_matmul(dpre_hh_next, G, rows, rows < n_next, G, w_hh_ptr, H, 1,
+                                       j, j_mask, BLOCK_B, BLOCK_H, BLOCK_K, UPCAST_DOT,
+                                       INPUT_PRECISION, ACC)
+                ending = _load_tile(dh_n_ptr, H, rows, r_mask & (rows >= n_next), j, j_mask, ACC)
+                dy = _load_tile(dy_ptr + t64 * B * H, H, rows, r_mask, j, j_mask, ACC)
+                dh = dy + carried + ending
+                tl.store(_tile_ptrs(dh_ptr, H, rows, j), dh, mask=m2)
+                chat = _normalised(c_t, H, stat_c_t, H, rows, r_mask, j, j_mask, ACC)
+                o = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
+                                              3 * H + j, j_mask, ACC))
+                _, sech2_cn = _tanh_sech2(gamma_c[None, :] * chat + beta_c[None, :])
+                dcn = tl.where(m2, dh * o * sech2_cn, 0.0)
+                sum_dcn += tl.sum(dcn, axis=0)
+                sum_dcn_chat += tl.sum(dcn * chat, axis=0)
+            tl.store(dsum_c_ptr + t64 * 2 * H + j, sum_dcn_chat, mask=j_mask)
+            tl.store(dsum_c_ptr + t64 * 2 * H + H + j, sum_dcn, mask=j_mask)
+            tl.debug_barrier()
+
+            # through the gates: dpre[t] (raw: the input norm's backward runs on it after the loop)
+            # and dc
+            for b0 in range(0, n, BLOCK_B):
+                rows = b0 + rb
+                r_mask = rows < n
+                m2 = r_mask[:, None] & j_mask[None, :]
+                dh = _load_tile(dh_ptr, H, rows, r_mask, j, j_mask, ACC)
+                chat = _normalised(c_t, H, stat_c_t, H, rows, r_mask, j, j_mask, ACC)
+                i = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
+                                              j, j_mask, ACC))
+                f = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
+                                              H + j, j_mask, ACC))
+                gg, sech2_g = _tanh_sech2(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G,
+                                                         rows, r_mask, 2 * H + j, j_mask, ACC))
+                o = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
+                                              3 * H + j, j_mask, ACC))
+                tanh_cn, sech2_cn = _tanh_sech2(gamma_c[None, :] * chat + beta_c[None, :])
+                dcn = dh * o * sech2_cn
+                dc = _load_tile(dc_ptr, H, rows, r_mask, j, j_mask, ACC)
+                dc += gamma_c[None, :] * _bn_backward(dcn, chat, rstd_c, sum_dcn, sum_dcn_chat, n,
+                                                      USE_BATCH)
+                c_before = _load_tile(c_prev, H, rows, r_mask, j, j_mask, ACC)
+                tl.store(_tile_ptrs(dc_ptr, H, rows, j), dc * f, mask=m2)
+                out = _tile_ptrs(dpre_t, G, rows, j)
+                tl.store(out, dc * gg * i * (1.0 - i), mask=m2)
+                tl.store(out + H, dc * c_before * f * (1.0 - f), mask=m2)
+                tl.store(out + 2 * H, dc * i * sech2_g, mask=m2)
+                tl.store(out + 3 * H, dh * tanh_cn * o * (1.0 - o), mask=m2)
+            tl.debug_barrier()
+
+            # through BN(h W_hh^T), one gate at a time
+            for g in tl.static_range(4):
+                cols = g * H + j
+                gamma_hh = tl.load(gamma_hh_ptr + cols, mask=j_mask, other=0.0).to(ACC)
+                rstd_hh = tl.load(stat_hh_t + G + cols, mask=j_mask, other=0.0)
+                sum_d = tl.zeros((BLOCK_H,), dtype=ACC)
+                sum_d_hh = tl.zeros((BLOCK_H,), dtype=ACC)
+                for b0 in range(0, n, BLOCK_B):
+                    rows = b0 + rb
+                    r_mask = rows < n
+                    d = _load_tile(dpre_t, G, rows, r_mask, cols, j_mask, ACC)
+                    sum_d += tl.sum(d, axis=0)
+                    sum_d_hh += tl.sum(d * _normalised(hw_t, G, stat_hh_t, G, rows, r_mask, cols,
+                                                       j_mask, ACC), axis=0)
+                tl.store(dsum_ptr + t64 * G + cols, sum_d_hh, mask=j_mask)
+                for b0 in range(0, n, BLOCK_B):
+                    rows = b0 + rb
+                    r_mask = rows < n
+                    d = _load_tile(dpre_t, G, rows, r_mask, cols, j_mask, ACC)
+                    xhat_hh = _normalised(hw_t, G, stat_hh_t, G, rows, r_mask, cols, j_mask, ACC)
+                    d_hh = _bn_backward(gamma_hh[None, :] * d, xhat_hh, rstd_hh, gamma_hh * sum_d,
+                                        gamma_hh * sum_d_hh, n, USE_BATCH)
+                    tl.store(_tile_ptrs(dpre_hh_t, G, rows, cols), d_hh,
+                             mask=r_mask[:, None] & j_mask[None, :])
+
+    @triton.jit
+    def _joined(i, f, g, o, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+        """The gate-major [BLOCK_B, 4 * BLOCK_H] tile of the four gates' tiles (_gates undone)."""
+        x = tl.join(tl.join(i, g), tl.join(f, o))  # [BLOCK_B, BLOCK_H, p, q]: gate 2p + q
+        return tl.reshape(tl.permute(tl.reshape(x, (BLOCK_B, BLOCK_H, 4)), (0, 2, 1)),
+                          (BLOCK_B, 4 * BLOCK_H))
+
+    @triton.jit
+    def _bwd_in_registers(u_t, hw_t, c_prev, c_t, stat_hh_t, stat_c_t, dy_t, dh_n_ptr, dpre_t,
+                          dpre_hh_t, dpre_hh_next, dc_ptr, dsum_t, dsum_c_t, w_hh_ptr,
+                          gamma_hh_ptr, gamma_c_ptr, beta_c_ptr, unit_block, n, n_next,
+                          USE_BATCH, H, UPCAST_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                          ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                          BLOCK_K: tl.constexpr):
+        """Backward step t where every running row fits one chunk: dh_t, the gates (recomputed
+        once from u, hw and the saved statistics), both norms' backward and dpre stay in
+        registers; dpre, dpre_hh, the dc carry and the per-step sums are stored once."""
+        G = 4 * H
+        j = unit_block * BLOCK_H + tl.arange(0, BLOCK_H)
+        j_mask = j < H
+        rows = tl.arange(0, BLOCK_B)
+        r_mask = rows < n
+        c4 = tl.arange(0, 4 * BLOCK_H)
+        cols = (c4 // BLOCK_H) * H + unit_block * BLOCK_H + c4 % BLOCK_H
+        c_mask = unit_block * BLOCK_H + c4 % BLOCK_H < H
+        m4 = r_mask[:, None] & c_mask[None, :]
+        m2 = r_mask[:, None] & j_mask[None, :]
+        dh = (_load_tile(dy_t, H, rows, r_mask, j, j_mask, ACC)
+              + _tile_matmul(dpre_hh_next, G, rows, rows < n_next, G, w_hh_ptr, H, 1, j, j_mask,
+                             BLOCK_B, BLOCK_H, BLOCK_K, UPCAST_DOT, INPUT_PRECISION, ACC)
+              + _load_tile(dh_n_ptr, H, rows, r_mask & (rows >= n_next), j, j_mask, ACC))
+        gamma_hh = tl.load(gamma_hh_ptr + cols, mask=c_mask, other=0.0).to(ACC)
+        rstd_hh = tl.load(stat_hh_t + G + cols, mask=c_mask, other=0.0)
+        xhat_hh = _normalised(hw_t, G, stat_hh_t, G, rows, r_mask, cols, c_mask, ACC)
+        pi, pf, pg, po = _gates(_load_tile(u_t, G, rows, r_mask, cols, c_mask, ACC)
+                                + gamma_hh[None, :] * xhat_hh, BLOCK_B, BLOCK_H)
+        i = tl.sigmoid(pi)
+        f = tl.sigmoid(pf)
+        gg, sech2_g = _tanh_sech2(pg)
+        o = tl.sigmoid(po)
         gamma_c = tl.load(gamma_c_ptr + j, mask=j_mask, other=0.0).to(ACC)
         beta_c = tl.load(beta_c_ptr + j, mask=j_mask, other=0.0).to(ACC)
         rstd_c = tl.load(stat_c_t + H + j, mask=j_mask, other=0.0)
-
-        # dh_t and the batch sums through the cell norm
-        sum_dcn = tl.zeros((BLOCK_H,), dtype=ACC)
-        sum_dcn_chat = tl.zeros((BLOCK_H,), dtype=ACC)
-        for b0 in range(0, n, BLOCK_B):
-            rows = b0 + rb
-            r_mask = rows < n
-            m2 = r_mask[:, None] & j_mask[None, :]
-            carried = _tile_matmul(dpre_hh_next, G, rows, rows < n_next, G, w_hh_ptr, H, 1,
-                                   j, j_mask, BLOCK_B, BLOCK_H, BLOCK_K, UPCAST_DOT,
-                                   INPUT_PRECISION, ACC)
-            ending = _load_tile(dh_n_ptr, H, rows, r_mask & (rows >= n_next), j, j_mask, ACC)
-            dy = _load_tile(dy_ptr + t64 * B * H, H, rows, r_mask, j, j_mask, ACC)
-            dh = dy + carried + ending
-            tl.store(_tile_ptrs(dh_ptr, H, rows, j), dh, mask=m2)
-            chat = _normalised(c_t, H, stat_c_t, H, rows, r_mask, j, j_mask, ACC)
-            o = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
-                                          3 * H + j, j_mask, ACC))
-            _, sech2_cn = _tanh_sech2(gamma_c[None, :] * chat + beta_c[None, :])
-            dcn = tl.where(m2, dh * o * sech2_cn, 0.0)
-            sum_dcn += tl.sum(dcn, axis=0)
-            sum_dcn_chat += tl.sum(dcn * chat, axis=0)
-        tl.store(dsum_c_ptr + t64 * 2 * H + j, sum_dcn_chat, mask=j_mask)
-        tl.store(dsum_c_ptr + t64 * 2 * H + H + j, sum_dcn, mask=j_mask)
-        tl.debug_barrier()
-
-        # through the gates: dpre[t] (raw: the input norm's backward runs on it after the loop)
-        # and dc
-        for b0 in range(0, n, BLOCK_B):
-            rows = b0 + rb
-            r_mask = rows < n
-            m2 = r_mask[:, None] & j_mask[None, :]
-            dh = _load_tile(dh_ptr, H, rows, r_mask, j, j_mask, ACC)
-            chat = _normalised(c_t, H, stat_c_t, H, rows, r_mask, j, j_mask, ACC)
-            i = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
-                                          j, j_mask, ACC))
-            f = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
-                                          H + j, j_mask, ACC))
-            gg, sech2_g = _tanh_sech2(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows,
-                                                     r_mask, 2 * H + j, j_mask, ACC))
-            o = tl.sigmoid(_preactivation(u_t, hw_t, stat_hh_t, gamma_hh_ptr, G, rows, r_mask,
-                                          3 * H + j, j_mask, ACC))
-            tanh_cn, sech2_cn = _tanh_sech2(gamma_c[None, :] * chat + beta_c[None, :])
-            dcn = dh * o * sech2_cn
-            dc = _load_tile(dc_ptr, H, rows, r_mask, j, j_mask, ACC)
-            dc += gamma_c[None, :] * _bn_backward(dcn, chat, rstd_c, sum_dcn, sum_dcn_chat, n,
-                                                  USE_BATCH)
-            c_before = _load_tile(c_prev, H, rows, r_mask, j, j_mask, ACC)
-            tl.store(_tile_ptrs(dc_ptr, H, rows, j), dc * f, mask=m2)
-            out = _tile_ptrs(dpre_t, G, rows, j)
-            tl.store(out, dc * gg * i * (1.0 - i), mask=m2)
-            tl.store(out + H, dc * c_before * f * (1.0 - f), mask=m2)
-            tl.store(out + 2 * H, dc * i * sech2_g, mask=m2)
-            tl.store(out + 3 * H, dh * tanh_cn * o * (1.0 - o), mask=m2)
-        tl.debug_barrier()
-
-        # through BN(h W_hh^T), one gate at a time
-        for g in tl.static_range(4):
-            cols = g * H + j
-            gamma_hh = tl.load(gamma_hh_ptr + cols, mask=j_mask, other=0.0).to(ACC)
-            rstd_hh = tl.load(stat_hh_t + G + cols, mask=j_mask, other=0.0)
-            sum_d = tl.zeros((BLOCK_H,), dtype=ACC)
-            sum_d_hh = tl.zeros((BLOCK_H,), dtype=ACC)
-            for b0 in range(0, n, BLOCK_B):
-                rows = b0 + rb
-                r_mask = rows < n
-                d = _load_tile(dpre_t, G, rows, r_mask, cols, j_mask, ACC)
-                sum_d += tl.sum(d, axis=0)
-                sum_d_hh += tl.sum(d * _normalised(hw_t, G, stat_hh_t, G, rows, r_mask, cols,
-                                                   j_mask, ACC), axis=0)
-            tl.store(dsum_ptr + t64 * G + cols, sum_d_hh, mask=j_mask)
-            for b0 in range(0, n, BLOCK_B):
-                rows = b0 + rb
-                r_mask = rows < n
-                d = _load_tile(dpre_t, G, rows, r_mask, cols, j_mask, ACC)
-                xhat_hh = _normalised(hw_t, G, stat_hh_t, G, rows, r_mask, cols, j_mask, ACC)
-                d_hh = _bn_backward(gamma_hh[None, :] * d, xhat_hh, rstd_hh, gamma_hh * sum_d,
-                                    gamma_hh * sum_d_hh, n, USE_BATCH)
-                tl.store(_tile_ptrs(dpre_hh_t, G, rows, cols), d_hh,
-                         mask=r_mask[:, None] & j_mask[None, :])
+        chat = _normalised(c_t, H, stat_c_t, H, rows, r_mask, j, j_mask, ACC)
+        tanh_cn, sech2_cn = _tanh_sech2(gamma_c[None, :] * chat + beta_c[None, :])
+        dcn = tl.where(m2, dh * o * sech2_cn, 0.0)
+        sum_dcn = tl.sum(dcn, axis=0)
+        sum_dcn_chat = tl.sum(dcn * chat, axis=0)
+        tl.store(dsum_c_t + j, sum_dcn_chat, mask=j_mask)
+        tl.store(dsum_c_t + H + j, sum_dcn, mask=j_mask)
+        dc = _load_tile(dc_ptr, H, rows, r_mask, j, j_mask, ACC) + gamma_c[None, :] * _bn_backward(
+            dcn, chat, rstd_c, sum_dcn, sum_dcn_chat, n, USE_BATCH)
+        tl.store(_tile_ptrs(dc_ptr, H, rows, j), dc * f, mask=m2)
+        c_before = _load_tile(c_prev, H, rows, r_mask, j, j_mask, ACC)
+        dpre = tl.where(m4, _joined(dc * gg * i * (1.0 - i), dc * c_before * f * (1.0 - f),
+                                    dc * i * sech2_g, dh * tanh_cn * o * (1.0 - o), BLOCK_B,
+                                    BLOCK_H), 0.0)
+        tl.store(_tile_ptrs(dpre_t, G, rows, cols), dpre, mask=m4)
+        sum_d = tl.sum(dpre, axis=0)
+        sum_d_hh = tl.sum(dpre * xhat_hh, axis=0)
+        tl.store(dsum_t + cols, sum_d_hh, mask=c_mask)
+        d_hh = _bn_backward(gamma_hh[None, :] * dpre, xhat_hh, rstd_hh, gamma_hh * sum_d,
+                            gamma_hh * sum_d_hh, n, USE_BATCH)
+        tl.store(_tile_ptrs(dpre_hh_t, G, rows, cols), d_hh, mask=m4)
 
 
 def _kernel_flags(device: torch.device, acc: torch.dtype) -> dict:
@@ -853,7 +928,7 @@ def _launch_backward(u, hw, cell, weight_hh, gamma_hh, gamma_c, beta_c, stat_hh,
     def run(t, n, n_next, steps, use_batch_t):
         _bwd_step_kernel[grid](
             *tensors, t, n, n_next, steps, B, H, USE_BATCH=use_batch_t, **flags,
-            PERSISTENT=persistent, BLOCK_B=cfg.block_b,
+            PERSISTENT=persistent, ONE_CHUNK=B <= cfg.block_b, BLOCK_B=cfg.block_b,
             BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, **launch_options(cfg))
 
     def launch():
