@@ -482,6 +482,21 @@ if triton is not None:
         return i, f, g, o
 
     @triton.jit
+    def _one_chunk_tiles(unit_block, n, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+        """The in-register step's indices: the program's units j, the rows, its 4 * BLOCK_H
+        gate-major feature columns, their masks, and the [rows, units] and [rows, features]
+        masks of the running rows."""
+        j = unit_block * BLOCK_H + tl.arange(0, BLOCK_H)
+        j_mask = j < H
+        rows = tl.arange(0, BLOCK_B)
+        r_mask = rows < n
+        c4 = tl.arange(0, 4 * BLOCK_H)
+        cols = (c4 // BLOCK_H) * H + unit_block * BLOCK_H + c4 % BLOCK_H
+        c_mask = unit_block * BLOCK_H + c4 % BLOCK_H < H
+        return (j, j_mask, rows, r_mask, cols, c_mask, r_mask[:, None] & j_mask[None, :],
+                r_mask[:, None] & c_mask[None, :])
+
+    @triton.jit
     def _fwd_in_registers(u_t, hw_t, h_prev, c_prev, h_t, c_t, stat_hh_t, stat_c_t, w_hh_ptr,
                           gamma_hh_ptr, gamma_c_ptr, beta_c_ptr, run_mean_hh, run_var_hh,
                           run_mean_c, run_var_c, h_n_ptr, c_n_ptr, unit_block, n, n_next, factor,
@@ -493,15 +508,8 @@ if triton is not None:
         statistics are stored once, for the backward (the same sums as one chunk of the chunked
         path, in the same order)."""
         G = 4 * H
-        j = unit_block * BLOCK_H + tl.arange(0, BLOCK_H)
-        j_mask = j < H
-        rows = tl.arange(0, BLOCK_B)
-        r_mask = rows < n
-        c4 = tl.arange(0, 4 * BLOCK_H)
-        cols = (c4 // BLOCK_H) * H + unit_block * BLOCK_H + c4 % BLOCK_H
-        c_mask = unit_block * BLOCK_H + c4 % BLOCK_H < H
-        m4 = r_mask[:, None] & c_mask[None, :]
-        m2 = r_mask[:, None] & j_mask[None, :]
+        j, j_mask, rows, r_mask, cols, c_mask, m2, m4 = _one_chunk_tiles(unit_block, n, H,
+                                                                         BLOCK_B, BLOCK_H)
         hw = _tile_matmul(h_prev, H, rows, r_mask, H, w_hh_ptr, 1, H, cols, c_mask, BLOCK_B,
                           4 * BLOCK_H, BLOCK_K, UPCAST_DOT, INPUT_PRECISION, ACC)
         tl.store(_tile_ptrs(hw_t, G, rows, cols), hw, mask=m4)
@@ -716,15 +724,8 @@ if triton is not None:
         once from u, hw and the saved statistics), both norms' backward and dpre stay in
         registers; dpre, dpre_hh, the dc carry and the per-step sums are stored once."""
         G = 4 * H
-        j = unit_block * BLOCK_H + tl.arange(0, BLOCK_H)
-        j_mask = j < H
-        rows = tl.arange(0, BLOCK_B)
-        r_mask = rows < n
-        c4 = tl.arange(0, 4 * BLOCK_H)
-        cols = (c4 // BLOCK_H) * H + unit_block * BLOCK_H + c4 % BLOCK_H
-        c_mask = unit_block * BLOCK_H + c4 % BLOCK_H < H
-        m4 = r_mask[:, None] & c_mask[None, :]
-        m2 = r_mask[:, None] & j_mask[None, :]
+        j, j_mask, rows, r_mask, cols, c_mask, m2, m4 = _one_chunk_tiles(unit_block, n, H,
+                                                                         BLOCK_B, BLOCK_H)
         dh = (_load_tile(dy_t, H, rows, r_mask, j, j_mask, ACC)
               + _tile_matmul(dpre_hh_next, G, rows, rows < n_next, G, w_hh_ptr, H, 1, j, j_mask,
                              BLOCK_B, BLOCK_H, BLOCK_K, UPCAST_DOT, INPUT_PRECISION, ACC)
