@@ -59,11 +59,11 @@ def check_provider(provider: Provider, template, x: torch.Tensor, dy: torch.Tens
         settings, keys = (False, True), None
     failures = []
     for training in settings:
-        key = (provider.family, training)
-        if key not in references:
-            references[key] = (_reference(template, x, dy, training, torch.float64),
-                               _reference(template, x, dy, training, x.dtype))
-        exact, same_dtype = references[key]
+        setting = (provider.family, training)
+        if setting not in references:
+            references[setting] = (_reference(template, x, dy, training, torch.float64),
+                                   _reference(template, x, dy, training, x.dtype))
+        exact, same_dtype = references[setting]
         module, forward = provider.build(template)
         # an LSTM (no dropout) computes the same in both modes, and cuDNN refuses a backward
         # in eval mode: LSTM baselines run in training mode against the eval-mode reference
