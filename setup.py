@@ -20,7 +20,7 @@ import sys
 from setuptools import setup
 
 DEFAULT_ARCHS = "8.0;9.0"
-CPU_SOURCES = ["csrc/bnlstm.cpp", "csrc/loops_cpu.cpp"]
+CPU_SOURCES = ["csrc/bnlstm.cpp", "csrc/loops_cpu.cpp", "csrc/input_norm_cpu.cpp"]
 CUDA_SOURCES = ["csrc/loops_cuda.cpp", "csrc/bnlstm_f32.cu", "csrc/bnlstm_f16.cu",
                 "csrc/bnlstm_bf16.cu", "csrc/bnlstm_f64.cu"]
 # -fopenmp: at::parallel_for is inline OpenMP; the loops must be compiled with it to run on

@@ -29,7 +29,8 @@ def _forward(backend, x, weights: LayerWeights, h0, c0, stats: RunningStats, ste
     in_step = getattr(backend, "in_step_input", lambda: None)()
     if in_step is not None:
         return in_step(x, weights, h0, c0, stats, steps, eps, save)
-    u, inp = input_norm.forward(input_product(x, weights), weights, stats, steps, eps, save)
+    u, inp = input_norm.forward(input_product(x, weights), weights, stats, steps, eps, save,
+                                input_norm.kernels_of(backend, x.device))
     y, h_n, c_n, saved = backend.forward_loop(u, weights, h0, c0, stats, steps, eps, save)
     return y, h_n, c_n, saved, inp
 
@@ -59,7 +60,8 @@ class BNLSTMFunction(torch.autograd.Function):
             saved, inp, weights, c0, ctx.steps,
             dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(),
         )
-        dpre_ih, dgamma_ih, dbias = input_norm.backward(dpre, inp, weights, ctx.steps)
+        dpre_ih, dgamma_ih, dbias = input_norm.backward(
+            dpre, inp, weights, ctx.steps, input_norm.kernels_of(ctx.backend, dpre.device))
         dgamma_hh, dgamma_c, dbeta_c = dfeature
         dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias = (
             g.to(x.dtype) for g in (dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias))

@@ -92,7 +92,8 @@ def _weights(factors: list, like: Tensor):
                         for f in factors])[:, None]
 
 
-def statistics(xw: Tensor, stats: RunningStats, steps: Steps, eps: float) -> Tensor:
+def statistics(xw: Tensor, stats: RunningStats, steps: Steps, eps: float,
+               kernels=None) -> Tensor:
     """(T, 2, 4H) mean and 1/std each step normalises x_t W_ih^T with; training steps with batch
     statistics move their running rows (mean_ih, var_ih, in place; unbiased variance), and the
     others read their row after those moves, as the step loop did."""
@@ -100,7 +101,8 @@ def statistics(xw: Tensor, stats: RunningStats, steps: Steps, eps: float) -> Ten
     k = _batch_steps(steps)
     mean = var = z.new_empty(0, z.shape[2])
     if k:
-        mean, var = _batch_statistics(z[:k], steps.batch_sizes[:k])
+        batch = kernels.input_statistics if kernels is not None else _batch_statistics
+        mean, var = batch(z[:k], steps.batch_sizes[:k])
         n = device_numbers(steps.batch_sizes[:k], z.dtype, z.device)[:, None]
         with torch.no_grad():
             _update_running(stats.mean_ih, mean, steps, k)
@@ -119,10 +121,14 @@ def _batch_steps(steps: Steps) -> int:
     return k
 
 
-def contribution(saved: InputSaved, weights: LayerWeights, out=None) -> Tensor:
+def contribution(saved: InputSaved, weights: LayerWeights, out=None, kernels=None) -> Tensor:
     """u_t = gamma_ih BN_t(x_t W_ih^T) + bias for every step (T, B, 4H), accumulator dtype;
     finite but meaningless on rows that are not running. `out` may be saved.xw itself (when
     nothing keeps it): then no buffer of that size is allocated."""
+    if kernels is not None:
+        u = torch.empty_like(saved.xw) if out is None else out
+        kernels.input_contribution(saved.xw, saved.stat, weights.gamma_ih, weights.bias, u)
+        return u
     mean, rstd = saved.stat[:, 0, None], saved.stat[:, 1, None]
     z = saved.xw.to(saved.stat.dtype)
     scale = weights.gamma_ih.to(z.dtype) * rstd
@@ -133,21 +139,31 @@ def contribution(saved: InputSaved, weights: LayerWeights, out=None) -> Tensor:
 
 
 def forward(xw: Tensor, weights: LayerWeights, stats: RunningStats, steps: Steps,
-            eps: float, save: bool = True) -> tuple[Tensor, InputSaved]:
+            eps: float, save: bool = True, kernels=None) -> tuple[Tensor, InputSaved]:
     """The input contribution u of every step and what its backward needs; without `save`, u
     takes xw's buffer where the dtypes allow (xw is not needed after)."""
-    saved = InputSaved(xw, statistics(xw, stats, steps, eps))
+    saved = InputSaved(xw, statistics(xw, stats, steps, eps, kernels))
     reuse = not save and xw.dtype == saved.stat.dtype and not xw.requires_grad
-    return contribution(saved, weights, out=xw if reuse else None), saved
+    return contribution(saved, weights, out=xw if reuse else None, kernels=kernels), saved
 
 
-def backward(dpre: Tensor, saved: InputSaved, weights: LayerWeights,
-             steps: Steps) -> tuple[Tensor, Tensor, Tensor]:
+def kernels_of(backend, device: torch.device):
+    """The backend's passes over the input product on `device` (a namespace with
+    input_statistics, input_contribution and input_backward doing what the torch ops here do),
+    or None: these torch ops. A backend offers them through `input_kernels(device)`."""
+    return getattr(backend, "input_kernels", lambda device: None)(device)
+
+
+def backward(dpre: Tensor, saved: InputSaved, weights: LayerWeights, steps: Steps,
+             kernels=None) -> tuple[Tensor, Tensor, Tensor]:
     """From the gradient of every step's pre-activation (T, B, 4H; zero on rows not running):
     the gradient of x W_ih^T, dgamma_ih and dbias (accumulator dtype). A step with batch
     statistics adds the batch-mean terms of BatchNorm's backward,
     gamma rstd (dpre - mean(dpre) - xhat mean(dpre xhat)) over its running rows, the others
     gamma rstd dpre. Two buffers of (T, B, 4H), the second reused for the result."""
+    if kernels is not None:
+        return tuple(kernels.input_backward(dpre, saved.xw, saved.stat, weights.gamma_ih,
+                                            steps.batch_sizes, _batch_steps(steps)))
     B = dpre.shape[1]
     mean, rstd = saved.stat[:, 0, None], saved.stat[:, 1, None]
     xhat = torch.sub(saved.xw.to(dpre.dtype), mean).mul_(rstd)

@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_passes.h"
 #include "loops.h"
 #include "step_math.h"
 
@@ -28,16 +29,6 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
             const int* ldb, const double* beta, double* c, const int* ldc);
 int MKL_Set_Num_Threads_Local(int nt);  // mkl_set_num_threads_local of mkl.h
 }
-#endif
-
-// The block passes are inlined into their float32 wrappers, which GCC on x86-64 also builds for
-// AVX2 and FMA (function multiversioning: one binary, the CPU picks at load time).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define BNLSTM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#define BNLSTM_INLINE inline __attribute__((always_inline))
-#else
-#define BNLSTM_CLONES
-#define BNLSTM_INLINE inline
 #endif
 
 namespace bnlstm {
@@ -189,25 +180,6 @@ struct BlockConstants {
                                    rstd_hh[g][u], gamma_hh[g][u]);
   }
 };
-
-// Batch sums over rows b < n of z[b * ld + u] (u < w), then the centred squares.
-template <typename S>
-BNLSTM_INLINE void feature_sums(const S* __restrict__ z, int64_t ld, int64_t n, int64_t w,
-                                S* __restrict__ total, S* __restrict__ centred) {
-  std::fill(total, total + w, S(0));
-  std::fill(centred, centred + w, S(0));
-  for (int64_t b = 0; b < n; ++b) {
-    const S* __restrict__ row = z + b * ld;
-    for (int64_t u = 0; u < w; ++u) total[u] += row[u];
-  }
-  for (int64_t b = 0; b < n; ++b) {
-    const S* __restrict__ row = z + b * ld;
-    for (int64_t u = 0; u < w; ++u) {
-      const S d = row[u] - total[u] / S(n);
-      centred[u] += d * d;
-    }
-  }
-}
 
 // Mean and 1/std of features z[.. u ..] (u < w) at a step: from the batch (two-pass sums over
 // the n rows, the running row moving by factor) or, in evaluation and for single-row steps,

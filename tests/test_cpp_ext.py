@@ -241,7 +241,7 @@ def test_setup_builds_the_cpu_kernels_when_cuda_is_skipped(monkeypatch, capsys):
     (ext,), cmdclass = _load_setup()["extension_build"]()
     assert "BNLSTM_SKIP_CUDA_BUILD is set" in capsys.readouterr().err
     assert ext.name == "bnlstm_cuda._C" and "build_ext" in cmdclass
-    assert ext.sources == ["csrc/bnlstm.cpp", "csrc/loops_cpu.cpp"]
+    assert ext.sources == ["csrc/bnlstm.cpp", "csrc/loops_cpu.cpp", "csrc/input_norm_cpu.cpp"]
     assert ("BNLSTM_WITH_CUDA", None) not in ext.define_macros
 
 

@@ -81,6 +81,14 @@ def supports(device: torch.device) -> Optional[str]:
     return f"the C++ kernels run on CPU and CUDA tensors, got {device.type} tensors"
 
 
+def input_kernels(device: torch.device, ops=torch.ops.bnlstm):
+    """The input norm's passes over the input product (csrc/input_norm_cpu.cpp) on CPU
+    tensors: one parallel pass each, no temporaries of the product's size. None elsewhere (the
+    torch ops of input_norm.py), and for other ops than the extension's (the emulation's)."""
+    return ops if device.type == "cpu" and ops is torch.ops.bnlstm and _IMPORT_ERROR is None \
+        else None
+
+
 def forward_loop(u, weights: LayerWeights, h0, c0, stats: RunningStats, steps: Steps, eps, save,
                  ops=torch.ops.bnlstm):
     """The contract of backends.torch_ops.forward_loop; the steps run in bnlstm::forward_loop
@@ -104,7 +112,7 @@ def backward_loop(saved: Saved, inp: InputSaved, weights: LayerWeights, c0, step
     (c0 is saved.cell[0] there), with u recomputed from the input norm's saved tensors."""
     w = weights
     return tuple(ops.backward_loop(
-        contribution(inp, weights), saved.hw, saved.cell, w.weight_hh, w.gamma_hh, w.gamma_c,
+        contribution(inp, weights, kernels=input_kernels(dy.device, ops)), saved.hw, saved.cell, w.weight_hh, w.gamma_hh, w.gamma_c,
         w.beta_c, saved.stat_hh, saved.stat_c, dy, dh_n, dc_n, steps.batch_sizes,
         [bool(u) for u in steps.batch_stats],
     ))
@@ -113,3 +121,15 @@ def backward_loop(saved: Saved, inp: InputSaved, weights: LayerWeights, c0, step
 if _IMPORT_ERROR is None:
     torch.library.register_fake("bnlstm::forward_loop")(fused.forward_loop_fake)
     torch.library.register_fake("bnlstm::backward_loop")(fused.backward_loop_fake)
+
+    @torch.library.register_fake("bnlstm::input_statistics")
+    def _input_statistics_fake(xw, batch_sizes):
+        return xw.new_empty(xw.shape[0], xw.shape[2]), xw.new_empty(xw.shape[0], xw.shape[2])
+
+    @torch.library.register_fake("bnlstm::input_contribution")
+    def _input_contribution_fake(xw, stat, gamma_ih, bias, out):
+        return None
+
+    @torch.library.register_fake("bnlstm::input_backward")
+    def _input_backward_fake(dpre, xw, stat, gamma_ih, batch_sizes, batch_steps):
+        return torch.empty_like(dpre), xw.new_empty(xw.shape[2]), xw.new_empty(xw.shape[2])
