@@ -68,7 +68,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forward_loop(
     const Tensor& u, const Tensor& weight_hh, const Tensor& gamma_hh, const Tensor& gamma_c,
     const Tensor& beta_c, const Tensor& h0, const Tensor& c0, Tensor& mean_hh, Tensor& var_hh,
     Tensor& mean_c, Tensor& var_c, at::IntArrayRef batch_sizes, at::IntArrayRef rows,
-    at::ArrayRef<double> factors, const std::optional<Tensor>& factor_values, double eps) {
+    at::ArrayRef<double> factors, const std::optional<Tensor>& factor_values, double eps,
+    bool save) {
   const char* op = "bnlstm::forward_loop";
   TORCH_CHECK(weight_hh.dim() == 2, op, ": weight_hh must be (4H, H), got ", weight_hh.sizes());
   check_input(op, u, weight_hh);
@@ -117,7 +118,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forward_loop(
               weight_hh_c.data_ptr(), gamma_hh_c.data_ptr(), gamma_c_c.data_ptr(),
               beta_c_c.data_ptr(), mean_hh.data_ptr(), var_hh.data_ptr(), mean_c.data_ptr(),
               var_c.data_ptr(), stat_hh.data_ptr(), stat_c.data_ptr(), h_n.data_ptr(),
-              c_n.data_ptr(), factor_values ? factors_c.data_ptr() : nullptr, B, H, eps};
+              c_n.data_ptr(), factor_values ? factors_c.data_ptr() : nullptr, B, H, eps, save};
   steps(p, y.narrow(0, 1, T), ForwardPlan{batch_sizes, rows, factors});
   return {y, h_n, c_n, cell, hw, stat_hh, stat_c};
 }
@@ -151,8 +152,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_loop
   const Tensor stat_hh_c = stat_hh.contiguous(), stat_c_c = stat_c.contiguous();
   const Tensor dy_c = dy.to(weight_hh.scalar_type()).contiguous();
   const Tensor dh_n_c = dh_n.to(u.scalar_type()).contiguous();
-  Tensor dpre = at::zeros({T, B, G}, f);         // zero past each sequence's length
-  Tensor dpre_hh = at::zeros({T + 1, B, G}, f);  // row T stays zero: nothing after the last step
+  // The loops write every running row of dpre and dpre_hh; the rest is zero (past each
+  // sequence's length, and dpre_hh's row T: nothing after the last step). Zeroing only those
+  // saves two writes of (T, B, 4H) for a batch of equal lengths.
+  Tensor dpre = at::empty({T, B, G}, f);
+  Tensor dpre_hh = at::empty({T + 1, B, G}, f);
+  dpre_hh[T].zero_();
+  for (int64_t t = 0; t < T; ++t) {
+    if (batch_sizes[t] == B) continue;
+    dpre[t].narrow(0, batch_sizes[t], B - batch_sizes[t]).zero_();
+    dpre_hh[t].narrow(0, batch_sizes[t], B - batch_sizes[t]).zero_();
+  }
   Tensor dh = at::empty({B, H}, f);
   Tensor dc = dc_n.to(u.scalar_type()).contiguous().clone();
   Tensor dsum = at::zeros({T, G}, f), dsum_c = at::zeros({T, 2, H}, f);
@@ -191,8 +201,8 @@ BNLSTM_LIBRARY(BNLSTM_OPS, m) {
       "forward_loop(Tensor u, Tensor weight_hh, Tensor gamma_hh, Tensor gamma_c, "
       "Tensor beta_c, Tensor h0, Tensor c0, Tensor(a!) mean_hh, Tensor(b!) var_hh, "
       "Tensor(c!) mean_c, Tensor(d!) var_c, int[] batch_sizes, int[] rows, float[] factors, "
-      "Tensor? factor_values, float eps) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor cell, "
-      "Tensor hw, Tensor stat_hh, Tensor stat_c)");
+      "Tensor? factor_values, float eps, bool save=True) -> (Tensor y, Tensor h_n, Tensor c_n, "
+      "Tensor cell, Tensor hw, Tensor stat_hh, Tensor stat_c)");
   m.def(
       "backward_loop(Tensor u, Tensor hw, Tensor cell, Tensor weight_hh, Tensor gamma_hh, "
       "Tensor gamma_c, Tensor beta_c, Tensor stat_hh, Tensor stat_c, Tensor dy, Tensor dh_n, "

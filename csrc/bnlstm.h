@@ -40,6 +40,8 @@ struct FwdParams {
   int64_t B;              // rows of the batch (running rows are a prefix: sorted by length)
   int64_t H;              // hidden units
   double eps;             // added to the variance
+  bool keep_hw;           // a backward reads hw: the CPU loops write it only then (the CUDA
+                          //   loops always do: their steps read it back)
 };
 
 struct BwdParams {

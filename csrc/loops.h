@@ -1,8 +1,10 @@
 // The time loops each device supplies behind the ops. bnlstm.cpp checks every argument and
 // allocates every output first; a loop runs the steps over the buffers the params point at
 // (forward t = 0 .. T-1, backward t = T-1 .. 0) and updates the running rows in place. A
-// forward loop writes every element of hw and of cell's rows 1 .. T: rows past a step's
-// running rows are zero there (the op's outputs are then defined, run to run).
+// forward loop writes every element of cell's rows 1 .. T and, where a backward will read it
+// (p.keep_hw; the CUDA loops always), of hw: rows past a step's running rows are zero there
+// (the op's outputs are then defined, run to run). Without keep_hw the CPU loops leave hw
+// unwritten: an inference forward neither stores nor pages in a (T, B, 4H) buffer.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -174,9 +174,10 @@ struct BlockConstants {
     }
   }
 
-  // Pre-activation of gate g at unit u, from a row's u and hw at the block's first unit.
-  S pre(int g, int64_t u, const S* u_row, const S* hw_row, int64_t H) const {
-    return recurrent_preactivation(u_row[g * H + u], hw_row[g * H + u], mean_hh[g][u],
+  // Pre-activation of gate g at unit u, from a row's u at the block's first unit (gates H
+  // apart) and its hw there (gates hw_gates apart: H in hw, the block's width in its product).
+  S pre(int g, int64_t u, const S* u_row, const S* hw_row, int64_t H, int64_t hw_gates) const {
+    return recurrent_preactivation(u_row[g * H + u], hw_row[g * hw_gates + u], mean_hh[g][u],
                                    rstd_hh[g][u], gamma_hh[g][u]);
   }
 };
@@ -205,7 +206,7 @@ BNLSTM_INLINE void forward_block(const FwdParams& p, const StepWeights<S>& weigh
   const int64_t H = p.H, G = 4 * H, B = p.B;
   const S eps = static_cast<S>(p.eps);
   const S* u_t = static_cast<const S*>(p.u) + t * B * G + j0;
-  S* hw_t = static_cast<S*>(p.hw) + t * B * G + j0;
+  S* hw_t = static_cast<S*>(p.hw) + t * B * G + j0;  // written only where p.keep_hw
   const S* h_prev = static_cast<const S*>(p.y) + t * B * H;
   S* h_next = static_cast<S*>(p.y) + (t + 1) * B * H + j0;
   const S* c_prev = static_cast<const S*>(p.cell) + t * B * H + j0;
@@ -214,24 +215,27 @@ BNLSTM_INLINE void forward_block(const FwdParams& p, const StepWeights<S>& weigh
   S* stat_c_t = static_cast<S*>(p.stat_c) + t * 2 * H + j0;
   BlockConstants<S> k(p, j0, w);
   for (int64_t b = n; b < B; ++b) {  // rows not running: zero, as loops.h promises
-    for (int g = 0; g < 4; ++g) std::fill_n(hw_t + b * G + g * H, w, S(0));
+    if (p.keep_hw) {
+      for (int g = 0; g < 4; ++g) std::fill_n(hw_t + b * G + g * H, w, S(0));
+    }
     std::fill_n(c_next + b * H, w, S(0));
   }
 
-  // hw = h_{t-1} W_hh^T for the block's features of all four gates in one GEMM, kept as hw_t
+  // hw = h_{t-1} W_hh^T for the block's features of all four gates in one GEMM: the step reads
+  // it from this product (row b, gate g at b 4w + g w), and keeps it as hw_t for the backward
   thread_local std::vector<S> product;
   product.resize(n * 4 * w);
-  weights.forward(j0, w, n, h_prev, product.data());
-  for (int64_t b = 0; b < n; ++b) {
-    for (int g = 0; g < 4; ++g) {
-      std::copy_n(product.data() + (b * 4 + g) * w, w, hw_t + b * G + g * H);
-    }
+  S* hw = product.data();
+  const int64_t hw_gates = w, ld = 4 * w;
+  weights.forward(j0, w, n, h_prev, hw);
+  for (int64_t b = 0; p.keep_hw && b < n; ++b) {
+    for (int g = 0; g < 4; ++g) std::copy_n(hw + b * ld + g * w, w, hw_t + b * G + g * H);
   }
 
   // per gate: the statistics of the recurrent product
   for (int g = 0; g < 4; ++g) {
     const int64_t c0 = g * H, at = row * G + c0 + j0;
-    block_statistics(hw_t + c0, G, n, w, use_batch, factor, eps,
+    block_statistics(hw + g * w, ld, n, w, use_batch, factor, eps,
                      static_cast<S*>(p.run_mean_hh) + at, static_cast<S*>(p.run_var_hh) + at,
                      stat_hh_t + c0, G, k.mean_hh[g], k.rstd_hh[g]);
   }
@@ -240,23 +244,23 @@ BNLSTM_INLINE void forward_block(const FwdParams& p, const StepWeights<S>& weigh
   // final state
   const auto cell_row = [&](int64_t b) {
     const S* __restrict__ x = u_t + b * G;
-    const S* __restrict__ h = hw_t + b * G;
+    const S* __restrict__ h = hw + b * ld;
     const S* __restrict__ c_in = c_prev + b * H;
     S* __restrict__ c_out = c_next + b * H;
     for (int64_t u = 0; u < w; ++u) {
-      const S i = sigmoid(k.pre(0, u, x, h, H));
-      const S f = sigmoid(k.pre(1, u, x, h, H));
-      const S gg = tanh_(k.pre(2, u, x, h, H));
+      const S i = sigmoid(k.pre(0, u, x, h, H, hw_gates));
+      const S f = sigmoid(k.pre(1, u, x, h, H, hw_gates));
+      const S gg = tanh_(k.pre(2, u, x, h, H, hw_gates));
       c_out[u] = cell_update(i, f, gg, c_in[u]);
     }
   };
   const auto output_row = [&](int64_t b) {
     const S* __restrict__ x = u_t + b * G;
-    const S* __restrict__ h = hw_t + b * G;
+    const S* __restrict__ h = hw + b * ld;
     const S* __restrict__ c = c_next + b * H;
     S* __restrict__ out = h_next + b * H;
     for (int64_t u = 0; u < w; ++u) {
-      const S o = sigmoid(k.pre(3, u, x, h, H));
+      const S o = sigmoid(k.pre(3, u, x, h, H, hw_gates));
       out[u] = o * tanh_(cell_norm(c[u], k.mean_c[u], k.rstd_c[u], k.gamma_c[u], k.beta_c[u]));
     }
     if (b >= n_next) {
@@ -291,6 +295,7 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
   const S rows = S(n);
   const S* u_t = static_cast<const S*>(p.u) + t * B * G + j0;
   const S* hw_t = static_cast<const S*>(p.hw) + t * B * G + j0;
+  const int64_t hw_gates = H;  // k.pre reads rows of hw_t
   const S* c_prev = static_cast<const S*>(p.cell) + t * B * H + j0;
   const S* c_t = c_prev + B * H;
   const S* stat_hh_t = static_cast<const S*>(p.stat_hh) + t * 2 * G + j0;
@@ -336,7 +341,7 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
       const S dh_b = dh_row[u];
       const S c = c_row[u];
       const S chat = (c - k.mean_c[u]) * k.rstd_c[u];
-      const S o = sigmoid(k.pre(3, u, x, h, H));
+      const S o = sigmoid(k.pre(3, u, x, h, H, hw_gates));
       const S dcn =
           dh_b * o * sech2(cell_norm(c, k.mean_c[u], k.rstd_c[u], k.gamma_c[u], k.beta_c[u]));
       sum_dcn[u] += dcn;
@@ -364,11 +369,11 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
       const S dh_b = dh_row[u];
       const S c = c_row[u];
       const S chat = (c - k.mean_c[u]) * k.rstd_c[u];
-      const S i = sigmoid(k.pre(0, u, x, h, H));
-      const S f = sigmoid(k.pre(1, u, x, h, H));
-      const S pre_g = k.pre(2, u, x, h, H);
+      const S i = sigmoid(k.pre(0, u, x, h, H, hw_gates));
+      const S f = sigmoid(k.pre(1, u, x, h, H, hw_gates));
+      const S pre_g = k.pre(2, u, x, h, H, hw_gates);
       const S gg = tanh_(pre_g);
-      const S o = sigmoid(k.pre(3, u, x, h, H));
+      const S o = sigmoid(k.pre(3, u, x, h, H, hw_gates));
       const S cn = cell_norm(c, k.mean_c[u], k.rstd_c[u], k.gamma_c[u], k.beta_c[u]);
       const S dcn = dh_b * o * sech2(cn);
       const S dc_b = dc_row[u] + k.gamma_c[u] * bn_backward(dcn, chat, k.rstd_c[u], sum_dcn[u],

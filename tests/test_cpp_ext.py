@@ -179,6 +179,35 @@ def test_opcheck_on_cpu(dtype):
 
 
 @needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_input_norm_ops_pass_opcheck(dtype):
+    """The CPU input-norm passes: schema, fake kernels, the mutated `out` of the contribution."""
+    torch.manual_seed(0)
+    xw = torch.randn(4, 3, 8, dtype=dtype)
+    stat, gamma = torch.rand(4, 2, 8, dtype=dtype) + 0.5, torch.randn(8, dtype=dtype)
+    ops = torch.ops.bnlstm
+    torch.library.opcheck(ops.input_statistics.default, (xw, [3, 3, 2, 2]))
+    torch.library.opcheck(ops.input_contribution.default,
+                          (xw, stat, gamma, gamma.clone(), torch.empty_like(xw)))
+    torch.library.opcheck(ops.input_backward.default,
+                          (torch.randn_like(xw), xw, stat, gamma, [3, 3, 2, 2], 2))
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_forward_without_save_changes_nothing_but_hw(dtype):
+    """save=False (inference) leaves hw unwritten; every other output and running row is
+    bitwise what a saving forward gives."""
+    args = op_args("cpu", dtype, T=5, B=3, H=40)
+    runs = []
+    for save in (True, False):
+        copy_ = [t.clone() if isinstance(t, torch.Tensor) else t for t in args]
+        out = torch.ops.bnlstm.forward_loop(*copy_, save=save)
+        runs.append([o for i, o in enumerate(out) if i != 4] + copy_[7:11])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@needs_ext
 def test_function_runs_forward_and_backward_on_meta_tensors():
     """The whole layer (hoisted GEMMs, both loops, the handwritten backward) with the cpp
     backend on meta tensors, where the fake kernels serve: every output and gradient shape.

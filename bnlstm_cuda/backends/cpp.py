@@ -98,7 +98,7 @@ def forward_loop(u, weights: LayerWeights, h0, c0, stats: RunningStats, steps: S
 
     def loop(stats):
         return ops.forward_loop(u, w.weight_hh, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0,
-                                *stats[2:6], *fused.launch_steps(steps, acc, eps))
+                                *stats[2:6], *fused.launch_steps(steps, acc, eps), save=save)
 
     y, h_n, c_n, cell, hw, stat_hh, stat_c = fused.with_running_rows(stats, fused.MUTATED, acc,
                                                                      loop)

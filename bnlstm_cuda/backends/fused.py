@@ -82,10 +82,10 @@ FUSED_INPUT_SCHEMA = FORWARD_SCHEMA.replace(
 
 
 def forward_loop_fake(u, weight_hh, gamma_hh, gamma_c, beta_c, h0, c0, mean_hh, var_hh, mean_c,
-                      var_c, batch_sizes, rows, factors, factor_values, eps):
+                      var_c, batch_sizes, rows, factors, factor_values, eps, save=True):
     """Shapes and dtypes of the forward op's results, for FakeTensor and torch.compile: y (with
     h0 as row 0), h_n, c_n in the layer's dtype; cell, hw and statistics in u's (the
-    accumulator)."""
+    accumulator). `save`: the C++ op's (hw is written only where it is true)."""
     T, B, G = u.shape
     H = G // 4
     return (h0.new_empty(T + 1, B, H), h0.new_empty(B, H), h0.new_empty(B, H),

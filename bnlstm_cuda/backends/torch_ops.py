@@ -14,6 +14,9 @@ The contract every backend keeps (per layer and direction; function.py calls it)
   (which is u's: the Function turns it into the input norm's gradients after the loop), dpre_hh
   that of h_{t-1} W_hh^T; both zero on rows not running. inp (input_norm.InputSaved) lets a
   backend recompute u rather than keep it.
+- optionally `input_kernels(device)`: faster passes for input_norm.py's work over the (T, B, 4H)
+  input product on that device (input_norm.kernels_of; the C++ backend's on CPU tensors), or
+  None for its torch ops. A backend that recomputes u must use the same passes as its forward.
 
 Rows of a step are the sequences still running (a prefix: sequences are sorted by decreasing
 length); the rest of the batch keeps its state untouched. Half-precision layers are computed
