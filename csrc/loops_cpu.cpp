@@ -273,17 +273,12 @@ BNLSTM_INLINE void forward_block(const FwdParams& p, const StepWeights<S>& weigh
     block_statistics(c_next, H, n, w, use_batch, factor, eps, static_cast<S*>(p.run_mean_c) + at,
                      static_cast<S*>(p.run_var_c) + at, stat_c_t, H, k.mean_c, k.rstd_c);
   };
-  if (use_batch) {  // BN(c_t) needs every row's c_t first
-    for (int64_t b = 0; b < n; ++b) cell_row(b);
-    cell_statistics();
-    for (int64_t b = 0; b < n; ++b) output_row(b);
-  } else {  // the running row's statistics: one pass over the rows
-    cell_statistics();
-    for (int64_t b = 0; b < n; ++b) {
-      cell_row(b);
-      output_row(b);
-    }
-  }
+  // BN(c_t) with batch statistics needs every row's c_t first. With the running row's the
+  // passes stay apart too: one pass doing both rows' work took 11.1 ms against 8.9 ms for
+  // the two (the inference forward_loop at T=100, B=32, 128/128, 2 threads).
+  for (int64_t b = 0; b < n; ++b) cell_row(b);
+  cell_statistics();
+  for (int64_t b = 0; b < n; ++b) output_row(b);
 }
 
 // use_batch is a template argument: a run-time flag inside bn_backward keeps GCC from
