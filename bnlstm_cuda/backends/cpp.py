@@ -111,10 +111,10 @@ def backward_loop(saved: Saved, inp: InputSaved, weights: LayerWeights, c0, step
     """The contract of backends.torch_ops.backward_loop; the steps run in bnlstm::backward_loop
     (c0 is saved.cell[0] there), with u recomputed from the input norm's saved tensors."""
     w = weights
+    u = contribution(inp, weights, kernels=input_kernels(dy.device, ops))
     return tuple(ops.backward_loop(
-        contribution(inp, weights, kernels=input_kernels(dy.device, ops)), saved.hw, saved.cell, w.weight_hh, w.gamma_hh, w.gamma_c,
-        w.beta_c, saved.stat_hh, saved.stat_c, dy, dh_n, dc_n, steps.batch_sizes,
-        [bool(u) for u in steps.batch_stats],
+        u, saved.hw, saved.cell, w.weight_hh, w.gamma_hh, w.gamma_c, w.beta_c, saved.stat_hh,
+        saved.stat_c, dy, dh_n, dc_n, steps.batch_sizes, [bool(b) for b in steps.batch_stats],
     ))
 
 
