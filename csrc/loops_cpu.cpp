@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <initializer_list>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -153,6 +154,18 @@ void for_each_step_block(int64_t T, int64_t n_max, int64_t H, const F& block) {
   });
 }
 
+// Asks the caches for rows b < n, columns [0, w) of a row-major matrix (leading dimension ld),
+// ahead of a pass that reads them: a block issues this for the rows its step will stream (u,
+// hw, c) before its GEMM, which hides their latency. Without it, the loads of u_t took 40% of
+// the forward's fused pass (perf, T=100, B=32, 128/128): those rows come from memory each step.
+template <typename S>
+inline void prefetch_rows(const S* z, int64_t ld, int64_t n, int64_t w) {
+  constexpr int64_t kLine = 64 / sizeof(S);
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t u = 0; u < w; u += kLine) __builtin_prefetch(z + b * ld + u);
+  }
+}
+
 // The learnable per-feature constants of a block of units j0 .. j0 + w - 1, and the step's
 // statistics of its features.
 template <typename S>
@@ -227,6 +240,8 @@ BNLSTM_INLINE void forward_block(const FwdParams& p, const StepWeights<S>& weigh
   product.resize(n * 4 * w);
   S* hw = product.data();
   const int64_t hw_gates = w, ld = 4 * w;
+  for (int g = 0; g < 4; ++g) prefetch_rows(u_t + g * H, G, n, w);
+  prefetch_rows(c_prev, H, n, w);
   weights.forward(j0, w, n, h_prev, hw);
   for (int64_t b = 0; p.keep_hw && b < n; ++b) {
     for (int g = 0; g < 4; ++g) std::copy_n(hw + b * ld + g * w, w, hw_t + b * G + g * H);
@@ -318,6 +333,11 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
 
   // 1. dh_t = dy_t + dpre_hh[t+1] W_hh (rows running at t+1) or dh_n (rows ending at t), and
   //    the batch sums through the cell norm
+  for (int g = 0; g < 4; ++g) {
+    prefetch_rows(u_t + g * H, G, n, w);
+    prefetch_rows(hw_t + g * H, G, n, w);
+  }
+  for (const S* rows : {c_prev, c_t, dy_t}) prefetch_rows(rows, H, n, w);
   weights.backward(j0, w, n_next, dpre_hh_next, dh, H);
   S sum_dcn[kUnits] = {}, sum_dcn_chat[kUnits] = {};
   for (int64_t b = 0; b < n; ++b) {
