@@ -1,7 +1,8 @@
 // Parameters of the fused BN-LSTM steps (one layer and direction), shared by the ops
 // (bnlstm.cpp), the CPU loops (loops_cpu.cpp) and the CUDA kernels (step_fwd.cuh, step_bwd.cuh).
-// S is the layer's dtype, A its accumulator (float; double for float64 layers). Sizes: T steps, B rows, H hidden units,
-// G = 4H gate features (i, f, g, o), L running-statistics rows. All tensors are contiguous.
+// S is the layer's dtype, A its accumulator (float; double for float64 layers). Sizes: T steps,
+// B rows, H hidden units, G = 4H gate features (i, f, g, o), L running-statistics rows. All
+// tensors are contiguous.
 #pragma once
 
 #include <cstdint>

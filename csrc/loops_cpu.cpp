@@ -1,10 +1,11 @@
-// The CPU time loops. Each step is a pass over blocks of kUnits hidden units: a block owns all
+// The CPU time loops. Each step is a pass over blocks of hidden units: a block owns all
 // four gates of its units across every running row, so it computes its slice of the recurrent
 // GEMM and every batch statistic of its features itself, and blocks share nothing within a
-// step (the end of the step is the only barrier). One parallel region runs the whole loop. The blocks depend on H alone, never
-// on the thread count, and every sum runs in a fixed order: results are bitwise the same for
-// any number of threads. Inner loops run over a block's contiguous features, so they vectorise
-// (step_math.h's float exp is plain arithmetic for that reason).
+// step (the end of the step is the only barrier). One parallel region runs the whole loop.
+// The blocks depend on H alone, never on the thread count, and every sum runs in a fixed
+// order: results are bitwise the same for any number of threads. Inner loops run over a
+// block's contiguous features, so they vectorise (step_math.h's float exp is plain arithmetic
+// for that reason).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -35,7 +36,15 @@ int MKL_Set_Num_Threads_Local(int nt);  // mkl_set_num_threads_local of mkl.h
 namespace bnlstm {
 namespace {
 
-constexpr int64_t kUnits = 32;  // hidden units per task (all 4 gates of each)
+// Hidden units per task (all 4 gates of each). Wider forward blocks make the block's GEMM more
+// efficient: 64 units against 32 took the forward loop 32-34 ms against 37-39 at T=100, B=64,
+// 256/256 (2 threads, best of 40, three alternating rounds); the backward, whose GEMM reads
+// W_hh in place, gained nothing and lost at H=100 (blocks of 64 and 36 on two threads). At
+// H=128, 64 would leave two tasks per step, too few for more than two threads: 64 from
+// H=256 on (four tasks or more). Blocks depend on H alone, never on the thread count.
+constexpr int64_t kMaxUnits = 64;
+constexpr int64_t kBackwardUnits = 32;
+inline int64_t forward_units(int64_t H) { return H >= 256 ? 64 : 32; }
 // Below this many multiply-adds per step (n x H x 4H) a loop runs on the calling thread alone:
 // handing blocks between threads costs more than the work.
 constexpr int64_t kSerialWork = int64_t(1) << 16;
@@ -76,11 +85,12 @@ void matmul(bool transpose_w, int64_t m, int64_t ncols, int64_t k, const S* a, i
 template <typename S>
 class StepWeights {
  public:
-  StepWeights(const S* weight_hh, int64_t H, bool forward) : weight_hh_(weight_hh), H_(H) {
-    if (!forward) return;
+  // units: the forward's block width (nothing is copied for the backward: units 0)
+  StepWeights(const S* weight_hh, int64_t H, int64_t units) : weight_hh_(weight_hh), H_(H) {
+    if (units == 0) return;
     blocks_.resize(4 * H * H);
-    for (int64_t j0 = 0; j0 < H; j0 += kUnits) {
-      const int64_t w = std::min(kUnits, H - j0);
+    for (int64_t j0 = 0; j0 < H; j0 += units) {
+      const int64_t w = std::min(units, H - j0);
       for (int g = 0; g < 4; ++g) {
         std::copy_n(weight_hh + (g * H + j0) * H, w * H, blocks_.data() + (4 * j0 + g * w) * H);
       }
@@ -132,11 +142,11 @@ inline void wait_for(const std::atomic<int64_t>& done, int64_t target) {
 // its share. Each block does the same arithmetic whoever runs it: results do not depend on the
 // thread count. Steps whose work n x H x 4H is small run on the calling thread alone.
 template <typename F>
-void for_each_step_block(int64_t T, int64_t n_max, int64_t H, const F& block) {
-  const int64_t blocks = (H + kUnits - 1) / kUnits, total = T * blocks;
+void for_each_step_block(int64_t T, int64_t n_max, int64_t H, int64_t units, const F& block) {
+  const int64_t blocks = (H + units - 1) / units, total = T * blocks;
   const auto run = [&](int64_t k) {
-    const int64_t j0 = (k % blocks) * kUnits;
-    block(k / blocks, j0, std::min(kUnits, H - j0));
+    const int64_t j0 = (k % blocks) * units;
+    block(k / blocks, j0, std::min(units, H - j0));
   };
   if (blocks == 1 || n_max * H * 4 * H < kSerialWork || at::get_num_threads() == 1) {
     for (int64_t k = 0; k < total; ++k) run(k);
@@ -170,8 +180,8 @@ inline void prefetch_rows(const S* z, int64_t ld, int64_t n, int64_t w) {
 // statistics of its features.
 template <typename S>
 struct BlockConstants {
-  S gamma_hh[4][kUnits], mean_hh[4][kUnits], rstd_hh[4][kUnits];
-  S gamma_c[kUnits], beta_c[kUnits], mean_c[kUnits], rstd_c[kUnits];
+  S gamma_hh[4][kMaxUnits], mean_hh[4][kMaxUnits], rstd_hh[4][kMaxUnits];
+  S gamma_c[kMaxUnits], beta_c[kMaxUnits], mean_c[kMaxUnits], rstd_c[kMaxUnits];
 
   template <typename P>
   BlockConstants(const P& p, int64_t j0, int64_t w) {
@@ -202,7 +212,7 @@ template <typename S>
 BNLSTM_INLINE void block_statistics(const S* z, int64_t ld, int64_t n, int64_t w, bool use_batch,
                                     S factor, S eps, S* run_mean, S* run_var, S* stat,
                                     int64_t stat_ld, S* mean, S* rstd) {
-  S total[kUnits] = {}, centred[kUnits] = {};
+  S total[kMaxUnits] = {}, centred[kMaxUnits] = {};
   if (use_batch) feature_sums(z, ld, n, w, total, centred);
   for (int64_t u = 0; u < w; ++u) {
     step_statistics(total[u], centred[u], n, use_batch, factor, eps, run_mean + u, run_var + u,
@@ -339,7 +349,7 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
   }
   for (const S* rows : {c_prev, c_t, dy_t}) prefetch_rows(rows, H, n, w);
   weights.backward(j0, w, n_next, dpre_hh_next, dh, H);
-  S sum_dcn[kUnits] = {}, sum_dcn_chat[kUnits] = {};
+  S sum_dcn[kMaxUnits] = {}, sum_dcn_chat[kMaxUnits] = {};
   for (int64_t b = 0; b < n; ++b) {
     // row b's dh: the product above while it runs at t+1, else dh_n; rewritten in place
     S* dh_row = dh + b * H;
@@ -404,7 +414,7 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
   // 3. through BN(h W_hh^T), one gate at a time
   for (int g = 0; g < 4; ++g) {
     const int64_t c0 = g * H;
-    S sum_d[kUnits] = {}, sum_d_hh[kUnits] = {};
+    S sum_d[kMaxUnits] = {}, sum_d_hh[kMaxUnits] = {};
     for (int64_t b = 0; b < n; ++b) {
       const S* __restrict__ d = dpre_t + b * G + c0;
       const S* __restrict__ h = hw_t + b * G + c0;
@@ -478,8 +488,10 @@ void forward_steps_cpu(const FwdParams& p, const at::Tensor& steps, const Forwar
   const int64_t T = steps.size(0);
   AT_DISPATCH_FLOATING_TYPES(steps.scalar_type(), "bnlstm_forward_cpu", [&] {
     using S = scalar_t;
-    const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, /*forward=*/true);
-    for_each_step_block(T, plan.batch_sizes[0], p.H, [&](int64_t t, int64_t j0, int64_t w) {
+    const int64_t units = forward_units(p.H);
+    const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, units);
+    for_each_step_block(T, plan.batch_sizes[0], p.H, units,
+                        [&](int64_t t, int64_t j0, int64_t w) {
       const int64_t n = plan.batch_sizes[t], n_next = t + 1 < T ? plan.batch_sizes[t + 1] : 0;
       const bool use_batch = plan.factors[t] >= 0;
       const S factor = p.factors ? static_cast<const S*>(p.factors)[t] : S(plan.factors[t]);
@@ -495,8 +507,9 @@ void backward_steps_cpu(const BwdParams& p, const at::Tensor& steps,
   const int64_t T = steps.size(0);
   AT_DISPATCH_FLOATING_TYPES(steps.scalar_type(), "bnlstm_backward_cpu", [&] {
     using S = scalar_t;
-    const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, /*forward=*/false);
-    for_each_step_block(T, plan.batch_sizes[0], p.H, [&](int64_t s, int64_t j0, int64_t w) {
+    const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, /*units=*/0);
+    for_each_step_block(T, plan.batch_sizes[0], p.H, kBackwardUnits,
+                        [&](int64_t s, int64_t j0, int64_t w) {
       const int64_t t = T - 1 - s;  // the reverse loop
       const int64_t n = plan.batch_sizes[t], n_next = t + 1 < T ? plan.batch_sizes[t + 1] : 0;
       run_backward_block(p, weights, t, n, n_next, plan.use_batch.get(t), j0, w);
