@@ -60,8 +60,9 @@ class BNLSTMFunction(torch.autograd.Function):
             saved, inp, weights, c0, ctx.steps,
             dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(),
         )
-        dpre_ih, dgamma_ih, dbias = input_norm.backward(
-            dpre, inp, weights, ctx.steps, input_norm.kernels_of(ctx.backend, dpre.device))
+        dpre_ih, dgamma_ih, dbias = input_norm.backward(  # dpre's buffer is not read again
+            dpre, inp, weights, ctx.steps, input_norm.kernels_of(ctx.backend, dpre.device),
+            out=dpre)
         dgamma_hh, dgamma_c, dbeta_c = dfeature
         dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias = (
             g.to(x.dtype) for g in (dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias))

@@ -155,15 +155,17 @@ def kernels_of(backend, device: torch.device):
 
 
 def backward(dpre: Tensor, saved: InputSaved, weights: LayerWeights, steps: Steps,
-             kernels=None) -> tuple[Tensor, Tensor, Tensor]:
+             kernels=None, out=None) -> tuple[Tensor, Tensor, Tensor]:
     """From the gradient of every step's pre-activation (T, B, 4H; zero on rows not running):
     the gradient of x W_ih^T, dgamma_ih and dbias (accumulator dtype). A step with batch
     statistics adds the batch-mean terms of BatchNorm's backward,
     gamma rstd (dpre - mean(dpre) - xhat mean(dpre xhat)) over its running rows, the others
     gamma rstd dpre. Two buffers of (T, B, 4H), the second reused for the result."""
-    if kernels is not None:
-        return tuple(kernels.input_backward(dpre, saved.xw, saved.stat, weights.gamma_ih,
-                                            steps.batch_sizes, _batch_steps(steps)))
+    if kernels is not None:  # into `out` (may be dpre itself, when nothing else reads it)
+        dxw = torch.empty_like(dpre) if out is None else out
+        dgamma_ih, dbias = kernels.input_backward(dpre, saved.xw, saved.stat, weights.gamma_ih,
+                                                  steps.batch_sizes, _batch_steps(steps), dxw)
+        return dxw, dgamma_ih, dbias
     B = dpre.shape[1]
     mean, rstd = saved.stat[:, 0, None], saved.stat[:, 1, None]
     xhat = torch.sub(saved.xw.to(dpre.dtype), mean).mul_(rstd)

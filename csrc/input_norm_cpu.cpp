@@ -120,9 +120,9 @@ BNLSTM_INLINE void backward_task(const S* dpre, const S* xw, const S* stat, cons
     scale[u] = gamma[c0 + u] * rstd[u];
   }
   for (int64_t b = 0; b < n; ++b) {
-    const S* __restrict__ d = dpre + at + b * G;
+    const S* d = dpre + at + b * G;  // dxw may be dpre: no __restrict__
     const S* __restrict__ z = xw + at + b * G;
-    S* __restrict__ o = dxw + at + b * G;
+    S* o = dxw + at + b * G;
     for (int64_t u = 0; u < w; ++u) {
       o[u] = (d[u] - d_mean[u] - (z[u] - mean[u]) * rstd[u] * dx_mean[u]) * scale[u];
     }
@@ -224,12 +224,13 @@ void input_contribution(const Tensor& xw, const Tensor& stat, const Tensor& gamm
   });
 }
 
-// From dpre (T, B, G; zero on rows not running): dxw, dgamma_ih, dbias. The first batch_steps
-// steps normalised with batch statistics (their backward has the batch-mean terms).
-std::tuple<Tensor, Tensor, Tensor> input_backward(const Tensor& dpre, const Tensor& xw,
-                                                  const Tensor& stat, const Tensor& gamma_ih,
-                                                  at::IntArrayRef batch_sizes,
-                                                  int64_t batch_steps) {
+// From dpre (T, B, G; zero on rows not running): dxw (into dxw, which may be dpre itself),
+// dgamma_ih, dbias. The first batch_steps steps normalised with batch statistics (their
+// backward has the batch-mean terms).
+std::tuple<Tensor, Tensor> input_backward(const Tensor& dpre, const Tensor& xw,
+                                          const Tensor& stat, const Tensor& gamma_ih,
+                                          at::IntArrayRef batch_sizes, int64_t batch_steps,
+                                          Tensor& dxw) {
   const char* op = "bnlstm::input_backward";
   check_product(op, xw, batch_sizes);
   const int64_t T = xw.size(0), B = xw.size(1), G = xw.size(2);
@@ -238,9 +239,10 @@ std::tuple<Tensor, Tensor, Tensor> input_backward(const Tensor& dpre, const Tens
   check(op, "gamma_ih", gamma_ih, xw, {G});
   TORCH_CHECK(batch_steps >= 0 && batch_steps <= T, op, ": batch_steps must be within [0, T = ",
               T, "], got ", batch_steps);
+  check(op, "dxw", dxw, xw, {T, B, G});
+  TORCH_CHECK(dxw.is_contiguous(), op, ": dxw must be contiguous");
   const Tensor d = dpre.contiguous(), z = xw.contiguous(), s = stat.contiguous();
   const Tensor g = gamma_ih.contiguous();
-  Tensor dxw = at::empty({T, B, G}, z.options());
   Tensor sum_d = at::empty({T, G}, z.options()), sum_dx = at::empty({T, G}, z.options());
   Tensor dgamma = at::empty({G}, z.options()), dbias = at::empty({G}, z.options());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "input_backward", [&] {
@@ -265,7 +267,7 @@ std::tuple<Tensor, Tensor, Tensor> input_backward(const Tensor& dpre, const Tens
       }
     });
   });
-  return {dxw, dgamma, dbias};
+  return {dgamma, dbias};
 }
 
 }  // namespace
@@ -277,7 +279,7 @@ TORCH_LIBRARY_FRAGMENT(bnlstm, m) {
       "Tensor(a!) out) -> ()");
   m.def(
       "input_backward(Tensor dpre, Tensor xw, Tensor stat, Tensor gamma_ih, int[] batch_sizes, "
-      "int batch_steps) -> (Tensor dxw, Tensor dgamma_ih, Tensor dbias)");
+      "int batch_steps, Tensor(a!) dxw) -> (Tensor dgamma_ih, Tensor dbias)");
 }
 
 TORCH_LIBRARY_IMPL(bnlstm, CPU, m) {

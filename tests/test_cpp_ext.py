@@ -190,7 +190,8 @@ def test_input_norm_ops_pass_opcheck(dtype):
     torch.library.opcheck(ops.input_contribution.default,
                           (xw, stat, gamma, gamma.clone(), torch.empty_like(xw)))
     torch.library.opcheck(ops.input_backward.default,
-                          (torch.randn_like(xw), xw, stat, gamma, [3, 3, 2, 2], 2))
+                          (torch.randn_like(xw), xw, stat, gamma, [3, 3, 2, 2], 2,
+                           torch.empty_like(xw)))
 
 
 @needs_ext

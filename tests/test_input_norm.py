@@ -125,8 +125,12 @@ def test_cpu_kernels_are_the_torch_ops(dtype, training, bias):
         dpre[t, n:] = 0.0  # the contract: zero on rows not running
     want = input_norm.backward(dpre, saved[0], weights, steps)
     got = input_norm.backward(dpre, saved[0], weights, steps, kernels)
-    for name, a, b in zip(("dxw", "dgamma_ih", "dbias"), want, got):
+    in_place = dpre.clone()
+    over = input_norm.backward(in_place, saved[0], weights, steps, kernels, out=in_place)
+    assert over[0].data_ptr() == in_place.data_ptr()
+    for name, a, b, c in zip(("dxw", "dgamma_ih", "dbias"), want, got, over):
         torch.testing.assert_close(b, a, **tol, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(c, a, **tol, msg=lambda m, name=name: f"{name} in place: {m}")
 
 
 @pytest.mark.skipif(cpp.available()[0] is False, reason="bnlstm_cuda._C not built")
@@ -144,4 +148,4 @@ def test_cpu_kernels_name_the_bad_argument():
     with pytest.raises(RuntimeError, match=r"gamma_ih is Double on cpu, expected Float"):
         ops.input_contribution(xw, stat, gamma.double(), None, torch.empty_like(xw))
     with pytest.raises(RuntimeError, match=r"batch_steps must be within \[0, T = 3\]"):
-        ops.input_backward(xw, xw, stat, gamma, [4, 4, 4], 4)
+        ops.input_backward(xw, xw, stat, gamma, [4, 4, 4], 4, torch.empty_like(xw))

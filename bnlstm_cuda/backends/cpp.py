@@ -131,5 +131,5 @@ if _IMPORT_ERROR is None:
         return None
 
     @torch.library.register_fake("bnlstm::input_backward")
-    def _input_backward_fake(dpre, xw, stat, gamma_ih, batch_sizes, batch_steps):
-        return torch.empty_like(dpre), xw.new_empty(xw.shape[2]), xw.new_empty(xw.shape[2])
+    def _input_backward_fake(dpre, xw, stat, gamma_ih, batch_sizes, batch_steps, dxw):
+        return xw.new_empty(xw.shape[2]), xw.new_empty(xw.shape[2])
