@@ -126,7 +126,8 @@ def contribution(saved: InputSaved, weights: LayerWeights, out=None, kernels=Non
     finite but meaningless on rows that are not running. `out` may be saved.xw itself (when
     nothing keeps it): then no buffer of that size is allocated."""
     if kernels is not None:
-        u = torch.empty_like(saved.xw) if out is None else out
+        u = torch.empty_like(saved.xw, memory_format=torch.contiguous_format) if out is None \
+            else out
         kernels.input_contribution(saved.xw, saved.stat, weights.gamma_ih, weights.bias, u)
         return u
     mean, rstd = saved.stat[:, 0, None], saved.stat[:, 1, None]
@@ -160,9 +161,12 @@ def backward(dpre: Tensor, saved: InputSaved, weights: LayerWeights, steps: Step
     the gradient of x W_ih^T, dgamma_ih and dbias (accumulator dtype). A step with batch
     statistics adds the batch-mean terms of BatchNorm's backward,
     gamma rstd (dpre - mean(dpre) - xhat mean(dpre xhat)) over its running rows, the others
-    gamma rstd dpre. Two buffers of (T, B, 4H), the second reused for the result."""
+    gamma rstd dpre. With `kernels`, the result goes into `out` where given (it may be dpre
+    itself); the torch ops ignore `out` and use two buffers of (T, B, 4H), the second reused
+    for the result."""
     if kernels is not None:  # into `out` (may be dpre itself, when nothing else reads it)
-        dxw = torch.empty_like(dpre) if out is None else out
+        dxw = torch.empty_like(dpre, memory_format=torch.contiguous_format) if out is None \
+            else out
         dgamma_ih, dbias = kernels.input_backward(dpre, saved.xw, saved.stat, weights.gamma_ih,
                                                   steps.batch_sizes, _batch_steps(steps), dxw)
         return dxw, dgamma_ih, dbias

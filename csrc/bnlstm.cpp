@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <initializer_list>
 #include <tuple>
 
 #include "bnlstm.h"
@@ -154,14 +155,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_loop
   const Tensor dh_n_c = dh_n.to(u.scalar_type()).contiguous();
   // The loops write every running row of dpre and dpre_hh; the rest is zero (past each
   // sequence's length, and dpre_hh's row T: nothing after the last step). Zeroing only those
-  // saves two writes of (T, B, 4H) for a batch of equal lengths.
+  // saves two writes of (T, B, 4H) for a batch of equal lengths. One zero_ per run of steps
+  // with the same running rows (at most B runs: on a GPU, as many small launches).
   Tensor dpre = at::empty({T, B, G}, f);
   Tensor dpre_hh = at::empty({T + 1, B, G}, f);
   dpre_hh[T].zero_();
-  for (int64_t t = 0; t < T; ++t) {
-    if (batch_sizes[t] == B) continue;
-    dpre[t].narrow(0, batch_sizes[t], B - batch_sizes[t]).zero_();
-    dpre_hh[t].narrow(0, batch_sizes[t], B - batch_sizes[t]).zero_();
+  for (int64_t t0 = 0, t1 = 0; t0 < T; t0 = t1) {
+    const int64_t n = batch_sizes[t0];
+    while (t1 < T && batch_sizes[t1] == n) ++t1;
+    if (n == B) continue;
+    for (Tensor* d : {&dpre, &dpre_hh}) d->narrow(0, t0, t1 - t0).narrow(1, n, B - n).zero_();
   }
   Tensor dh = at::empty({B, H}, f);
   Tensor dc = dc_n.to(u.scalar_type()).contiguous().clone();

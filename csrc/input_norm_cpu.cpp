@@ -5,10 +5,12 @@
 // columns); each sums its rows in a fixed order and the per-step sums are added in step order,
 // so results are bitwise the same for any thread count.
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <tuple>
 #include <type_traits>
 
@@ -211,6 +213,9 @@ void input_contribution(const Tensor& xw, const Tensor& stat, const Tensor& gamm
   if (bias) check(op, "bias", *bias, xw, {G});
   check(op, "out", out, xw, {T, B, G});
   TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous");
+  for (const Tensor* t : {&stat, &gamma_ih}) at::assert_no_overlap(out, *t);
+  if (bias) at::assert_no_overlap(out, *bias);
+  at::assert_no_partial_overlap(out, xw);  // out may be xw itself, element for element
   const Tensor z = xw.contiguous(), s = stat.contiguous(), g = gamma_ih.contiguous();
   const Tensor b = bias ? bias->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "input_contribution", [&] {
@@ -241,6 +246,8 @@ std::tuple<Tensor, Tensor> input_backward(const Tensor& dpre, const Tensor& xw,
               T, "], got ", batch_steps);
   check(op, "dxw", dxw, xw, {T, B, G});
   TORCH_CHECK(dxw.is_contiguous(), op, ": dxw must be contiguous");
+  for (const Tensor* t : {&xw, &stat, &gamma_ih}) at::assert_no_overlap(dxw, *t);
+  at::assert_no_partial_overlap(dxw, dpre);  // dxw may be dpre itself, element for element
   const Tensor d = dpre.contiguous(), z = xw.contiguous(), s = stat.contiguous();
   const Tensor g = gamma_ih.contiguous();
   Tensor sum_d = at::empty({T, G}, z.options()), sum_dx = at::empty({T, G}, z.options());
@@ -276,7 +283,7 @@ TORCH_LIBRARY_FRAGMENT(bnlstm, m) {
   m.def("input_statistics(Tensor xw, int[] batch_sizes) -> (Tensor mean, Tensor var)");
   m.def(
       "input_contribution(Tensor xw, Tensor stat, Tensor gamma_ih, Tensor? bias, "
-      "Tensor(a!) out) -> ()");
+      "Tensor(a!) out) -> ()");  // out may be xw (then xw's values are replaced by u)
   m.def(
       "input_backward(Tensor dpre, Tensor xw, Tensor stat, Tensor gamma_ih, int[] batch_sizes, "
       "int batch_steps, Tensor(a!) dxw) -> (Tensor dgamma_ih, Tensor dbias)");

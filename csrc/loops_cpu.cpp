@@ -44,7 +44,9 @@ namespace {
 // H=256 on (four tasks or more). Blocks depend on H alone, never on the thread count.
 constexpr int64_t kMaxUnits = 64;
 constexpr int64_t kBackwardUnits = 32;
-inline int64_t forward_units(int64_t H) { return H >= 256 ? 64 : 32; }
+constexpr int64_t forward_units(int64_t H) { return H >= 256 ? 64 : 32; }
+static_assert(forward_units(1 << 20) <= kMaxUnits && kBackwardUnits <= kMaxUnits,
+              "a block's per-unit arrays hold kMaxUnits");
 // Below this many multiply-adds per step (n x H x 4H) a loop runs on the calling thread alone:
 // handing blocks between threads costs more than the work.
 constexpr int64_t kSerialWork = int64_t(1) << 16;
@@ -347,7 +349,7 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
     prefetch_rows(u_t + g * H, G, n, w);
     prefetch_rows(hw_t + g * H, G, n, w);
   }
-  for (const S* rows : {c_prev, c_t, dy_t}) prefetch_rows(rows, H, n, w);
+  for (const S* z : {c_prev, c_t, dy_t}) prefetch_rows(z, H, n, w);
   weights.backward(j0, w, n_next, dpre_hh_next, dh, H);
   S sum_dcn[kMaxUnits] = {}, sum_dcn_chat[kMaxUnits] = {};
   for (int64_t b = 0; b < n; ++b) {

@@ -147,5 +147,7 @@ def test_cpu_kernels_name_the_bad_argument():
         ops.input_contribution(xw, stat[:2], gamma, None, torch.empty_like(xw))
     with pytest.raises(RuntimeError, match=r"gamma_ih is Double on cpu, expected Float"):
         ops.input_contribution(xw, stat, gamma.double(), None, torch.empty_like(xw))
+    with pytest.raises(RuntimeError, match=r"refer to a single memory location"):
+        ops.input_backward(xw.clone(), xw, stat, gamma, [4, 4, 4], 0, xw)  # dxw over xw
     with pytest.raises(RuntimeError, match=r"batch_steps must be within \[0, T = 3\]"):
         ops.input_backward(xw, xw, stat, gamma, [4, 4, 4], 4, torch.empty_like(xw))
