@@ -12,6 +12,7 @@
 
 #include "bnlstm.h"
 #include "loops.h"
+#include "op_checks.h"
 
 namespace bnlstm {
 namespace {
@@ -22,16 +23,6 @@ at::ScalarType accumulator(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-void check_like(const char* op, const char* name, const Tensor& t, const Tensor& like,
-                at::IntArrayRef shape, bool same_dtype = true) {
-  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ",
-              t.sizes());
-  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(),
-              ", expected ", like.device(), " like the other tensors");
-  TORCH_CHECK(!same_dtype || t.scalar_type() == like.scalar_type(), op, ": ", name,
-              " has dtype ", t.scalar_type(), ", expected ", like.scalar_type());
-}
-
 // The recurrence's weights, of a (T, B, 4H) u: their shapes, u's device, the layer's dtype S.
 void check_weights(const char* op, const Tensor& u, const Tensor& weight_hh,
                    const Tensor& gamma_hh, const Tensor& gamma_c, const Tensor& beta_c) {
@@ -40,18 +31,6 @@ void check_weights(const char* op, const Tensor& u, const Tensor& weight_hh,
   check_like(op, "gamma_hh", gamma_hh, weight_hh, {G});
   check_like(op, "gamma_c", gamma_c, weight_hh, {H});
   check_like(op, "beta_c", beta_c, weight_hh, {H});
-}
-
-// Running rows per step: within [1, B] and non-increasing (all 0 for an empty batch).
-void check_batch_sizes(const char* op, at::IntArrayRef batch_sizes, int64_t T, int64_t B) {
-  TORCH_CHECK(static_cast<int64_t>(batch_sizes.size()) == T, op, ": batch_sizes must have T = ",
-              T, " entries, got ", batch_sizes.size());
-  const int64_t least = B > 0 ? 1 : 0;
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t n = batch_sizes[t], before = t == 0 ? B : batch_sizes[t - 1];
-    TORCH_CHECK(n >= least && n <= before, op, ": batch_sizes must be non-increasing within [",
-                least, ", B = ", B, "], got ", n, " at step ", t);
-  }
 }
 
 // u is (T, B, 4H) with T >= 1 and H >= 1 (B may be 0: an empty batch), in the accumulator

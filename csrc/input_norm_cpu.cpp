@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "cpu_passes.h"
+#include "op_checks.h"
 
 namespace bnlstm {
 namespace {
@@ -36,15 +37,6 @@ void for_each_chunk(int64_t T, int64_t B, int64_t G, const F& task) {
   });
 }
 
-void check(const char* op, const char* name, const Tensor& t, const Tensor& like,
-           at::IntArrayRef shape) {
-  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ",
-              t.sizes());
-  TORCH_CHECK(t.device() == like.device() && t.scalar_type() == like.scalar_type(), op, ": ",
-              name, " is ", t.scalar_type(), " on ", t.device(), ", expected ",
-              like.scalar_type(), " on ", like.device());
-}
-
 // xw: (T, B, G) float32 or float64 on the CPU, G = 4H; batch_sizes: T non-increasing counts
 // of running rows in [1, B] (the running rows are a prefix of the batch).
 void check_product(const char* op, const Tensor& xw, at::IntArrayRef batch_sizes) {
@@ -52,15 +44,7 @@ void check_product(const char* op, const Tensor& xw, at::IntArrayRef batch_sizes
               ": xw must be a (T, B, 4H) tensor, got ", xw.sizes());
   TORCH_CHECK(xw.scalar_type() == at::kFloat || xw.scalar_type() == at::kDouble, op,
               ": xw must be float32 or float64, got ", xw.scalar_type());
-  const int64_t T = xw.size(0), B = xw.size(1);
-  TORCH_CHECK(static_cast<int64_t>(batch_sizes.size()) == T, op,
-              ": batch_sizes must have T = ", T, " entries, got ", batch_sizes.size());
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t n = batch_sizes[t], before = t == 0 ? B : batch_sizes[t - 1];
-    TORCH_CHECK(n >= std::min<int64_t>(B, 1) && n <= before, op,
-                ": batch_sizes must be non-increasing within [1, B = ", B, "], got ", n,
-                " at step ", t);
-  }
+  check_batch_sizes(op, batch_sizes, xw.size(0), xw.size(1));
 }
 
 template <typename S>
@@ -208,10 +192,10 @@ void input_contribution(const Tensor& xw, const Tensor& stat, const Tensor& gamm
   TORCH_CHECK(xw.scalar_type() == at::kFloat || xw.scalar_type() == at::kDouble, op,
               ": xw must be float32 or float64, got ", xw.scalar_type());
   const int64_t T = xw.size(0), B = xw.size(1), G = xw.size(2);
-  check(op, "stat", stat, xw, {T, 2, G});
-  check(op, "gamma_ih", gamma_ih, xw, {G});
-  if (bias) check(op, "bias", *bias, xw, {G});
-  check(op, "out", out, xw, {T, B, G});
+  check_like(op, "stat", stat, xw, {T, 2, G});
+  check_like(op, "gamma_ih", gamma_ih, xw, {G});
+  if (bias) check_like(op, "bias", *bias, xw, {G});
+  check_like(op, "out", out, xw, {T, B, G});
   TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous");
   for (const Tensor* t : {&stat, &gamma_ih}) at::assert_no_overlap(out, *t);
   if (bias) at::assert_no_overlap(out, *bias);
@@ -239,12 +223,12 @@ std::tuple<Tensor, Tensor> input_backward(const Tensor& dpre, const Tensor& xw,
   const char* op = "bnlstm::input_backward";
   check_product(op, xw, batch_sizes);
   const int64_t T = xw.size(0), B = xw.size(1), G = xw.size(2);
-  check(op, "dpre", dpre, xw, {T, B, G});
-  check(op, "stat", stat, xw, {T, 2, G});
-  check(op, "gamma_ih", gamma_ih, xw, {G});
+  check_like(op, "dpre", dpre, xw, {T, B, G});
+  check_like(op, "stat", stat, xw, {T, 2, G});
+  check_like(op, "gamma_ih", gamma_ih, xw, {G});
   TORCH_CHECK(batch_steps >= 0 && batch_steps <= T, op, ": batch_steps must be within [0, T = ",
               T, "], got ", batch_steps);
-  check(op, "dxw", dxw, xw, {T, B, G});
+  check_like(op, "dxw", dxw, xw, {T, B, G});
   TORCH_CHECK(dxw.is_contiguous(), op, ": dxw must be contiguous");
   for (const Tensor* t : {&xw, &stat, &gamma_ih}) at::assert_no_overlap(dxw, *t);
   at::assert_no_partial_overlap(dxw, dpre);  // dxw may be dpre itself, element for element

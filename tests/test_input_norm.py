@@ -145,7 +145,7 @@ def test_cpu_kernels_name_the_bad_argument():
         ops.input_statistics(xw.half(), [4, 4, 4])
     with pytest.raises(RuntimeError, match=r"stat must have shape \[3, 2, 8\]"):
         ops.input_contribution(xw, stat[:2], gamma, None, torch.empty_like(xw))
-    with pytest.raises(RuntimeError, match=r"gamma_ih is Double on cpu, expected Float"):
+    with pytest.raises(RuntimeError, match=r"gamma_ih has dtype Double, expected Float"):
         ops.input_contribution(xw, stat, gamma.double(), None, torch.empty_like(xw))
     with pytest.raises(RuntimeError, match=r"refer to a single memory location"):
         ops.input_backward(xw.clone(), xw, stat, gamma, [4, 4, 4], 0, xw)  # dxw over xw
