@@ -23,10 +23,10 @@
 #define BNLSTM_LAUNCH_COOPERATIVE(kernel, grid, block, shared, stream, ...) \
   ::bnlstm::launch_cooperative(kernel, grid, block, shared, stream, __VA_ARGS__)
 #endif
-// The block's dynamic shared memory as bytes.
+// The block's dynamic shared memory as bytes (aligned for WMMA's 32-byte operands).
 #ifndef BNLSTM_DYNAMIC_SHARED
-#define BNLSTM_DYNAMIC_SHARED(name)                           \
-  extern __shared__ __align__(16) unsigned char name##_raw[]; \
+#define BNLSTM_DYNAMIC_SHARED(name)                            \
+  extern __shared__ __align__(128) unsigned char name##_raw[]; \
   unsigned char* const name = name##_raw
 #endif
 
@@ -73,30 +73,100 @@ constexpr int kPersistRows = kPersistRowGroups * kPersistRowsPerThread;  // rows
 constexpr int kPersistMaxThreads = 512;  // U <= 32: 4U columns x kPersistRowGroups
 
 // The block's dynamic shared memory for U units and H inputs (A: the accumulator, S: W_hh's
-// dtype): offsets in bytes, A arrays first so every array is aligned.
+// dtype, half_width: S is 16-bit, whose products run on tensor cores): offsets in bytes, each
+// array 32-byte aligned (WMMA's operands).
 struct PersistentLayout {
-  size_t tile_h, scratch, gamma_hh, mean_hh, rstd_hh, gamma_c, beta_c, mean_c, rstd_c, weight,
-      bytes;
+  size_t tile_h, sums, scratch, gamma_hh, mean_hh, rstd_hh, gamma_c, beta_c, mean_c, rstd_c,
+      weight, bytes;
   int k_padded;  // H rounded up to kBlockK: the weight's rows past H are zero
 
-  __host__ __device__ PersistentLayout(int64_t H, int U, size_t acc, size_t s) {
+  __host__ __device__ PersistentLayout(int64_t H, int U, size_t acc, size_t s, bool half_width) {
     const int cols = 4 * U, threads = cols * kPersistRowGroups;
     k_padded = static_cast<int>((H + kBlockK - 1) / kBlockK * kBlockK);
     size_t at = 0;
-    auto take = [&](size_t n) { const size_t here = at; at += n * acc; return here; };
-    tile_h = take(kPersistRows * (kBlockK + 1));
-    scratch = take(threads);
-    gamma_hh = take(cols);
-    mean_hh = take(cols);
-    rstd_hh = take(cols);
-    gamma_c = take(U);
-    beta_c = take(U);
-    mean_c = take(U);
-    rstd_c = take(U);
-    weight = at;
-    bytes = at + size_t(k_padded) * cols * s;
+    auto take = [&](size_t bytes) {
+      const size_t here = (at + 31) / 32 * 32;
+      at = here + bytes;
+      return here;
+    };
+    // h's k-slice: in A on FFMA, in S on tensor cores; then the two k halves' float sums
+    tile_h = take(half_width ? kPersistRows * (kBlockK + kMmaPad) * s
+                             : kPersistRows * (kBlockK + 1) * acc);
+    sums = take(half_width ? 2 * kPersistRows * (cols + kMmaAccPad) * sizeof(float) : 0);
+    scratch = take(threads * acc);
+    gamma_hh = take(cols * acc);
+    mean_hh = take(cols * acc);
+    rstd_hh = take(cols * acc);
+    gamma_c = take(U * acc);
+    beta_c = take(U * acc);
+    mean_c = take(U * acc);
+    rstd_c = take(U * acc);
+    weight = take(0);
+    bytes = weight + size_t(k_padded) * cols * s;
   }
 };
+
+// hw[r] = sum_k h[b, k] W[k, cc] for the calling thread's rows b = b0 + rg + r *
+// kPersistRowGroups of the chunk (rows >= n read as 0), W the block's slice in shared memory
+// ([k_padded][cols], k-major). On tensor cores the U / 2 warps split into cols / 16 output tiles
+// x 2 halves of each k step, whose float sums are added in shared memory; on FFMA each thread
+// sums its column's rows.
+template <typename S, typename A>
+__device__ void chunk_product(const S* h, int64_t H, int n, int b0, const S* weight, int cols,
+                              const PersistentLayout& layout, unsigned char* smem,
+                              A (&hw)[kPersistRowsPerThread]) {
+  const int tid = threadIdx.x, threads = cols * kPersistRowGroups, rg = tid / cols,
+            cc = tid % cols;
+  if constexpr (kTensorCores<S>) {
+    static_assert(kPersistRows == 16, "a chunk's rows are one WMMA tile's");
+    constexpr int ld = kBlockK + kMmaPad;
+    S* tile = reinterpret_cast<S*>(smem + layout.tile_h);  // [kPersistRows][ld]
+    float* sums = reinterpret_cast<float*>(smem + layout.sums);  // [2][kPersistRows][cols + pad]
+    const int tiles = cols / 16, warp = tid / 32, col16 = warp % tiles * 16,
+              k16 = warp / tiles * 16;
+    WarpMma<S> mma;
+    mma.zero();
+    for (int k0 = 0; k0 < layout.k_padded; k0 += kBlockK) {
+      __syncthreads();  // every warp has read the previous tile (and the weights are in)
+      for (int idx = tid; idx < kPersistRows * kBlockK; idx += threads) {
+        const int rr = idx / kBlockK, kk = idx % kBlockK;  // k fastest: h's rows
+        const int64_t b = b0 + rr, k = k0 + kk;
+        store(tile + rr * ld + kk, (b < n && k < H) ? to_acc(h[b * H + k]) : 0.0f);
+      }
+      __syncthreads();
+      mma.add(tile + k16, ld, weight + (k0 + k16) * cols + col16, cols);
+    }
+    const int ld_acc = cols + kMmaAccPad;
+    mma.store(sums + (k16 / 16) * kPersistRows * ld_acc + col16, ld_acc);
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < kPersistRowsPerThread; ++r) {
+      const int rr = rg + r * kPersistRowGroups;
+      hw[r] = sums[rr * ld_acc + cc] + sums[(kPersistRows + rr) * ld_acc + cc];
+    }
+  } else {
+    A* tile = reinterpret_cast<A*>(smem + layout.tile_h);  // [kPersistRows][kBlockK + 1]
+#pragma unroll
+    for (int r = 0; r < kPersistRowsPerThread; ++r) hw[r] = A(0);
+    for (int k0 = 0; k0 < layout.k_padded; k0 += kBlockK) {
+      __syncthreads();  // every thread has read the previous tile (and the weights are in)
+      for (int idx = tid; idx < kPersistRows * kBlockK; idx += threads) {
+        const int rr = idx / kBlockK, kk = idx % kBlockK;  // k fastest: h's rows
+        const int64_t b = b0 + rr, k = k0 + kk;
+        tile[rr * (kBlockK + 1) + kk] = (b < n && k < H) ? to_acc(h[b * H + k]) : A(0);
+      }
+      __syncthreads();
+#pragma unroll 8
+      for (int kk = 0; kk < kBlockK; ++kk) {
+        const A w = to_acc(weight[(k0 + kk) * cols + cc]);
+#pragma unroll
+        for (int r = 0; r < kPersistRowsPerThread; ++r) {
+          hw[r] += tile[(rg + r * kPersistRowGroups) * (kBlockK + 1) + kk] * w;
+        }
+      }
+    }
+  }
+}
 
 // Threads (rg, cc) = (tid / 4U, tid % 4U) own gate column cc (gate cc / U, unit cc % U) and the
 // rows rg, rg + kPersistRowGroups, ... for the product and its statistics; threads
@@ -108,8 +178,7 @@ persistent_fwd_kernel(FwdParams p, StepTable steps, int T, int U, unsigned* arri
   using A = typename AccType<S>::type;
   BNLSTM_DYNAMIC_SHARED(smem);
   const int64_t H = p.H, G = 4 * H, B = p.B;
-  const PersistentLayout layout(H, U, sizeof(A), sizeof(S));
-  A* tile_h = reinterpret_cast<A*>(smem + layout.tile_h);  // [kPersistRows][kBlockK + 1]
+  const PersistentLayout layout(H, U, sizeof(A), sizeof(S), kHalfWidth<S>);
   A* scratch = reinterpret_cast<A*>(smem + layout.scratch);
   A* gamma_hh = reinterpret_cast<A*>(smem + layout.gamma_hh);  // [4U]
   A* mean_hh = reinterpret_cast<A*>(smem + layout.mean_hh);
@@ -161,24 +230,8 @@ persistent_fwd_kernel(FwdParams p, StepTable steps, int T, int U, unsigned* arri
 
     A sum_h = A(0);
     for (int b0 = 0; b0 < n; b0 += kPersistRows) {
-      A hw[kPersistRowsPerThread] = {};
-      for (int k0 = 0; k0 < layout.k_padded; k0 += kBlockK) {
-        __syncthreads();  // every thread has read the previous tile (and the weights are in)
-        for (int idx = tid; idx < kPersistRows * kBlockK; idx += threads) {
-          const int rr = idx / kBlockK, kk = idx % kBlockK;  // k fastest: h's rows
-          const int64_t b = b0 + rr, k = k0 + kk;
-          tile_h[rr * (kBlockK + 1) + kk] = (b < n && k < H) ? to_acc(h_prev[b * H + k]) : A(0);
-        }
-        __syncthreads();
-#pragma unroll 8
-        for (int kk = 0; kk < kBlockK; ++kk) {
-          const A w = to_acc(weight[(k0 + kk) * cols + cc]);
-#pragma unroll
-          for (int r = 0; r < kPersistRowsPerThread; ++r) {
-            hw[r] += tile_h[(rg + r * kPersistRowGroups) * (kBlockK + 1) + kk] * w;
-          }
-        }
-      }
+      A hw[kPersistRowsPerThread];
+      chunk_product<S>(h_prev, H, n, b0, weight, cols, layout, smem, hw);
 #pragma unroll
       for (int r = 0; r < kPersistRowsPerThread; ++r) {
         const int64_t b = b0 + rg + r * kPersistRowGroups;
@@ -271,7 +324,7 @@ cudaError_t plan_persistent_fwd(int64_t H, PersistentPlan& plan) {
   // whose grid the SMs hold at once.
   for (const bool one_per_sm : {true, false}) {
     for (const int U : kPersistUnits) {
-      const size_t bytes = PersistentLayout(H, U, sizeof(A), sizeof(S)).bytes;
+      const size_t bytes = PersistentLayout(H, U, sizeof(A), sizeof(S), kHalfWidth<S>).bytes;
       const int blocks = static_cast<int>((H + U - 1) / U), threads = 4 * U * kPersistRowGroups;
       if (bytes > size_t(shared_max)) continue;
       BNLSTM_TRY(cudaFuncSetAttribute(reinterpret_cast<const void*>(persistent_fwd_kernel<S>),
@@ -291,7 +344,8 @@ cudaError_t plan_persistent_fwd(int64_t H, PersistentPlan& plan) {
     }
   }
   // the smallest U takes the least shared memory
-  const size_t bytes = PersistentLayout(H, kPersistUnits[0], sizeof(A), sizeof(S)).bytes;
+  const size_t bytes =
+      PersistentLayout(H, kPersistUnits[0], sizeof(A), sizeof(S), kHalfWidth<S>).bytes;
   plan.why = bytes > size_t(shared_max)
                  ? "W_hh's slice does not fit the shared memory of a block"
                  : "the grid is larger than the blocks the SMs hold at once";

@@ -16,8 +16,7 @@ template <typename S>
 __global__ void __launch_bounds__(kThreads)
 bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
   using A = typename AccType<S>::type;
-  __shared__ A tile_a[kBlockB][kBlockK + 1];
-  __shared__ A tile_w[kBlockK][kBlockH + 1];
+  __shared__ ProductTiles<S> tiles;
   __shared__ A scratch[kThreads];
   __shared__ StepConstants<A> k;
 
@@ -60,7 +59,7 @@ bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
   for (int b0 = 0; b0 < n; b0 += kBlockB) {
     A carried[kRowsPerThread];  // this thread's rows of dpre_hh[t+1] W_hh
     tile_matmul(dpre_hh_next, G, n_next, b0, G, static_cast<const S*>(p.weight_hh), H, 1, col0,
-                H, carried, tile_a, tile_w);
+                H, carried, tiles);
 #pragma unroll
     for (int r = 0; r < kRowsPerThread; ++r) {
       const int64_t b = b0 + rg + r * kRowGroups;

@@ -9,6 +9,9 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>  // empty under the host compiler: the emulation defines nvcuda::wmma
+
+#include <type_traits>
 
 #include "bnlstm.h"
 #include "step_math.h"
@@ -34,37 +37,109 @@ __device__ __forceinline__ void store(double* p, double x) { *p = x; }
 __device__ __forceinline__ void store(__half* p, float x) { *p = __float2half_rn(x); }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
 
+// Whether a layer of dtype S multiplies on tensor cores: WMMA m16n16k16 with float accumulation
+// for the 16-bit dtypes (bf16 needs sm_80); float and double stay on FFMA and DFMA.
+template <typename S>
+constexpr bool kHalfWidth = std::is_same_v<S, __half> || std::is_same_v<S, __nv_bfloat16>;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+template <typename S> constexpr bool kTensorCores = false;
+#else
+template <typename S> constexpr bool kTensorCores = kHalfWidth<S>;
+#endif
+constexpr int kMmaPad = 8;  // elements past a 16-bit tile's row: keeps 32-byte fragments aligned
+constexpr int kMmaAccPad = 4;
+
+// One warp's 16 x 16 tile of a product on tensor cores, summed in float over 16-deep slices of
+// operands in shared memory: a (16 x 16, row-major, leading dimension lda) times w (16 x 16,
+// k x columns, row-major).
+template <typename S>
+struct WarpMma {
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
+
+  __device__ void zero() { nvcuda::wmma::fill_fragment(acc, 0.0f); }
+
+  __device__ void add(const S* a, unsigned lda, const S* w, unsigned ldw) {
+    nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, S, nvcuda::wmma::row_major> fa;
+    nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, S, nvcuda::wmma::row_major> fb;
+    nvcuda::wmma::load_matrix_sync(fa, a, lda);
+    nvcuda::wmma::load_matrix_sync(fb, w, ldw);
+    nvcuda::wmma::mma_sync(acc, fa, fb, acc);
+  }
+
+  __device__ void store(float* out, unsigned ld) const {
+    nvcuda::wmma::store_matrix_sync(out, acc, ld, nvcuda::wmma::mem_row_major);
+  }
+};
+
+// The shared tiles of tile_matmul: the operands' k-slices in the accumulator dtype (SIMT), or
+// in S with the float sums of the two k halves (tensor cores: 8 warps = 4 output tiles x 2).
+template <typename S, bool = kTensorCores<S>>
+struct ProductTiles {
+  using A = typename AccType<S>::type;
+  A a[kBlockB][kBlockK + 1];
+  A w[kBlockK][kBlockH + 1];
+};
+template <typename S>
+struct ProductTiles<S, true> {
+  static_assert(kThreads == 256 && kBlockB == 32 && kBlockH == 32 && kBlockK == 32,
+                "8 warps: 2 x 2 output tiles of 16 x 16, times 2 halves of the k step");
+  __align__(32) S a[kBlockB][kBlockK + kMmaPad];
+  __align__(32) S w[kBlockK][kBlockH + kMmaPad];
+  __align__(32) float sums[2][kBlockB][kBlockH + kMmaAccPad];
+};
+
 // out[r] = sum_k a[b, k] * w[k, col0 + col] for this thread's rows b = b0 + rg + r * kRowGroups;
 // rows >= a_rows and columns >= n_cols read as 0. w is read through its strides, so W_hh serves
-// as [H, G] (forward, one gate's rows) and as [G, H] (backward). Accumulates in A.
-template <typename TA, typename TW, typename A>
+// as [H, G] (forward, one gate's rows) and as [G, H] (backward). Accumulates in A; on tensor
+// cores the operands are rounded to S first (a may be an A-typed gradient).
+template <typename S, typename TA, typename A>
 __device__ void tile_matmul(const TA* a, int64_t a_stride, int a_rows, int b0, int64_t K,
-                            const TW* w, int64_t w_k_stride, int64_t w_n_stride, int64_t col0,
-                            int64_t n_cols, A (&out)[kRowsPerThread],
-                            A (*tile_a)[kBlockK + 1], A (*tile_w)[kBlockH + 1]) {
+                            const S* w, int64_t w_k_stride, int64_t w_n_stride, int64_t col0,
+                            int64_t n_cols, A (&out)[kRowsPerThread], ProductTiles<S>& tiles) {
   const int tid = threadIdx.x, rg = tid / kBlockH, col = tid % kBlockH;
+  const int warp = tid / 32, row16 = warp % 4 / 2 * 16, col16 = warp % 2 * 16,
+            k16 = warp / 4 * 16;  // tensor cores: this warp's output tile and k half
+  [[maybe_unused]] WarpMma<S> mma;
+  if constexpr (kTensorCores<S>) {
+    mma.zero();
+  } else {
 #pragma unroll
-  for (int r = 0; r < kRowsPerThread; ++r) out[r] = A(0);
+    for (int r = 0; r < kRowsPerThread; ++r) out[r] = A(0);
+  }
   for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
     __syncthreads();  // every thread has read the previous tiles
     for (int idx = tid; idx < kBlockB * kBlockK; idx += kThreads) {
       const int rr = idx / kBlockK, kk = idx % kBlockK;  // k fastest: rows are contiguous
       const int64_t b = b0 + rr, k = k0 + kk;
-      tile_a[rr][kk] = (b < a_rows && k < K) ? to_acc(a[b * a_stride + k]) : A(0);
+      store(&tiles.a[rr][kk], (b < a_rows && k < K) ? to_acc(a[b * a_stride + k]) : A(0));
     }
     for (int idx = tid; idx < kBlockK * kBlockH; idx += kThreads) {
       // walk the contiguous direction of w fastest
       const int kk = w_k_stride == 1 ? idx % kBlockK : idx / kBlockH;
       const int cc = w_k_stride == 1 ? idx / kBlockK : idx % kBlockH;
       const int64_t k = k0 + kk, c = col0 + cc;
-      tile_w[kk][cc] = (k < K && c < n_cols) ? to_acc(w[k * w_k_stride + c * w_n_stride]) : A(0);
+      store(&tiles.w[kk][cc], (k < K && c < n_cols) ? to_acc(w[k * w_k_stride + c * w_n_stride])
+                                                    : A(0));
     }
     __syncthreads();
+    if constexpr (kTensorCores<S>) {
+      mma.add(&tiles.a[row16][k16], kBlockK + kMmaPad, &tiles.w[k16][col16], kBlockH + kMmaPad);
+    } else {
 #pragma unroll 8
-    for (int kk = 0; kk < kBlockK; ++kk) {
-      const A wv = tile_w[kk][col];
+      for (int kk = 0; kk < kBlockK; ++kk) {
+        const A wv = tiles.w[kk][col];
 #pragma unroll
-      for (int r = 0; r < kRowsPerThread; ++r) out[r] += tile_a[rg + r * kRowGroups][kk] * wv;
+        for (int r = 0; r < kRowsPerThread; ++r) out[r] += tiles.a[rg + r * kRowGroups][kk] * wv;
+      }
+    }
+  }
+  if constexpr (kTensorCores<S>) {
+    mma.store(&tiles.sums[k16 / 16][row16][col16], kBlockH + kMmaAccPad);
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < kRowsPerThread; ++r) {
+      const int rr = rg + r * kRowGroups;
+      out[r] = tiles.sums[0][rr][col] + tiles.sums[1][rr][col];
     }
   }
 }

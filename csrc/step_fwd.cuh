@@ -16,8 +16,7 @@ template <typename S>
 __global__ void __launch_bounds__(kThreads, 1)
 fwd_step_kernel(FwdParams p, int t, int n, int n_next, int row, double factor_arg) {
   using A = typename AccType<S>::type;
-  __shared__ A tile_a[kBlockB][kBlockK + 1];
-  __shared__ A tile_w[kBlockK][kBlockH + 1];
+  __shared__ ProductTiles<S> tiles;
   __shared__ A scratch[kThreads];
   __shared__ StepConstants<A> k;
 
@@ -49,7 +48,7 @@ fwd_step_kernel(FwdParams p, int t, int n, int n_next, int row, double factor_ar
     A sum_h = A(0);
     for (int b0 = 0; b0 < n; b0 += kBlockB) {
       A hw[kRowsPerThread];  // this thread's rows of h_{t-1} W_hh[gate g]^T
-      tile_matmul(h_prev, H, n, b0, H, weight_hh + g * H * H, 1, H, col0, H, hw, tile_a, tile_w);
+      tile_matmul(h_prev, H, n, b0, H, weight_hh + g * H * H, 1, H, col0, H, hw, tiles);
 #pragma unroll
       for (int r = 0; r < kRowsPerThread; ++r) {
         const int64_t b = b0 + rg + r * kRowGroups;

@@ -1,6 +1,7 @@
 """The CUDA C++ kernels (csrc/step_*.cuh, csrc/persistent_fwd.cuh) run on the CPU: the same
 source, compiled by the host compiler under csrc/emulation/cuda_emu.h (every CUDA thread an OS
-thread, __syncthreads a barrier of the block with a watchdog; ordinary launches block by block, a
+thread, __syncthreads a barrier of the block with a watchdog, the WMMA calls of the 16-bit
+products collective over the warp's 32 threads; ordinary launches block by block, a
 cooperative launch every block at once on an emulated device of 4 SMs), behind the CUDA time
 loops (loops_cuda.cpp) and the ops (bnlstm.cpp) registered as torch.ops.bnlstm_emu.* on CPU
 tensors.
@@ -14,7 +15,8 @@ step) and per step (the fallback where the emulated device's shared memory is to
 every launch in ascending, descending and a random block order, bitwise equal; a standalone
 driver built with ThreadSanitizer runs forward and backward steps and the persistent forward,
 where a race fails; the barrier watchdog names the kernel, for a block barrier and for a grid
-barrier; the emulated device refuses a cooperative grid larger than it holds. Needs the CUDA
+barrier; WMMA calls a lane of the warp misses or makes with other arguments are reported; the
+emulated device refuses a cooperative grid larger than it holds. Needs the CUDA
 toolkit's headers ($CUDA_HOME/include) and ninja; `make emulate` runs this file.
 """
 
@@ -280,16 +282,18 @@ def _run_driver(*args, **env) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.mark.parametrize("dtype", ["float", "half"])
 @pytest.mark.parametrize("B,H,sizes", [
     (70, 40, [70, 40, 1]),
     (40, 72, [40, 33]),
 ], ids=["B70-H40-T3", "B40-H72-T2"])
-def test_no_data_race(B, H, sizes):
+def test_no_data_race(B, H, sizes, dtype):
     """Forward and backward steps, then the persistent forward (3 blocks at once, a grid barrier
     per step), under ThreadSanitizer, on shapes with more than one k tile and more than one row
     chunk (below that the next barrier hides a missing one), partial blocks, rows that stop, and
-    a step with one running sequence."""
-    done = _run_driver("races", B, H, len(sizes), *sizes)
+    a step with one running sequence; in half, the products go through the emulated WMMA calls,
+    whose lanes read each other's fragments."""
+    done = _run_driver("races" if dtype == "float" else "races-half", B, H, len(sizes), *sizes)
     assert "ThreadSanitizer" not in done.stderr, done.stderr[-6000:]
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -306,6 +310,26 @@ def test_barrier_watchdog_names_the_kernel(mode, message):
     assert done.returncode == 1, done.stdout + done.stderr
     assert "barrier_misuse_kernel, block 0: " in done.stderr and message in done.stderr, (
         done.stderr)
+    assert "ThreadSanitizer" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("mode,message", [
+    ("returned", "warp-collective call at check_driver.cpp:"),
+    ("divergent", "divergent warp-collective call: a thread at check_driver.cpp:"),
+    ("skipped", "divergent warp: a lane at check_driver.cpp:"),
+    ("argument", "lane 3 passes argument 1 of the warp-collective call at check_driver.cpp:"),
+    ("ldm", "leading dimension 20 is not a multiple of 16 bytes"),
+])
+def test_wmma_misuse_is_reported(mode, message):
+    """A WMMA call one lane of the warp misses (returned, at another call, at a __syncthreads
+    instead), makes with another pointer, or with a leading dimension CUDA refuses is an error
+    naming the kernel and the call, never a hang or a silent result."""
+    done = _run_driver("wmma", mode, BNLSTM_EMU_WATCHDOG_S="5")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "wmma_misuse_kernel, block 0: " in done.stderr and message in done.stderr, (
+        done.stderr)
+    if mode == "returned":
+        assert "reached by 31 of 32 threads; the other 1 returned" in done.stderr, done.stderr
     assert "ThreadSanitizer" not in done.stderr, done.stderr
 
 

@@ -3,11 +3,15 @@
 // ThreadSanitizer, and it runs the barrier watchdog on a kernel that breaks the barrier rule.
 //   check_driver races B H T n_1 .. n_T   the float steps over T steps of n_t <= B running rows,
 //                                         then the same forward in one persistent launch
+//   check_driver races-half B H T ...     the same in __half: the products on (emulated) WMMA
+//   check_driver wmma MODE                MODE: returned, divergent, skipped, argument or ldm
 //   check_driver barrier MODE             MODE: returned, divergent, late or grid (see below)
 //   check_driver cooperative BLOCKS BYTES a cooperative launch of BLOCKS blocks of kThreads
 //                                         with BYTES of shared memory: prints "ran" or "refused"
 // Exit status 0 when the kernels ran; the emulator's error, if any, goes to stderr.
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -35,23 +39,43 @@ std::vector<float> random(size_t n, std::mt19937& gen, float lo, float hi) {
   return v;
 }
 
-// Forward steps then the reverse loop, as loops_cuda.cpp launches them; running row t per step,
-// batch statistics where at least 2 rows run.
+// v in S (float stays float).
+template <typename S>
+std::vector<S> as(const std::vector<float>& v) {
+  std::vector<S> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = S(v[i]);
+  return out;
+}
+
+float sum(const std::vector<float>& v) { return std::accumulate(v.begin(), v.end(), 0.f); }
+template <typename S>
+float sum(const std::vector<S>& v) {
+  float total = 0;
+  for (const S x : v) total += float(x);
+  return total;
+}
+
+// Forward steps then the reverse loop, as loops_cuda.cpp launches them, in dtype S (float, or
+// __half on tensor cores); running row t per step, batch statistics where at least 2 rows run.
+template <typename S>
 double run_steps(int B, int H, const std::vector<int>& batch_sizes) {
   const int T = static_cast<int>(batch_sizes.size()), G = 4 * H, L = T;
   std::mt19937 gen(0);
   auto u = random(size_t(T) * B * G, gen, -1, 1);
-  auto weight_hh = random(size_t(G) * H, gen, -.3f, .3f);
-  auto gamma_hh = random(G, gen, .05f, .2f), gamma_c = random(H, gen, .05f, .2f);
-  auto beta_c = random(H, gen, -.1f, .1f);
+  auto weight_hh = as<S>(random(size_t(G) * H, gen, -.3f, .3f));
+  auto gamma_hh = as<S>(random(G, gen, .05f, .2f)), gamma_c = as<S>(random(H, gen, .05f, .2f));
+  auto beta_c = as<S>(random(H, gen, -.1f, .1f));
   auto mean_hh = random(size_t(L) * G, gen, -.5f, .5f), var_hh = random(size_t(L) * G, gen, .5f, 1);
   auto mean_c = random(size_t(L) * H, gen, -.5f, .5f), var_c = random(size_t(L) * H, gen, .5f, 1);
-  std::vector<float> y(size_t(T + 1) * B * H), cell(size_t(T + 1) * B * H);
-  const auto h0 = random(size_t(B) * H, gen, -1, 1), c0 = random(size_t(B) * H, gen, -1, 1);
+  std::vector<S> y(size_t(T + 1) * B * H);
+  std::vector<float> cell(size_t(T + 1) * B * H);
+  const auto h0 = as<S>(random(size_t(B) * H, gen, -1, 1));
+  const auto c0 = random(size_t(B) * H, gen, -1, 1);
   std::copy(h0.begin(), h0.end(), y.begin());
   std::copy(c0.begin(), c0.end(), cell.begin());
   std::vector<float> hw(size_t(T) * B * G), stat_hh(size_t(T) * 2 * G);
-  std::vector<float> stat_c(size_t(T) * 2 * H), h_n(h0), c_n(c0);
+  std::vector<float> stat_c(size_t(T) * 2 * H);
+  std::vector<S> h_n(h0), c_n(as<S>(c0));
 
   const FwdParams fwd{u.data(), hw.data(), y.data(), cell.data(), weight_hh.data(),
                       gamma_hh.data(), gamma_c.data(), beta_c.data(), mean_hh.data(),
@@ -59,12 +83,12 @@ double run_steps(int B, int H, const std::vector<int>& batch_sizes) {
                       h_n.data(), c_n.data(), nullptr, B, H, 1e-5};
   for (int t = 0; t < T; ++t) {
     const int n = batch_sizes[t], n_next = t + 1 < T ? batch_sizes[t + 1] : 0;
-    bnlstm::launch_fwd_step<float>(fwd, t, n, n_next, t, n >= 2 ? 0.1 : -1.0, nullptr);
+    bnlstm::launch_fwd_step<S>(fwd, t, n, n_next, t, n >= 2 ? 0.1 : -1.0, nullptr);
   }
 
   // the same forward again, every step in one cooperative launch (the grid barrier under TSan)
   bnlstm::PersistentPlan plan;
-  if (bnlstm::plan_persistent_fwd<float>(H, plan) != cudaSuccess || !plan.persistent) {
+  if (bnlstm::plan_persistent_fwd<S>(H, plan) != cudaSuccess || !plan.persistent) {
     throw std::runtime_error("the persistent forward does not fit the emulated device");
   }
   std::vector<int> n(batch_sizes), rows(T);
@@ -80,12 +104,13 @@ double run_steps(int B, int H, const std::vector<int>& batch_sizes) {
                        var_hh2.data(), mean_c2.data(), var_c2.data(), stat_hh2.data(),
                        stat_c2.data(), h_n2.data(), c_n2.data(), nullptr, B, H, 1e-5};
   unsigned arrivals = 0;
-  if (bnlstm::launch_persistent_fwd<float>(fwd2, plan, n.data(), rows.data(), factors.data(), T,
+  if (bnlstm::launch_persistent_fwd<S>(fwd2, plan, n.data(), rows.data(), factors.data(), T,
                                            &arrivals, nullptr) != cudaSuccess) {
     throw std::runtime_error("the persistent forward was refused");
   }
 
-  auto dy = random(size_t(T) * B * H, gen, -1, 1), dh_n = random(size_t(B) * H, gen, -1, 1);
+  auto dy = as<S>(random(size_t(T) * B * H, gen, -1, 1));
+  auto dh_n = random(size_t(B) * H, gen, -1, 1);
   auto dc = random(size_t(B) * H, gen, -1, 1);
   std::vector<float> dpre(size_t(T) * B * G), dpre_hh(size_t(T + 1) * B * G), dh(size_t(B) * H);
   std::vector<float> dsum(size_t(T) * G), dsum_c(size_t(T) * 2 * H);
@@ -95,14 +120,9 @@ double run_steps(int B, int H, const std::vector<int>& batch_sizes) {
                       dsum.data(), dsum_c.data(), B, H};
   for (int t = T - 1; t >= 0; --t) {
     const int n = batch_sizes[t], n_next = t + 1 < T ? batch_sizes[t + 1] : 0;
-    bnlstm::launch_bwd_step<float>(bwd, t, n, n_next, n >= 2, nullptr);
+    bnlstm::launch_bwd_step<S>(bwd, t, n, n_next, n >= 2, nullptr);
   }
-  double total = 0;
-  for (float v : y) total += v;
-  for (float v : dpre_hh) total += v;
-  for (float v : dc) total += v;
-  for (float v : y2) total += v;
-  return total;
+  return double(sum(y)) + sum(dpre_hh) + sum(dc) + sum(y2);
 }
 
 // A kernel that breaks the barrier rule, one way per mode.
@@ -128,6 +148,31 @@ __global__ void grid_barrier_misuse_kernel(unsigned* arrivals) {
   bnlstm::grid_sync(arrivals, gridDim.x);
 }
 
+// A kernel that breaks the rule of the warp-collective WMMA calls, one way per mode; one warp.
+__global__ void wmma_misuse_kernel(int mode) {
+  using namespace nvcuda;
+  __shared__ __align__(32) __half tile[16 * 24];
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
+  const unsigned lane = threadIdx.x % 32;
+  if (mode == 0) {  // returned: lane 5 leaves before the call
+    if (lane == 5) return;
+    wmma::load_matrix_sync(a, tile, 24);
+  } else if (mode == 1) {  // divergent: the odd lanes at another call
+    if (lane % 2 == 0) {
+      wmma::load_matrix_sync(a, tile, 24);
+    } else {
+      wmma::load_matrix_sync(a, tile, 24);
+    }
+  } else if (mode == 2) {  // skipped: lane 0 goes on to __syncthreads, the others at the call
+    if (lane != 0) wmma::load_matrix_sync(a, tile, 24);
+    __syncthreads();
+  } else if (mode == 3) {  // argument: lane 3 passes another (aligned) pointer
+    wmma::load_matrix_sync(a, lane == 3 ? tile + 16 : tile, 24);
+  } else {  // ldm: 20 halves, not a multiple of 16 bytes
+    wmma::load_matrix_sync(a, tile, 20);
+  }
+}
+
 __global__ void empty_kernel(int) {}
 
 }  // namespace
@@ -135,12 +180,13 @@ __global__ void empty_kernel(int) {}
 int main(int argc, char** argv) {
   const std::string what = argc > 1 ? argv[1] : "";
   try {
-    if (what == "races" && argc > 4) {
+    if ((what == "races" || what == "races-half") && argc > 4) {
       const int B = std::atoi(argv[2]), H = std::atoi(argv[3]), T = std::atoi(argv[4]);
       std::vector<int> batch_sizes;
       for (int t = 0; t < T && 5 + t < argc; ++t) batch_sizes.push_back(std::atoi(argv[5 + t]));
       if (static_cast<int>(batch_sizes.size()) != T) throw std::invalid_argument("T sizes");
-      const double total = run_steps(B, H, batch_sizes);
+      const double total = what == "races" ? run_steps<float>(B, H, batch_sizes)
+                                           : run_steps<__half>(B, H, batch_sizes);
       std::printf("B=%d H=%d T=%d: checksum %.6g\n", B, H, T, total);
       return std::isfinite(total) ? 0 : 1;
     }
@@ -154,6 +200,14 @@ int main(int argc, char** argv) {
       const int m = mode == "returned" ? 0 : mode == "divergent" ? 1 : mode == "late" ? 2 : -1;
       if (m < 0) throw std::invalid_argument("mode " + mode);
       BNLSTM_LAUNCH(barrier_misuse_kernel, dim3(2), dim3(bnlstm::kThreads), nullptr, m);
+      return 0;
+    }
+    if (what == "wmma" && argc == 3) {
+      const std::string mode = argv[2];
+      const char* modes[] = {"returned", "divergent", "skipped", "argument", "ldm"};
+      const auto m = std::find(std::begin(modes), std::end(modes), mode) - std::begin(modes);
+      if (m == std::size(modes)) throw std::invalid_argument("mode " + mode);
+      BNLSTM_LAUNCH(wmma_misuse_kernel, dim3(1), dim3(32), nullptr, static_cast<int>(m));
       return 0;
     }
     if (what == "cooperative" && argc == 4) {
@@ -170,8 +224,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::fprintf(stderr,
-               "usage: %s races B H T n_1 .. n_T | barrier returned|divergent|late|grid | "
-               "cooperative BLOCKS BYTES\n",
+               "usage: %s races|races-half B H T n_1 .. n_T | "
+               "barrier returned|divergent|late|grid | "
+               "wmma returned|divergent|skipped|argument|ldm | cooperative BLOCKS BYTES\n",
                argv[0]);
   return 2;
 }

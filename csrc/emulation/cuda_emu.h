@@ -67,6 +67,19 @@ cudaError_t run_cooperative(const char* kernel, dim3 grid, dim3 block, size_t sh
 unsigned char* dynamic_shared();
 void nanosleep(unsigned ns);
 
+// Reports a kernel's misuse in the running block (as a failed barrier is: the launch throws).
+[[noreturn]] void fail_block(const std::string& what);
+
+// A warp-collective call at `site` (the WMMA functions of wmma_emu.h): this lane publishes
+// `words`, the first `uniform` of which every lane must pass alike (a pointer, a leading
+// dimension), then waits for every lane of its warp at the same site; a lane that returned, waits
+// at a __syncthreads or at another call is reported. Returns what each lane published,
+// [lane][kPublished], readable until this lane's next collective call, and sets `lane`.
+constexpr int kPublished = 4;
+using Published = const void* const (*)[kPublished];
+Published warp_collective(const char* site, const void* const (&words)[kPublished], int uniform,
+                          unsigned& lane);
+
 // "bnlstm::fwd_step_kernel<float>" for kernel = &bnlstm::fwd_step_kernel<float> (GCC and
 // Clang spell the template argument in __PRETTY_FUNCTION__).
 template <auto kernel>
@@ -97,3 +110,5 @@ cudaError_t launch_cooperative(dim3 grid, dim3 block, size_t shared, const Args&
 }
 
 }  // namespace bnlstm_emu
+
+#include "wmma_emu.h"

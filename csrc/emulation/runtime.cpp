@@ -56,6 +56,8 @@ std::string where(const char* site) {
   return slash != nullptr ? slash + 1 : site;
 }
 
+constexpr std::size_t kSharedAlign = 128;  // of a block's dynamic shared memory
+
 // Thrown out of the kernel in every thread of a block whose barrier failed.
 struct Aborted {};
 
@@ -83,57 +85,96 @@ struct Launch {
   }
 };
 
-// One block's barrier: arrivals of the current generation, the threads that have left the
-// kernel, and its dynamic shared memory.
+// One barrier: of the whole block (__syncthreads) or of one warp (its collective calls, the WMMA
+// functions). Arrivals of the current generation, the members that have left the kernel, and
+// the site ("file:line") of the generation's first arrival.
+struct Barrier {
+  const char* kind;  // "__syncthreads" or "warp-collective call"
+  unsigned members;
+  std::atomic<unsigned> arrived{0}, exited{0}, generation{0};
+  std::atomic<const char*> site{nullptr};
+
+  Barrier(const char* kind, unsigned members) : kind(kind), members(members) {}
+
+  // The members waiting here that the rest has left the kernel without reaching, or 0. One
+  // snapshot: a member that arrived cannot exit, so a + e == members holds only when neither
+  // count can change any more.
+  unsigned stranded() const {
+    const unsigned e = exited.load(), a = arrived.load();
+    return e > 0 && a + e == members ? a : 0;
+  }
+
+  std::string reached(const char* here, unsigned waiting) const {
+    return std::string(kind) + " at " + where(here) + " reached by " + std::to_string(waiting) +
+           " of " + std::to_string(members) + " threads";
+  }
+};
+
+// A warp: its barrier, how many of its lanes wait at the block's pending __syncthreads (a lane
+// there while others wait at a warp-collective call is divergence, which would hang), and what
+// its lanes publish to a collective call: [parity of the call][lane], so a lane may publish for
+// its next call while the others still read this one.
+struct Warp {
+  Barrier barrier;
+  std::atomic<unsigned> at_block_barrier{0};
+  const void* published[2][32][kPublished];
+
+  explicit Warp(unsigned lanes) : barrier("warp-collective call", lanes) {}
+};
+
+// One block: its barrier, its warps and its dynamic shared memory.
 struct Block {
   Launch& launch;
   unsigned index, threads;
-  std::atomic<unsigned> arrived{0}, exited{0}, generation{0};
-  std::atomic<unsigned> spinning{0};       // threads in a spin-wait (__nanosleep)
-  std::atomic<const char*> site{nullptr};  // of the current generation's first arrival
+  Barrier barrier;
+  std::vector<std::unique_ptr<Warp>> warps;
+  std::atomic<unsigned> spinning{0};  // threads in a spin-wait (__nanosleep)
   std::vector<unsigned char> shared;
 
   Block(Launch& launch, unsigned index, unsigned threads, size_t shared_bytes)
-      : launch(launch), index(index), threads(threads), shared(shared_bytes, 0xff) {
-    launch.wake_on_failure.push_back(&generation);
+      : launch(launch), index(index), threads(threads), barrier("__syncthreads", threads),
+        shared(shared_bytes + kSharedAlign, 0xff) {
+    launch.wake_on_failure.push_back(&barrier.generation);
+    for (unsigned first = 0; first < threads; first += 32) {
+      warps.push_back(std::make_unique<Warp>(std::min(32u, threads - first)));
+      launch.wake_on_failure.push_back(&warps.back()->barrier.generation);
+    }
   }
 
   [[noreturn]] void fail(const std::string& what) { launch.fail(index, what); }
 
-  // The threads waiting at a barrier the rest of the block has left the kernel without
-  // reaching, or 0. One snapshot: a thread that arrived cannot exit, so a + e == threads holds
-  // only when neither count can change any more.
-  unsigned stranded() const {
-    const unsigned e = exited.load(), a = arrived.load();
-    return e > 0 && a + e == threads ? a : 0;
-  }
-
-  std::string reached(const char* here, unsigned waiting) const {
-    return "__syncthreads at " + where(here) + " reached by " + std::to_string(waiting) +
-           " of " + std::to_string(threads) + " threads";
-  }
-
-  void sync(const char* here) {
+  // Waits at `bar` until every member has arrived at the same site. `diverged` says whether a
+  // member of this thread's warp waits at the other kind of barrier. Each side counts its
+  // arrival before it checks the other's (sequentially consistent), so of two lanes that
+  // diverge, the later sees the earlier and reports; no wake is needed.
+  void wait(Barrier& bar, const char* here, const std::function<bool()>& diverged) {
     if (launch.failed.load()) throw Aborted{};
     const char* first = nullptr;
-    if (!site.compare_exchange_strong(first, here) && first != here &&
+    if (!bar.site.compare_exchange_strong(first, here) && first != here &&
         std::strcmp(first, here) != 0) {
-      fail("divergent __syncthreads: a thread at " + where(here) + " while others wait at " +
-           where(first));
+      fail(std::string("divergent ") + bar.kind + ": a thread at " + where(here) +
+           " while others wait at " + where(first));
     }
-    const unsigned gen = generation.load(std::memory_order_acquire);
-    if (arrived.fetch_add(1, std::memory_order_acq_rel) + 1 == threads) {
-      arrived.store(0);
-      site.store(nullptr);
-      generation.fetch_add(1, std::memory_order_release);
-      futex_wake(generation);
+    const unsigned gen = bar.generation.load(std::memory_order_acquire);
+    if (bar.arrived.fetch_add(1) + 1 == bar.members) {
+      bar.arrived.store(0);
+      bar.site.store(nullptr);
+      if (&bar == &barrier) clear_at_block_barrier();
+      bar.generation.fetch_add(1, std::memory_order_release);
+      futex_wake(bar.generation);
       return;
     }
     auto start = std::chrono::steady_clock::now();
-    while (generation.load(std::memory_order_acquire) == gen) {
+    while (bar.generation.load(std::memory_order_acquire) == gen) {
       if (launch.failed.load()) throw Aborted{};
-      if (const unsigned waiting = stranded()) {
-        fail(reached(here, waiting) + "; the other " + std::to_string(threads - waiting) +
+      // a lane of the warp may have left this barrier's completed generation (after this
+      // loop's test) for the other barrier: divergence only while this generation still waits
+      if (diverged() && bar.generation.load() == gen) {
+        fail("divergent warp: a lane at " + where(here) + " (" + bar.kind +
+             ") while others of its warp wait at the other kind of barrier");
+      }
+      if (const unsigned waiting = bar.stranded()) {
+        fail(bar.reached(here, waiting) + "; the other " + std::to_string(bar.members - waiting) +
              " returned from the kernel");
       }
       const double watchdog_s = launch.watchdog_s;
@@ -145,20 +186,44 @@ struct Block {
         continue;
       }
       if (left <= 0) {
-        fail(reached(here, arrived.load()) + " within the watchdog's " + seconds(watchdog_s) +
-             " (BNLSTM_EMU_WATCHDOG_S)");
+        fail(bar.reached(here, bar.arrived.load()) + " within the watchdog's " +
+             seconds(watchdog_s) + " (BNLSTM_EMU_WATCHDOG_S)");
       }
-      futex_wait(generation, gen, left);
+      futex_wait(bar.generation, gen, left);
     }
   }
 
-  void exit() {
-    exited.fetch_add(1);
-    if (arrived.load() > 0) futex_wake(generation);  // the waiters check stranded()
+  Warp& warp_of(unsigned tid) { return *warps[tid / 32]; }
+
+  void sync(const char* here, unsigned tid) {
+    Warp& warp = warp_of(tid);
+    warp.at_block_barrier.fetch_add(1);
+    wait(barrier, here, [&] { return warp.barrier.arrived.load() > 0; });
+  }
+
+  // The last arrival at the block barrier clears every warp's count before releasing anyone.
+  void clear_at_block_barrier() {
+    for (auto& w : warps) w->at_block_barrier.store(0);
+  }
+
+  void warp_sync(const char* here, unsigned tid) {
+    Warp& warp = warp_of(tid);
+    wait(warp.barrier, here, [&] { return warp.at_block_barrier.load() > 0; });
+  }
+
+  void exit(unsigned tid) {
+    Warp& warp = warp_of(tid);
+    barrier.exited.fetch_add(1);
+    warp.barrier.exited.fetch_add(1);
+    // the waiters check stranded()
+    if (barrier.arrived.load() > 0) futex_wake(barrier.generation);
+    if (warp.barrier.arrived.load() > 0) futex_wake(warp.barrier.generation);
   }
 };
 
 thread_local Block* current = nullptr;
+thread_local unsigned lane_id = 0, thread_id = 0;  // in the warp, in the block
+thread_local unsigned collective_calls = 0;         // this thread's warp-collective calls
 // when this thread's current spin-wait (__nanosleep calls with no barrier between) began
 thread_local std::chrono::steady_clock::time_point spin_start{};
 
@@ -260,6 +325,9 @@ void enter(Block& block, dim3 grid, dim3 blockdim, unsigned tid) {
   gridDim = grid;
   current = &block;
   spin_start = {};
+  thread_id = tid;
+  lane_id = tid % 32;
+  collective_calls = 0;
 }
 
 }  // namespace
@@ -274,10 +342,34 @@ void end_spin() {
 
 void sync_threads(const char* site) {
   end_spin();
-  current->sync(site);
+  current->sync(site, thread_id);
 }
 
-unsigned char* dynamic_shared() { return current->shared.data(); }
+void fail_block(const std::string& what) { current->fail(what); }
+
+Published warp_collective(const char* site, const void* const (&words)[kPublished],
+                          int uniform, unsigned& lane) {
+  end_spin();
+  Warp& warp = current->warp_of(thread_id);
+  auto& slot = warp.published[collective_calls++ % 2];
+  std::copy(words, words + kPublished, slot[lane_id]);
+  current->warp_sync(site, thread_id);
+  for (int i = 0; i < uniform; ++i) {
+    if (slot[lane_id][i] != slot[0][i]) {
+      current->fail("lane " + std::to_string(lane_id) + " passes argument " +
+                    std::to_string(i + 1) + " of the warp-collective call at " + where(site) +
+                    " unlike lane 0 (every lane must pass the same)");
+    }
+  }
+  lane = lane_id;
+  return reinterpret_cast<Published>(&slot[0]);
+}
+
+// aligned as the kernels declare it (__align__(128)), as a GPU's shared window is
+unsigned char* dynamic_shared() {
+  const auto at = reinterpret_cast<std::uintptr_t>(current->shared.data());
+  return current->shared.data() + (kSharedAlign - at % kSharedAlign) % kSharedAlign;
+}
 
 void nanosleep(unsigned ns) {
   Launch& launch = current->launch;
@@ -310,7 +402,7 @@ static void run_kernel(Block& block, const std::function<void()>& body) {
   } catch (const Aborted&) {
   }
   end_spin();
-  block.exit();
+  block.exit(thread_id);
 }
 
 void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body) {
