@@ -74,6 +74,7 @@ build-ext: $(CUDA_VENV)/.ext-built
 test: $(VENV)/.ext-built build-ext
 	$(VENV)/bin/ruff check bnlstm_cuda tests examples benchmarks tools setup.py
 	env -u TRITON_INTERPRET $(PY) tools/triton_report.py
+	env -u TRITON_INTERPRET CUDA_HOME=$(CUDA_HOME) $(PY) tools/cuda_report.py
 	CUDA_HOME=$(CUDA_HOME) $(PY) -m pytest -q tests
 	$(CUDA_VENV)/bin/pytest -q -p no:logging tests/test_cpp_ext.py
 

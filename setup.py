@@ -27,6 +27,9 @@ CUDA_SOURCES = ["csrc/loops_cuda.cpp", "csrc/bnlstm_f32.cu", "csrc/bnlstm_f16.cu
 # several threads. No errno and no trapping flags (as torch builds itself): sqrt and selects
 # need no branch, so the loops over features vectorise; IEEE results are unchanged.
 CXX_FLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+# -v: ptxas prints each kernel's registers, spills and shared memory in the log (tools/
+# cuda_report.py compiles with these too)
+NVCC_FLAGS = ["-O3", "-Xptxas=-v", "-lineinfo"]
 
 
 def _say(message: str):
@@ -95,8 +98,7 @@ def extension_build():
         define_macros=[*macros, ("BNLSTM_WITH_CUDA", None)],
         extra_compile_args={
             "cxx": CXX_FLAGS,
-            # -v: ptxas prints each kernel's registers, spills and shared memory in the log
-            "nvcc": ["-O3", "-Xptxas=-v", "-lineinfo"],
+            "nvcc": NVCC_FLAGS,
         },
         extra_link_args=["-fopenmp"],
     )
