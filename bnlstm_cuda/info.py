@@ -68,17 +68,17 @@ def dtypes_to_check(module, device: torch.device) -> list[torch.dtype]:
     return out
 
 
-# hidden sizes whose CUDA forward path main() reports: the benchmark's and the paper's
+# hidden sizes whose CUDA loop paths main() reports: the benchmark's and the paper's
 PATH_SIZES = (100, 256, 512, 768, 1024)
 
 
-def forward_paths(ops, dtypes=(torch.float32, torch.bfloat16),
-                  sizes=PATH_SIZES) -> list[str]:
-    """Which path the cpp backend's CUDA forward of one layer takes on the current device, per
-    dtype and hidden size (`ops.forward_path`: persistent in one cooperative launch, or per
-    step and why)."""
-    return [f"{str(dtype)[6:]:9} H={H:<5} {ops.forward_path(dtype, H)}"
-            for dtype in dtypes for H in sizes]
+def loop_paths(ops, dtypes=(torch.float32, torch.bfloat16), sizes=PATH_SIZES) -> list[str]:
+    """Which path the cpp backend's CUDA forward and backward of one layer take on the current
+    device, per dtype and hidden size (`ops.forward_path`, `ops.backward_path`: persistent in one
+    cooperative launch, or per step and why)."""
+    return [f"{str(dtype)[6:]:9} H={H:<5} {name:8} {path(dtype, H)}"
+            for dtype in dtypes for H in sizes
+            for name, path in (("forward", ops.forward_path), ("backward", ops.backward_path))]
 
 
 def main() -> int:
@@ -91,9 +91,9 @@ def main() -> int:
         print(f"  {name:8} {'runs' if ok else 'no':5} {reason}")
         if ok:
             runnable.append(name)
-    if torch.cuda.is_available() and hasattr(torch.ops.bnlstm, "forward_path"):
-        print("\nCUDA forward of the cpp backend on this GPU, one layer")
-        for line in forward_paths(torch.ops.bnlstm):
+    if torch.cuda.is_available() and hasattr(torch.ops.bnlstm, "backward_path"):
+        print("\nCUDA loops of the cpp backend on this GPU, one layer")
+        for line in loop_paths(torch.ops.bnlstm):
             print(f"  {line}")
     print(f"\ncheck against bnlstm_cuda.reference (T={max(selfcheck.LENGTHS)}, "
           f"B={len(selfcheck.LENGTHS)} packed, H={selfcheck.HIDDEN}, training; output, final "

@@ -191,12 +191,18 @@ BNLSTM_LIBRARY(BNLSTM_OPS, m) {
       "Tensor dc_n, int[] batch_sizes, bool[] use_batch) -> (Tensor dpre, Tensor dpre_hh, "
       "Tensor dh0, Tensor dc0, Tensor dgamma_hh, Tensor dgamma_c, Tensor dbeta_c)");
 #if defined(BNLSTM_WITH_CUDA) || defined(BNLSTM_CUDA_EMULATION)
-  // which path the CUDA forward of a layer takes on the current device, and why
+  // which path the CUDA forward and backward of a layer take on the current device, and why
   m.def("forward_path(ScalarType dtype, int hidden_size) -> str",
         [](c10::ScalarType dtype, int64_t hidden_size) {
           TORCH_CHECK(hidden_size >= 1, "forward_path: hidden_size must be >= 1, got ",
                       hidden_size);
           return forward_path_cuda(dtype, hidden_size);
+        });
+  m.def("backward_path(ScalarType dtype, int hidden_size) -> str",
+        [](c10::ScalarType dtype, int64_t hidden_size) {
+          TORCH_CHECK(hidden_size >= 1, "backward_path: hidden_size must be >= 1, got ",
+                      hidden_size);
+          return backward_path_cuda(dtype, hidden_size);
         });
 #endif
 }

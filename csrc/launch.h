@@ -1,5 +1,5 @@
-// The CUDA launchers (step_fwd.cuh, step_bwd.cuh, persistent_fwd.cuh; instantiated per dtype in
-// bnlstm_*.cu), called by the CUDA time loops (loops_cuda.cpp).
+// The CUDA launchers (step_fwd.cuh, step_bwd.cuh, persistent_fwd.cuh, persistent_bwd.cuh;
+// instantiated per dtype in bnlstm_*.cu), called by the CUDA time loops (loops_cuda.cpp).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -24,9 +24,9 @@ template <typename S>
 void launch_bwd_step(const BwdParams& p, int t, int n, int n_next, bool use_batch,
                      cudaStream_t stream);
 
-// How the forward of a layer with H units runs on the current device: persistent (one
-// cooperative launch of `blocks` blocks of `threads` threads, each owning `units` hidden units
-// with `shared_bytes` of dynamic shared memory), or per step, `why`.
+// How the forward or the backward of a layer with H units runs on the current device: persistent
+// (one cooperative launch of `blocks` blocks of `threads` threads, each owning `units` hidden
+// units with `shared_bytes` of dynamic shared memory), or per step, `why`.
 struct PersistentPlan {
   bool persistent = false;
   int units = 0, blocks = 0, threads = 0;
@@ -45,5 +45,16 @@ template <typename S>
 cudaError_t launch_persistent_fwd(const FwdParams& p, const PersistentPlan& plan, const int* n,
                                   const int* rows, const double* factors, int T,
                                   unsigned* arrivals, cudaStream_t stream);
+
+template <typename S>
+cudaError_t plan_persistent_bwd(int64_t H, PersistentPlan& plan);
+
+// Every step of the reverse loop in one cooperative launch of `plan` on `stream`: running rows
+// n[t] (n[T] = 0) and use_batch[t] (0 or 1, as launch_bwd_step's), in device memory; arrivals
+// and the refusal as launch_persistent_fwd's.
+template <typename S>
+cudaError_t launch_persistent_bwd(const BwdParams& p, const PersistentPlan& plan, const int* n,
+                                  const int* use_batch, int T, unsigned* arrivals,
+                                  cudaStream_t stream);
 
 }  // namespace bnlstm

@@ -41,10 +41,12 @@ using BackwardSteps = void (*)(const BwdParams& p, const at::Tensor& steps,
 void forward_steps_cpu(const FwdParams& p, const at::Tensor& steps, const ForwardPlan& plan);
 void backward_steps_cpu(const BwdParams& p, const at::Tensor& steps, const BackwardPlan& plan);
 
-// loops_cuda.cpp: on the current stream of the tensors' device, the forward persistent where
-// the device holds its grid, else one kernel launch per step; forward_path_cuda says which
-// path a layer of H units in `dtype` takes on the current device, and why.
+// loops_cuda.cpp: on the current stream of the tensors' device, each loop persistent where
+// the device holds its grid, else one kernel launch per step; forward_path_cuda and
+// backward_path_cuda say which path a layer of H units in `dtype` takes on the current device,
+// and why.
 std::string forward_path_cuda(at::ScalarType dtype, int64_t H);
+std::string backward_path_cuda(at::ScalarType dtype, int64_t H);
 void forward_steps_cuda(const FwdParams& p, const at::Tensor& steps, const ForwardPlan& plan);
 void backward_steps_cuda(const BwdParams& p, const at::Tensor& steps, const BackwardPlan& plan);
 

@@ -1,6 +1,6 @@
 // The CUDA time loops on the current stream of the tensors' device, no Python in between: the
-// forward as one persistent cooperative launch where the device holds its grid (see
-// forward_plan), else one kernel launch per step; the backward one launch per step.
+// forward and the backward each as one persistent cooperative launch where the device holds its
+// grid (plan_persistent_fwd, plan_persistent_bwd), else one kernel launch per step.
 #ifdef BNLSTM_CUDA_EMULATION  // the kernels on CPU threads (csrc/emulation/)
 #include "emulation/cuda_context.h"
 #else
@@ -13,7 +13,6 @@
 
 #include <string>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 #include "launch.h"
@@ -56,27 +55,33 @@ at::Tensor from_runs(const std::vector<V>& values, const at::TensorOptions& opti
   return at::cat(parts);
 }
 
-// The per-step table of the persistent forward on `device`: n[0 .. T] (n[T] = 0) then
-// rows[0 .. T-1] as int32, and the update weights as float64.
-std::pair<at::Tensor, at::Tensor> step_table(const ForwardPlan& plan, int64_t T,
-                                             c10::Device device) {
-  std::vector<int> ints(2 * T + 1, 0);
-  for (int64_t t = 0; t < T; ++t) {
-    ints[t] = static_cast<int>(plan.batch_sizes[t]);
-    ints[T + 1 + t] = static_cast<int>(plan.rows[t]);
+// A persistent kernel's per-step numbers on `device`: eagerly pinned and copied without
+// blocking, so the host does not wait for the stream (the caching host allocator keeps a pinned
+// buffer until its copy has run), or built on the device while a graph is captured; the
+// emulation's device is the CPU itself.
+template <typename V>
+at::Tensor on_device(const std::vector<V>& values, at::ScalarType dtype, c10::Device device) {
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
+    return from_runs(values, at::TensorOptions().device(device).dtype(dtype));
   }
-  const std::vector<double> factors(plan.factors.begin(), plan.factors.end());
-  // eagerly pinned and copied without blocking, so the host does not wait for the stream (the
-  // caching host allocator keeps a pinned buffer until its copy has run); the emulation's
-  // device is the CPU itself
-  const bool capturing =
-      c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
-  auto to_device = [&](const auto& values, at::ScalarType dtype) {
-    if (capturing) return from_runs(values, at::TensorOptions().device(device).dtype(dtype));
-    const at::Tensor host = at::tensor(values, at::TensorOptions().dtype(dtype));
-    return device.is_cpu() ? host : host.pin_memory().to(device, dtype, true);
-  };
-  return {to_device(ints, at::kInt), to_device(factors, at::kDouble)};
+  const at::Tensor host = at::tensor(values, at::TensorOptions().dtype(dtype));
+  return device.is_cpu() ? host : host.pin_memory().to(device, dtype, true);
+}
+
+// n[0 .. T] (n[T] = 0) of the running rows, then `more` (T values) as int32.
+std::vector<int> running_rows_then(at::IntArrayRef batch_sizes, const std::vector<int>& more) {
+  std::vector<int> ints(batch_sizes.begin(), batch_sizes.end());
+  ints.push_back(0);
+  ints.insert(ints.end(), more.begin(), more.end());
+  return ints;
+}
+
+// What a step plan says in words: the persistent launch, or per step and why.
+std::string path_in_words(const PersistentPlan& plan) {
+  if (!plan.persistent) return std::string("per-step: ") + plan.why;
+  return "persistent: " + std::to_string(plan.blocks) + " blocks of " +
+         std::to_string(plan.units) + " units (" + std::to_string(plan.threads) +
+         " threads, " + std::to_string(plan.shared_bytes) + " bytes of shared memory)";
 }
 
 }  // namespace
@@ -86,10 +91,15 @@ std::string forward_path_cuda(at::ScalarType dtype, int64_t H) {
   dispatch(dtype, [&](auto tag) {
     C10_CUDA_CHECK(plan_persistent_fwd<typename decltype(tag)::type>(H, plan));
   });
-  if (!plan.persistent) return std::string("per-step: ") + plan.why;
-  return "persistent: " + std::to_string(plan.blocks) + " blocks of " +
-         std::to_string(plan.units) + " units (" + std::to_string(plan.threads) +
-         " threads, " + std::to_string(plan.shared_bytes) + " bytes of shared memory)";
+  return path_in_words(plan);
+}
+
+std::string backward_path_cuda(at::ScalarType dtype, int64_t H) {
+  PersistentPlan plan;
+  dispatch(dtype, [&](auto tag) {
+    C10_CUDA_CHECK(plan_persistent_bwd<typename decltype(tag)::type>(H, plan));
+  });
+  return path_in_words(plan);
 }
 
 void forward_steps_cuda(const FwdParams& p, const at::Tensor& steps, const ForwardPlan& plan) {
@@ -108,7 +118,12 @@ void forward_steps_cuda(const FwdParams& p, const at::Tensor& steps, const Forwa
     PersistentPlan persistent;
     C10_CUDA_CHECK(plan_persistent_fwd<S>(p.H, persistent));
     if (persistent.persistent) {
-      const auto [n_rows, factors] = step_table(plan, T, steps.device());
+      const std::vector<int> rows(plan.rows.begin(), plan.rows.end());
+      const at::Tensor n_rows =
+          on_device(running_rows_then(plan.batch_sizes, rows), at::kInt, steps.device());
+      const at::Tensor factors = on_device(
+          std::vector<double>(plan.factors.begin(), plan.factors.end()), at::kDouble,
+          steps.device());
       at::Tensor arrivals = at::zeros({1}, steps.options().dtype(at::kInt));
       const int* n = n_rows.data_ptr<int>();
       const cudaError_t status = launch_persistent_fwd<S>(
@@ -135,6 +150,24 @@ void backward_steps_cuda(const BwdParams& p, const at::Tensor& steps, const Back
   const int64_t T = steps.size(0);
   dispatch(steps.scalar_type(), [&](auto tag) {
     using S = typename decltype(tag)::type;
+    PersistentPlan persistent;
+    C10_CUDA_CHECK(plan_persistent_bwd<S>(p.H, persistent));
+    if (persistent.persistent) {
+      std::vector<int> use_batch(T);
+      for (int64_t t = 0; t < T; ++t) use_batch[t] = plan.use_batch.get(t);
+      const at::Tensor table =
+          on_device(running_rows_then(plan.batch_sizes, use_batch), at::kInt, steps.device());
+      at::Tensor arrivals = at::zeros({1}, steps.options().dtype(at::kInt));
+      const int* n = table.data_ptr<int>();
+      const cudaError_t status = launch_persistent_bwd<S>(
+          p, persistent, n, n + T + 1, static_cast<int>(T),
+          reinterpret_cast<unsigned*>(arrivals.data_ptr<int>()), stream);
+      if (status != cudaErrorCooperativeLaunchTooLarge) {
+        C10_CUDA_CHECK(status);
+        return;
+      }
+      (void)cudaGetLastError();  // refused, nothing ran (not a sticky error): run per step
+    }
     for (int64_t t = T - 1; t >= 0; --t) {
       const int64_t n_next = t + 1 < T ? plan.batch_sizes[t + 1] : 0;
       launch_bwd_step<S>(p, static_cast<int>(t), static_cast<int>(plan.batch_sizes[t]),

@@ -10,13 +10,14 @@ They run the contract the GPU runs (gpu_contract.py and test_cpp_ext.py's module
 that reach every path of the kernels: B in {2, 5, 33, 70} (one to three row chunks of 32), H in
 {8, 24, 40, 72} (one to three blocks, partial ones, one to three k tiles), T in {1, 7}, packed
 unsorted lengths, train and eval, T > max_length, momentum=None with steps where one sequence
-runs; the forward both persistent (one cooperative launch: 1 or 3 blocks and a grid barrier per
-step) and per step (the fallback where the emulated device's shared memory is too small). Then:
+runs; the forward and the backward both persistent (one cooperative launch each: 1 to 3 blocks
+and a grid barrier per step) and per step (the fallback where the emulated device's shared memory
+is too small). Then:
 every launch in ascending, descending and a random block order, bitwise equal; a standalone
-driver built with ThreadSanitizer runs forward and backward steps and the persistent forward,
-where a race fails; the barrier watchdog names the kernel, for a block barrier and for a grid
-barrier; WMMA calls a lane of the warp misses or makes with other arguments are reported; the
-emulated device refuses a cooperative grid larger than it holds. Needs the CUDA
+driver built with ThreadSanitizer runs forward and backward steps and the persistent forward and
+backward, where a race fails; the barrier watchdog names the kernel, for a block barrier and for
+a grid barrier; WMMA calls a lane of the warp misses or makes with other arguments are reported;
+the emulated device refuses a cooperative grid larger than it holds. Needs the CUDA
 toolkit's headers ($CUDA_HOME/include) and ninja; `make emulate` runs this file.
 """
 
@@ -102,12 +103,14 @@ PATHS = pytest.mark.parametrize("path", ["persistent", "per-step"])
 
 
 def take_path(monkeypatch, path: str, dtype: torch.dtype, H: int) -> None:
-    """Makes the CUDA forward of a layer with H units take `path`: persistent on the emulated
-    device as it is, per step where its shared memory per block (1 KiB) holds no W_hh slice."""
+    """Makes the CUDA forward and backward of a layer with H units take `path`: persistent on
+    the emulated device as it is, per step where its shared memory per block (1 KiB) holds no
+    W_hh slice."""
     if path == "per-step":
         monkeypatch.setenv("BNLSTM_EMU_SHARED_BYTES", "1024")
-    taken = torch.ops.bnlstm_emu.forward_path(dtype, H)
-    assert taken.startswith(f"{path}: "), taken
+    for taken in (torch.ops.bnlstm_emu.forward_path(dtype, H),
+                  torch.ops.bnlstm_emu.backward_path(dtype, H)):
+        assert taken.startswith(f"{path}: "), taken
 
 
 @TRAINING
@@ -123,28 +126,43 @@ def test_kernels_against_torch_ops_float64(emu, monkeypatch, B, H, T, packed_, b
                          ids=["fp32", "fp16", "bf16"])
 @PATHS
 @pytest.mark.parametrize("B,H,T,packed_,bias", [
-    CASES[1], pytest.param(33, 40, 7, True, True, id="B33-H40-T7-packed")])
+    CASES[1], pytest.param(33, 40, 7, True, True, id="B33-H40-T7-packed"), CASES[4]])
 def test_kernels_against_torch_ops_low_precision(emu, monkeypatch, dtype, B, H, T, packed_, bias,
                                                  path):
     take_path(monkeypatch, path, dtype, H)
     check_against_torch_ops(emu, dtype, B, H, T, packed_, bias, True)
 
 
-@pytest.mark.parametrize("dtype,H,want", [
-    (torch.float64, 24, "persistent: 3 blocks of 8 units (128 threads, "),
-    (torch.float64, 40, "persistent: 3 blocks of 16 units (256 threads, "),
-    (torch.float32, 72, "persistent: 3 blocks of 32 units (512 threads, "),
-    (torch.float32, 200, "persistent: 25 blocks of 8 units (128 threads, "),
-    (torch.float32, 600, "per-step: the grid is larger than the blocks the SMs hold at once"),
-    (torch.float64, 1000, "per-step: W_hh's slice does not fit the shared memory of a block"),
-], ids=["fp64-H24", "fp64-H40", "fp32-H72", "fp32-H200", "fp32-H600", "fp64-H1000"])
-def test_forward_path(emu, dtype, H, want):
+@pytest.mark.parametrize("dtype,H,forward,backward", [
+    (torch.float64, 24, "persistent: 3 blocks of 8 units (128 threads, ",
+     "persistent: 3 blocks of 8 units (128 threads, "),
+    (torch.float64, 40, "persistent: 3 blocks of 16 units (256 threads, ",
+     "persistent: 3 blocks of 16 units (256 threads, "),
+    (torch.float32, 72, "persistent: 3 blocks of 32 units (512 threads, ",
+     "persistent: 3 blocks of 32 units (512 threads, "),
+    (torch.float32, 200, "persistent: 25 blocks of 8 units (128 threads, ",
+     "persistent: 25 blocks of 8 units (128 threads, "),
+    (torch.float16, 24, "persistent: 3 blocks of 8 units (128 threads, ",
+     "persistent: 2 blocks of 16 units (256 threads, "),
+    (torch.bfloat16, 200, "persistent: 25 blocks of 8 units (128 threads, ",
+     "persistent: 13 blocks of 16 units (256 threads, "),
+    (torch.float32, 600, "per-step: the grid is larger than the blocks the SMs hold at once",
+     "per-step: the grid is larger than the blocks the SMs hold at once"),
+    (torch.float64, 1000, "per-step: W_hh's slice does not fit the shared memory of a block",
+     "per-step: W_hh's slice does not fit the shared memory of a block"),
+], ids=["fp64-H24", "fp64-H40", "fp32-H72", "fp32-H200", "fp16-H24", "bf16-H200", "fp32-H600",
+        "fp64-H1000"])
+def test_loop_paths(emu, dtype, H, forward, backward):
     """The smallest U (units per block) whose grid takes one block per SM; else the smallest
-    whose grid the SMs hold at once (several per SM); else per step, saying why. info's report
-    shows the same."""
-    assert torch.ops.bnlstm_emu.forward_path(dtype, H).startswith(want)
-    (line,) = info.forward_paths(torch.ops.bnlstm_emu, [dtype], [H])
-    assert line.endswith(torch.ops.bnlstm_emu.forward_path(dtype, H)) and f"H={H} " in line
+    whose grid the SMs hold at once (several per SM); else per step, saying why. The backward's
+    product has U columns, so on tensor cores (16-bit) it takes U >= 16. info's report shows the
+    same."""
+    ops = torch.ops.bnlstm_emu
+    assert ops.forward_path(dtype, H).startswith(forward)
+    assert ops.backward_path(dtype, H).startswith(backward)
+    lines = info.loop_paths(ops, [dtype], [H])
+    assert lines == [f"{str(dtype)[6:]:9} H={H:<5} forward  {ops.forward_path(dtype, H)}",
+                     f"{str(dtype)[6:]:9} H={H:<5} backward {ops.backward_path(dtype, H)}"]
 
 
 @TRAINING
@@ -288,9 +306,10 @@ def _run_driver(*args, **env) -> subprocess.CompletedProcess:
     (40, 72, [40, 33]),
 ], ids=["B70-H40-T3", "B40-H72-T2"])
 def test_no_data_race(B, H, sizes, dtype):
-    """Forward and backward steps, then the persistent forward (3 blocks at once, a grid barrier
-    per step), under ThreadSanitizer, on shapes with more than one k tile and more than one row
-    chunk (below that the next barrier hides a missing one), partial blocks, rows that stop, and
+    """Forward and backward steps, then the persistent forward and backward (2 or 3 blocks at
+    once, a grid barrier per step), under ThreadSanitizer, on shapes with more than one k tile
+    and more than one row chunk (below that the next barrier hides a missing one), partial
+    blocks, rows that stop, and
     a step with one running sequence; in half, the products go through the emulated WMMA calls,
     whose lanes read each other's fragments."""
     done = _run_driver("races" if dtype == "float" else "races-half", B, H, len(sizes), *sizes)

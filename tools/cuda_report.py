@@ -7,9 +7,9 @@ Kernels are found in the cubins (every entry function ptxas compiles). Per row: 
 spill bytes from ptxas -v, STACK and LOCAL bytes from cuobjdump --dump-resource-usage, LDL/STL
 (local memory loads and stores) and HMMA/HGMMA (tensor-core MMA) counted in the SASS.
 The launch geometry is known for the per-step kernels (one block of kThreads per kBlockH hidden
-units) and the persistent forward, whose plan is the C++'s own: tools/persistent_plan.cpp runs
-plan_persistent_fwd against an H100 of 132 SMs, with the occupancy from NVIDIA's calculator and
-the kernel's registers from the cubin; other kernels get "?".
+units) and the persistent kernels, whose plans are the C++'s own: tools/persistent_plan.cpp runs
+plan_persistent_fwd and plan_persistent_bwd against an H100 of 132 SMs, with the occupancy from
+NVIDIA's calculator and the kernel's registers from the cubin; other kernels get "?".
 
 Exit status: 0 when every row passes; 1 when a row spills (ptxas spill bytes, STACK, LOCAL or an
 LDL/STL) or a kernel that must use tensor cores has no HMMA/HGMMA (bf16 and fp16 kernels, and any
@@ -180,27 +180,33 @@ def build_planner(out_dir: str) -> str:
     return exe
 
 
+PERSISTENT = {"persistent_fwd_kernel": "fwd", "persistent_bwd_kernel": "bwd"}  # the planner's
+
+
 def launches(planner: str, rows: list[dict], hidden_sizes: list[int]) -> dict:
-    """{(dtype, H): {kernel base name: what the launch takes}} for the kernels whose geometry is
-    known: the per-step kernels' blocks, and the persistent forward's plan."""
+    """{(dtype, H): {kernel base name or "fwd path" / "bwd path": what the launch takes}} for the
+    kernels whose geometry is known: the per-step kernels' blocks, and the persistent kernels'
+    plans."""
     result = {}
     for dtype in dict.fromkeys(r["dtype"] for r in rows):
-        persistent = [r for r in rows if r["dtype"] == dtype
-                      and base_name(r["kernel"]) == "persistent_fwd_kernel"]
-        if not persistent:
-            continue
-        out = _run([planner, dtype, str(persistent[0]["regs"]), str(persistent[0]["smem"]),
-                    *map(str, hidden_sizes)]).stdout
-        for line in out.splitlines():
-            H, step_blocks, step_threads, ok, units, blocks, threads, shared, per_sm, *why = (
-                line.split(" ", 9))
-            step = f"{step_blocks} x {step_threads}"
-            plan = (f"{blocks} x {threads}, U={units}, {shared} B, {per_sm}/SM" if ok == "1"
-                    else "-")
-            path = (f"persistent ({blocks} <= {per_sm} x {H100_SMS})" if ok == "1"
-                    else f"per-step: {why[0]}")
-            result[dtype, int(H)] = {"fwd_step_kernel": step, "bwd_step_kernel": step,
-                                     "persistent_fwd_kernel": plan, "path": path}
+        for kernel, which in PERSISTENT.items():
+            persistent = [r for r in rows
+                          if r["dtype"] == dtype and base_name(r["kernel"]) == kernel]
+            if not persistent:
+                continue
+            out = _run([planner, which, dtype, str(persistent[0]["regs"]),
+                        str(persistent[0]["smem"]), *map(str, hidden_sizes)]).stdout
+            for line in out.splitlines():
+                H, step_blocks, step_threads, ok, units, blocks, threads, shared, per_sm, *why = (
+                    line.split(" ", 9))
+                step = f"{step_blocks} x {step_threads}"
+                plan = (f"{blocks} x {threads}, U={units}, {shared} B, {per_sm}/SM" if ok == "1"
+                        else "-")
+                path = (f"persistent ({blocks} <= {per_sm} x {H100_SMS})" if ok == "1"
+                        else f"per-step: {why[0]}")
+                result.setdefault((dtype, int(H)), {}).update(
+                    {"fwd_step_kernel": step, "bwd_step_kernel": step, kernel: plan,
+                     f"{which} path": path})
     return result
 
 
@@ -217,11 +223,11 @@ def print_kernels(rows: list[dict]):
 def print_launches(rows: list[dict], plans: dict, shapes):
     kernels = list(dict.fromkeys(base_name(r["kernel"]) for r in rows))
     print(f"\nBlocks per launch (blocks x threads) on an H100 ({H100_SMS} SMs); the persistent "
-          "forward as planned by plan_persistent_fwd (U units per block, dynamic shared memory, "
-          "blocks per SM):")
+          "kernels as planned by plan_persistent_fwd and plan_persistent_bwd (U units per block, "
+          "dynamic shared memory, blocks per SM):")
     print(f"| {'shapes':38} | H    | dtype | " + " | ".join(f"{k:30}" for k in kernels)
-          + f" | {'forward path':65} |")
-    print("|" + "|".join("-" * w for w in (40, 6, 7, *(32,) * len(kernels), 67)) + "|")
+          + f" | {'forward path':65} | {'backward path':65} |")
+    print("|" + "|".join("-" * w for w in (40, 6, 7, *(32,) * len(kernels), 67, 67)) + "|")
     for H in dict.fromkeys(s.hidden_size for s in shapes):
         for dtype in dict.fromkeys(r["dtype"] for r in rows):
             labels = ", ".join(s.label for s in shapes if s.hidden_size == H
@@ -230,7 +236,7 @@ def print_launches(rows: list[dict], plans: dict, shapes):
             plan = plans.get((dtype, H), {})
             cells = [plan.get(k, "?") if k in here else "-" for k in kernels]
             print(f"| {labels:38} | {H:4} | {dtype:5} | " + " | ".join(f"{c:30}" for c in cells)
-                  + f" | {plan.get('path', '?'):65} |")
+                  + f" | {plan.get('fwd path', '?'):65} | {plan.get('bwd path', '?'):65} |")
 
 
 def main() -> int:

@@ -1,11 +1,12 @@
-// The persistent forward's plan (csrc/persistent_fwd.cuh: plan_persistent_fwd, the very code the
-// extension runs) on an H100 described here, for tools/cuda_report.py: the host compiler builds
+// The persistent kernels' plans (csrc/persistent_common.cuh: plan_persistent_fwd and
+// plan_persistent_bwd, the very code the extension runs) on an H100 described here, for tools/cuda_report.py: the host compiler builds
 // the kernel templates as the CPU emulation does (csrc/emulation/cuda_emu.h), and the four CUDA
 // runtime calls the plan makes are answered below, the occupancy by NVIDIA's own calculator
 // (cuda_occupancy.h) from the registers and static shared memory the cubin reports. So the
 // units, blocks and shared bytes come from the C++ itself, not from a copy of its formulas.
 //
-// Usage: persistent_plan DTYPE REGS STATIC_SHARED H...   (DTYPE: f32, f64, f16 or bf16)
+// Usage: persistent_plan KERNEL DTYPE REGS STATIC_SHARED H...
+//   (KERNEL: fwd or bwd; DTYPE: f32, f64, f16 or bf16)
 // Prints per H: "H step_blocks step_threads persistent units blocks threads shared per_sm why".
 #include "../csrc/emulation/cuda_emu.h"
 
@@ -17,6 +18,7 @@
 #include <string>
 
 #include "../csrc/launch.h"
+#include "../csrc/persistent_bwd.cuh"
 #include "../csrc/persistent_fwd.cuh"
 
 namespace {
@@ -92,14 +94,16 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, const voi
 }
 
 template <typename S>
-int plan_all(int argc, char** argv) {
+int plan_all(bool backward, int argc, char** argv) {
   kernel_attributes.maxThreadsPerBlock = bnlstm::kPersistMaxThreads;  // its __launch_bounds__
-  kernel_attributes.numRegs = std::atoi(argv[2]);
-  kernel_attributes.sharedSizeBytes = std::strtoull(argv[3], nullptr, 10);
-  for (int i = 4; i < argc; ++i) {
+  kernel_attributes.numRegs = std::atoi(argv[3]);
+  kernel_attributes.sharedSizeBytes = std::strtoull(argv[4], nullptr, 10);
+  for (int i = 5; i < argc; ++i) {
     const int64_t H = std::atoll(argv[i]);
     bnlstm::PersistentPlan plan;
-    if (bnlstm::plan_persistent_fwd<S>(H, plan) != cudaSuccess) return 1;
+    const cudaError_t status = backward ? bnlstm::plan_persistent_bwd<S>(H, plan)
+                                        : bnlstm::plan_persistent_fwd<S>(H, plan);
+    if (status != cudaSuccess) return 1;
     const int per_sm = plan.persistent ? blocks_per_sm(plan.threads, plan.shared_bytes) : 0;
     std::printf("%lld %lld %d %d %d %d %d %zu %d %s\n", static_cast<long long>(H),
                 static_cast<long long>((H + bnlstm::kBlockH - 1) / bnlstm::kBlockH),
@@ -110,11 +114,14 @@ int plan_all(int argc, char** argv) {
 }
 
 int main(int argc, char** argv) {
-  const std::string dtype = argc > 4 ? argv[1] : "";
-  if (dtype == "f32") return plan_all<float>(argc, argv);
-  if (dtype == "f64") return plan_all<double>(argc, argv);
-  if (dtype == "f16") return plan_all<__half>(argc, argv);
-  if (dtype == "bf16") return plan_all<__nv_bfloat16>(argc, argv);
-  std::fprintf(stderr, "usage: %s f32|f64|f16|bf16 REGS STATIC_SHARED H...\n", argv[0]);
+  const std::string kernel = argc > 5 ? argv[1] : "", dtype = argc > 5 ? argv[2] : "";
+  if (kernel == "fwd" || kernel == "bwd") {
+    const bool backward = kernel == "bwd";
+    if (dtype == "f32") return plan_all<float>(backward, argc, argv);
+    if (dtype == "f64") return plan_all<double>(backward, argc, argv);
+    if (dtype == "f16") return plan_all<__half>(backward, argc, argv);
+    if (dtype == "bf16") return plan_all<__nv_bfloat16>(backward, argc, argv);
+  }
+  std::fprintf(stderr, "usage: %s fwd|bwd f32|f64|f16|bf16 REGS STATIC_SHARED H...\n", argv[0]);
   return 2;
 }

@@ -2,7 +2,8 @@
 // want their own process: built with -fsanitize=thread it runs forward and backward steps under
 // ThreadSanitizer, and it runs the barrier watchdog on a kernel that breaks the barrier rule.
 //   check_driver races B H T n_1 .. n_T   the float steps over T steps of n_t <= B running rows,
-//                                         then the same forward in one persistent launch
+//                                         then the same forward and backward each in one
+//                                         persistent launch
 //   check_driver races-half B H T ...     the same in __half: the products on (emulated) WMMA
 //   check_driver wmma MODE                MODE: returned, divergent, skipped, argument or ldm
 //   check_driver barrier MODE             MODE: returned, divergent, late or grid (see below)
@@ -25,6 +26,7 @@
 #include "cuda_emu.h"
 
 #include "../launch.h"
+#include "../persistent_bwd.cuh"
 #include "../persistent_fwd.cuh"
 
 namespace {
@@ -111,9 +113,10 @@ double run_steps(int B, int H, const std::vector<int>& batch_sizes) {
 
   auto dy = as<S>(random(size_t(T) * B * H, gen, -1, 1));
   auto dh_n = random(size_t(B) * H, gen, -1, 1);
-  auto dc = random(size_t(B) * H, gen, -1, 1);
+  auto dc = random(size_t(B) * H, gen, -1, 1), dc2 = dc;
   std::vector<float> dpre(size_t(T) * B * G), dpre_hh(size_t(T + 1) * B * G), dh(size_t(B) * H);
   std::vector<float> dsum(size_t(T) * G), dsum_c(size_t(T) * 2 * H);
+  auto dpre2 = dpre, dpre_hh2 = dpre_hh, dh2 = dh, dsum2 = dsum, dsum_c2 = dsum_c;
   const BwdParams bwd{u.data(), hw.data(), cell.data(), weight_hh.data(), gamma_hh.data(),
                       gamma_c.data(), beta_c.data(), stat_hh.data(), stat_c.data(), dy.data(),
                       dh_n.data(), dpre.data(), dpre_hh.data(), dh.data(), dc.data(),
@@ -122,7 +125,23 @@ double run_steps(int B, int H, const std::vector<int>& batch_sizes) {
     const int n = batch_sizes[t], n_next = t + 1 < T ? batch_sizes[t + 1] : 0;
     bnlstm::launch_bwd_step<S>(bwd, t, n, n_next, n >= 2, nullptr);
   }
-  return double(sum(y)) + sum(dpre_hh) + sum(dc) + sum(y2);
+
+  // the same backward again, every step in one cooperative launch
+  if (bnlstm::plan_persistent_bwd<S>(H, plan) != cudaSuccess || !plan.persistent) {
+    throw std::runtime_error("the persistent backward does not fit the emulated device");
+  }
+  std::vector<int> use_batch(T);
+  for (int t = 0; t < T; ++t) use_batch[t] = batch_sizes[t] >= 2;
+  const BwdParams bwd2{u.data(), hw.data(), cell.data(), weight_hh.data(), gamma_hh.data(),
+                       gamma_c.data(), beta_c.data(), stat_hh.data(), stat_c.data(), dy.data(),
+                       dh_n.data(), dpre2.data(), dpre_hh2.data(), dh2.data(), dc2.data(),
+                       dsum2.data(), dsum_c2.data(), B, H};
+  arrivals = 0;
+  if (bnlstm::launch_persistent_bwd<S>(bwd2, plan, n.data(), use_batch.data(), T, &arrivals,
+                                       nullptr) != cudaSuccess) {
+    throw std::runtime_error("the persistent backward was refused");
+  }
+  return double(sum(y)) + sum(dpre_hh) + sum(dc) + sum(y2) + sum(dpre_hh2) + sum(dc2);
 }
 
 // A kernel that breaks the barrier rule, one way per mode.

@@ -1,0 +1,252 @@
+// What the persistent kernels (persistent_fwd.cuh, persistent_bwd.cuh) share: the cooperative
+// launch, the grid barrier, the block's dynamic shared memory, the chunked product against the
+// block's slice of W_hh held in shared memory (tensor cores for 16-bit layers), and the plan
+// that picks the units per block.
+//
+// A persistent block owns U hidden units (all 4 gates) across every batch row, so every batch
+// statistic stays inside it, for every step of a layer and direction; 16U threads. One grid
+// barrier per step lets the next step read what every block wrote.
+#pragma once
+
+#include <cuda/atomic>
+
+#include <algorithm>
+#include <tuple>
+
+#include "step_common.cuh"
+
+// A cooperative launch: `cudaLaunchCooperativeKernel` under nvcc, returning its error (a grid
+// the device cannot hold is refused, nothing runs); the CPU emulation defines its own.
+#ifndef BNLSTM_LAUNCH_COOPERATIVE
+#define BNLSTM_LAUNCH_COOPERATIVE(kernel, grid, block, shared, stream, ...) \
+  ::bnlstm::launch_cooperative(kernel, grid, block, shared, stream, __VA_ARGS__)
+#endif
+// The block's dynamic shared memory as bytes (aligned for WMMA's 32-byte operands).
+#ifndef BNLSTM_DYNAMIC_SHARED
+#define BNLSTM_DYNAMIC_SHARED(name)                            \
+  extern __shared__ __align__(128) unsigned char name##_raw[]; \
+  unsigned char* const name = name##_raw
+#endif
+
+namespace bnlstm {
+
+template <typename... Params, typename... Args>
+cudaError_t launch_cooperative(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
+                               cudaStream_t stream, const Args&... args) {
+  std::tuple<Params...> values(args...);  // the kernel's own parameter types, as it reads them
+  return std::apply(
+      [&](auto&... v) {
+        void* pointers[] = {static_cast<void*>(&v)...};
+        return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block,
+                                           pointers, shared, stream);
+      },
+      values);
+}
+
+// Every thread of every block of the launch waits here until all have arrived. `arrivals`
+// starts at 0 for the launch and counts blocks: the k-th barrier completes at k * gridDim.x.
+// Release on arrival and acquire on the wait order each block's stores (published to its
+// thread 0 by the first __syncthreads) before every other block's later loads.
+__device__ __forceinline__ void grid_sync(unsigned* arrivals, unsigned target) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    cuda::atomic_ref<unsigned, cuda::thread_scope_device> count(*arrivals);
+    count.fetch_add(1, cuda::memory_order_release);
+    while (count.load(cuda::memory_order_acquire) < target) __nanosleep(64);
+  }
+  __syncthreads();
+}
+
+constexpr int kPersistRows = 16;             // rows per chunk of the product: one WMMA tile's
+constexpr int kPersistThreadsPerUnit = 16;   // 16U threads per block
+constexpr int kPersistMaxThreads = 512;      // U <= 32
+constexpr int kPersistUnits[] = {8, 16, 32};  // units per block a plan may take
+
+// The block's dynamic shared memory, offsets in bytes, each array 32-byte aligned (WMMA's
+// operands): the product's staged rows, its partial sums (tensor cores), the column-sum
+// scratch, the units' constants (16U values: gamma_hh, mean_hh, rstd_hh of the 4U gate columns,
+// gamma_c, beta_c, mean_c, rstd_c of the U units), then the block's slice of W_hh,
+// [k_padded][cols] in S, k-major. The product runs over K inputs into `cols` columns; A is the
+// accumulator's size, S the layer's, half_width: S is 16-bit (tensor cores).
+struct PersistentLayout {
+  size_t tile, sums, scratch, constants, weight, bytes;
+  int k_tile;    // inputs staged per round: kBlockK on FFMA; 16 per warp of an output tile
+  int k_padded;  // K rounded up to k_tile: the weight's rows past K are zero
+
+  __host__ __device__ PersistentLayout(int64_t K, int cols, int U, size_t acc, size_t s,
+                                       bool half_width) {
+    const int threads = kPersistThreadsPerUnit * U, splits = threads / 32 / (cols / 16);
+    k_tile = half_width ? 16 * splits : kBlockK;
+    k_padded = static_cast<int>((K + k_tile - 1) / k_tile * k_tile);
+    size_t at = 0;
+    auto take = [&](size_t bytes) {
+      const size_t here = (at + 31) / 32 * 32;
+      at = here + bytes;
+      return here;
+    };
+    tile = take(half_width ? kPersistRows * (k_tile + kMmaPad) * s
+                           : kPersistRows * (kBlockK + 1) * acc);
+    sums = take(half_width ? splits * kPersistRows * (cols + kMmaAccPad) * sizeof(float) : 0);
+    scratch = take(threads * acc);
+    constants = take(16 * U * acc);
+    weight = take(0);
+    bytes = weight + size_t(k_padded) * cols * s;
+  }
+};
+
+// The per-unit constants in shared memory: [4U] per gate column (gate-major: column g U + u),
+// [U] per unit.
+template <typename A>
+struct UnitConstants {
+  A *gamma_hh, *mean_hh, *rstd_hh, *gamma_c, *beta_c, *mean_c, *rstd_c;
+
+  __device__ UnitConstants(unsigned char* smem, const PersistentLayout& layout, int U) {
+    A* at = reinterpret_cast<A*>(smem + layout.constants);
+    gamma_hh = at;
+    mean_hh = at + 4 * U;
+    rstd_hh = at + 8 * U;
+    gamma_c = at + 12 * U;
+    beta_c = at + 13 * U;
+    mean_c = at + 14 * U;
+    rstd_c = at + 15 * U;
+  }
+};
+
+// Copies the block's slice of W_hh into shared memory, [k_padded][cols] k-major: column cc of
+// the slice is W_hh's row (forward: gate-major unit columns) or column (backward) `source(cc)`,
+// element k at source(cc) + k * k_stride, for k < K; zero past K and past H's units.
+template <typename S, typename Source>
+__device__ void load_slice(S* weight, const S* weight_hh, int64_t K, int k_padded, int cols,
+                           int64_t k_stride, Source source) {
+  const int threads = blockDim.x;
+  for (int64_t idx = threadIdx.x; idx < int64_t(k_padded) * cols; idx += threads) {
+    // forward: k fastest (W's rows are contiguous); backward: columns fastest
+    const int64_t k = k_stride == 1 ? idx % k_padded : idx / cols;
+    const int col = static_cast<int>(k_stride == 1 ? idx / k_padded : idx % cols);
+    const int64_t at = source(col);
+    if (k < K && at >= 0) {
+      weight[k * cols + col] = weight_hh[at + k * k_stride];
+    } else {
+      store(weight + k * cols + col, 0.0f);
+    }
+  }
+}
+
+// out[r] = sum_k a[b, k] w[k, cc] for the calling thread's rows b = b0 + rg + r * groups of the
+// chunk (thread (rg, cc) = (tid / cols, tid % cols), groups = threads / cols, R = kPersistRows /
+// groups; rows >= n and k >= K read as 0), w the block's slice in shared memory. On tensor
+// cores each warp owns one 16-column output tile and one of the `splits` 16-deep slices of every
+// staged k_tile; the splits' float sums are added in shared memory in a fixed order. On FFMA each
+// thread sums its column's rows. a is rounded to S on tensor cores (it may be an A-typed
+// gradient).
+template <typename S, typename TA, typename A, int R>
+__device__ void chunk_product(const TA* a, int64_t lda, int n, int b0, int64_t K, const S* w,
+                              int cols, const PersistentLayout& layout, unsigned char* smem,
+                              A (&out)[R]) {
+  const int tid = threadIdx.x, threads = blockDim.x, groups = threads / cols, rg = tid / cols,
+            cc = tid % cols;
+  if constexpr (kTensorCores<S>) {
+    const int ld = layout.k_tile + kMmaPad, ld_sums = cols + kMmaAccPad;
+    S* tile = reinterpret_cast<S*>(smem + layout.tile);            // [kPersistRows][ld]
+    float* sums = reinterpret_cast<float*>(smem + layout.sums);  // [splits][rows][ld_sums]
+    const int tiles = cols / 16, warp = tid / 32, col16 = warp % tiles * 16,
+              k16 = warp / tiles * 16, splits = threads / 32 / tiles;
+    WarpMma<S> mma;
+    mma.zero();
+    for (int k0 = 0; k0 < layout.k_padded; k0 += layout.k_tile) {
+      __syncthreads();  // every warp has read the previous tile (and the weights are in)
+      for (int idx = tid; idx < kPersistRows * layout.k_tile; idx += threads) {
+        const int rr = idx / layout.k_tile, kk = idx % layout.k_tile;  // k fastest: a's rows
+        const int64_t b = b0 + rr, k = k0 + kk;
+        store(tile + rr * ld + kk, (b < n && k < K) ? float(to_acc(a[b * lda + k])) : 0.0f);
+      }
+      __syncthreads();
+      mma.add(tile + k16, ld, w + (k0 + k16) * cols + col16, cols);
+    }
+    mma.store(sums + (k16 / 16) * kPersistRows * ld_sums + col16, ld_sums);
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int rr = rg + r * groups;
+      float total = 0.0f;
+      for (int s = 0; s < splits; ++s) total += sums[(s * kPersistRows + rr) * ld_sums + cc];
+      out[r] = total;
+    }
+  } else {
+    A* tile = reinterpret_cast<A*>(smem + layout.tile);  // [kPersistRows][kBlockK + 1]
+#pragma unroll
+    for (int r = 0; r < R; ++r) out[r] = A(0);
+    for (int k0 = 0; k0 < layout.k_padded; k0 += kBlockK) {
+      __syncthreads();  // every thread has read the previous tile (and the weights are in)
+      for (int idx = tid; idx < kPersistRows * kBlockK; idx += threads) {
+        const int rr = idx / kBlockK, kk = idx % kBlockK;  // k fastest: a's rows
+        const int64_t b = b0 + rr, k = k0 + kk;
+        tile[rr * (kBlockK + 1) + kk] = (b < n && k < K) ? A(to_acc(a[b * lda + k])) : A(0);
+      }
+      __syncthreads();
+#pragma unroll 8
+      for (int kk = 0; kk < kBlockK; ++kk) {
+        const A wv = to_acc(w[(k0 + kk) * cols + cc]);
+#pragma unroll
+        for (int r = 0; r < R; ++r) out[r] += tile[(rg + r * groups) * (kBlockK + 1) + kk] * wv;
+      }
+    }
+  }
+}
+
+#define BNLSTM_TRY(expr)                                      \
+  do {                                                        \
+    const cudaError_t bnlstm_status_ = (expr);                \
+    if (bnlstm_status_ != cudaSuccess) return bnlstm_status_; \
+  } while (0)
+
+// Picks U for `kernel` over K inputs into cols_per_unit x U columns of H units: the smallest U
+// whose grid fits one block per SM fills the most SMs; else the smallest U whose grid the SMs
+// hold at once; else plan.why says why not. On tensor cores U must give whole 16-column tiles.
+template <typename S>
+cudaError_t plan_persistent(const void* kernel, int64_t H, int64_t K, int cols_per_unit,
+                            PersistentPlan& plan) {
+  using A = typename AccType<S>::type;
+  plan = PersistentPlan{};
+  int device = 0, sms = 0, cooperative = 0, shared_max = 0;
+  BNLSTM_TRY(cudaGetDevice(&device));
+  BNLSTM_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  BNLSTM_TRY(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
+  BNLSTM_TRY(cudaDeviceGetAttribute(&shared_max, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                    device));
+  if (!cooperative) {
+    plan.why = "the device has no cooperative launch";
+    return cudaSuccess;
+  }
+  size_t smallest = 0;  // shared memory of the smallest U that may run
+  for (const bool one_per_sm : {true, false}) {
+    for (const int U : kPersistUnits) {
+      if (kHalfWidth<S> && cols_per_unit * U % 16 != 0) continue;
+      const size_t bytes =
+          PersistentLayout(K, cols_per_unit * U, U, sizeof(A), sizeof(S), kHalfWidth<S>).bytes;
+      if (smallest == 0) smallest = bytes;
+      const int blocks = static_cast<int>((H + U - 1) / U), threads = kPersistThreadsPerUnit * U;
+      if (bytes > size_t(shared_max)) continue;
+      BNLSTM_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(bytes)));
+      int per_sm = 0;
+      BNLSTM_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, bytes));
+      if (blocks <= (one_per_sm ? std::min(per_sm, 1) : per_sm) * sms) {
+        plan.persistent = true;
+        plan.units = U;
+        plan.blocks = blocks;
+        plan.threads = threads;
+        plan.shared_bytes = bytes;
+        return cudaSuccess;
+      }
+    }
+  }
+  plan.why = smallest > size_t(shared_max)
+                 ? "W_hh's slice does not fit the shared memory of a block"
+                 : "the grid is larger than the blocks the SMs hold at once";
+  return cudaSuccess;
+}
+
+#undef BNLSTM_TRY
+
+}  // namespace bnlstm
