@@ -17,7 +17,7 @@ from torch import nn
 
 import bnlstm_cuda
 from bnlstm_cuda import reference
-from bnlstm_cuda.backends import step_graphs, triton_step
+from bnlstm_cuda.backends import cpp, step_graphs, triton_step
 
 from .eager_loop import eager_loop_forward
 
@@ -58,6 +58,9 @@ def backend_provider(backend: str, device: torch.device) -> Provider:
         # every step launched from Python; the input product inside each step's launch
         variants = (("per_step", step_graphs.launches_from_python),
                     ("fused_input", lambda: triton_step.use_input_product("fused")))
+    if backend == "cpp" and device.type == "cuda":
+        # the default runs each loop persistent where the device holds it; this, per step
+        variants = (("per_step", lambda: cpp.use_persistent(False)),)
     return Provider(f"bnlstm[{backend}]", "bnlstm", build, graphs=True, variants=variants)
 
 

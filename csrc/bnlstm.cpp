@@ -204,6 +204,8 @@ BNLSTM_LIBRARY(BNLSTM_OPS, m) {
                       hidden_size);
           return backward_path_cuda(dtype, hidden_size);
         });
+  // whether the CUDA loops may run persistent (default) or only per step; returns the previous
+  m.def("use_persistent(bool on) -> bool", [](bool on) { return use_persistent_cuda(on); });
 #endif
 }
 

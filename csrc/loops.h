@@ -47,6 +47,8 @@ void backward_steps_cpu(const BwdParams& p, const at::Tensor& steps, const Backw
 // and why.
 std::string forward_path_cuda(at::ScalarType dtype, int64_t H);
 std::string backward_path_cuda(at::ScalarType dtype, int64_t H);
+// Lets the loops run persistent (on, the default) or only per step; returns the previous value.
+bool use_persistent_cuda(bool on);
 void forward_steps_cuda(const FwdParams& p, const at::Tensor& steps, const ForwardPlan& plan);
 void backward_steps_cuda(const BwdParams& p, const at::Tensor& steps, const BackwardPlan& plan);
 

@@ -11,6 +11,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <atomic>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -76,6 +77,22 @@ std::vector<int> running_rows_then(at::IntArrayRef batch_sizes, const std::vecto
   return ints;
 }
 
+// Whether the loops may run persistent (use_persistent_cuda): on unless turned off, e.g. to time
+// the per-step kernels.
+std::atomic<bool> persistent_on{true};
+
+// The persistent plan of the forward or the backward of a layer with H units, unless turned off.
+template <typename S>
+PersistentPlan plan_of(bool backward, int64_t H) {
+  PersistentPlan plan;
+  if (!persistent_on.load()) {
+    plan.why = "the persistent kernels are turned off (bnlstm_cuda.backends.cpp.use_persistent)";
+    return plan;
+  }
+  C10_CUDA_CHECK(backward ? plan_persistent_bwd<S>(H, plan) : plan_persistent_fwd<S>(H, plan));
+  return plan;
+}
+
 // What a step plan says in words: the persistent launch, or per step and why.
 std::string path_in_words(const PersistentPlan& plan) {
   if (!plan.persistent) return std::string("per-step: ") + plan.why;
@@ -86,19 +103,17 @@ std::string path_in_words(const PersistentPlan& plan) {
 
 }  // namespace
 
+bool use_persistent_cuda(bool on) { return persistent_on.exchange(on); }
+
 std::string forward_path_cuda(at::ScalarType dtype, int64_t H) {
   PersistentPlan plan;
-  dispatch(dtype, [&](auto tag) {
-    C10_CUDA_CHECK(plan_persistent_fwd<typename decltype(tag)::type>(H, plan));
-  });
+  dispatch(dtype, [&](auto tag) { plan = plan_of<typename decltype(tag)::type>(false, H); });
   return path_in_words(plan);
 }
 
 std::string backward_path_cuda(at::ScalarType dtype, int64_t H) {
   PersistentPlan plan;
-  dispatch(dtype, [&](auto tag) {
-    C10_CUDA_CHECK(plan_persistent_bwd<typename decltype(tag)::type>(H, plan));
-  });
+  dispatch(dtype, [&](auto tag) { plan = plan_of<typename decltype(tag)::type>(true, H); });
   return path_in_words(plan);
 }
 
@@ -115,8 +130,7 @@ void forward_steps_cuda(const FwdParams& p, const at::Tensor& steps, const Forwa
       C10_CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(p.cell) + p.B * p.H * acc, 0, cell,
                                      stream));
     }
-    PersistentPlan persistent;
-    C10_CUDA_CHECK(plan_persistent_fwd<S>(p.H, persistent));
+    const PersistentPlan persistent = plan_of<S>(false, p.H);
     if (persistent.persistent) {
       const std::vector<int> rows(plan.rows.begin(), plan.rows.end());
       const at::Tensor n_rows =
@@ -150,8 +164,7 @@ void backward_steps_cuda(const BwdParams& p, const at::Tensor& steps, const Back
   const int64_t T = steps.size(0);
   dispatch(steps.scalar_type(), [&](auto tag) {
     using S = typename decltype(tag)::type;
-    PersistentPlan persistent;
-    C10_CUDA_CHECK(plan_persistent_bwd<S>(p.H, persistent));
+    const PersistentPlan persistent = plan_of<S>(true, p.H);
     if (persistent.persistent) {
       std::vector<int> use_batch(T);
       for (int64_t t = 0; t < T; ++t) use_batch[t] = plan.use_batch.get(t);

@@ -61,6 +61,7 @@ constexpr int kPersistRows = 16;             // rows per chunk of the product: o
 constexpr int kPersistThreadsPerUnit = 16;   // 16U threads per block
 constexpr int kPersistMaxThreads = 512;      // U <= 32
 constexpr int kPersistUnits[] = {8, 16, 32};  // units per block a plan may take
+constexpr int kPersistStagedBytes = 8192;     // of a chunk's rows per round of the product
 
 // The block's dynamic shared memory, offsets in bytes, each array 32-byte aligned (WMMA's
 // operands): the product's staged rows, its partial sums (tensor cores), the column-sum
@@ -70,13 +71,23 @@ constexpr int kPersistUnits[] = {8, 16, 32};  // units per block a plan may take
 // accumulator's size, S the layer's, half_width: S is 16-bit (tensor cores).
 struct PersistentLayout {
   size_t tile, sums, scratch, constants, weight, bytes;
-  int k_tile;    // inputs staged per round: kBlockK on FFMA; 16 per warp of an output tile
+  int k_tile;    // inputs staged per round (see the constructor)
   int k_padded;  // K rounded up to k_tile: the weight's rows past K are zero
 
+  // A round stages up to kPersistStagedBytes of the chunk's rows, at least one step of the
+  // product (kBlockK on FFMA; 16 inputs per warp of an output tile on tensor cores) and a
+  // multiple of it: its loads are issued together, so a chunk waits on few L2 latencies (at
+  // H=512 in bf16, two rounds instead of 16).
   __host__ __device__ PersistentLayout(int64_t K, int cols, int U, size_t acc, size_t s,
                                        bool half_width) {
-    const int threads = kPersistThreadsPerUnit * U, splits = threads / 32 / (cols / 16);
-    k_tile = half_width ? 16 * splits : kBlockK;
+    // on tensor cores: the warps per 16-column output tile (cols is a multiple of 16 there)
+    const int threads = kPersistThreadsPerUnit * U,
+              splits = half_width ? threads / 32 / (cols / 16) : 1;
+    const int step = half_width ? 16 * splits : kBlockK;
+    const int element = static_cast<int>(half_width ? s : acc);
+    const int fit = kPersistStagedBytes / (kPersistRows * element) / step * step;
+    const int64_t most = fit > step ? fit : step, k_steps = (K + step - 1) / step * step;
+    k_tile = static_cast<int>(k_steps < most ? k_steps : most);
     k_padded = static_cast<int>((K + k_tile - 1) / k_tile * k_tile);
     size_t at = 0;
     auto take = [&](size_t bytes) {
@@ -85,7 +96,7 @@ struct PersistentLayout {
       return here;
     };
     tile = take(half_width ? kPersistRows * (k_tile + kMmaPad) * s
-                           : kPersistRows * (kBlockK + 1) * acc);
+                           : kPersistRows * (k_tile + 1) * acc);
     sums = take(half_width ? splits * kPersistRows * (cols + kMmaAccPad) * sizeof(float) : 0);
     scratch = take(threads * acc);
     constants = take(16 * U * acc);
@@ -135,7 +146,7 @@ __device__ void load_slice(S* weight, const S* weight_hh, int64_t K, int k_padde
 // out[r] = sum_k a[b, k] w[k, cc] for the calling thread's rows b = b0 + rg + r * groups of the
 // chunk (thread (rg, cc) = (tid / cols, tid % cols), groups = threads / cols, R = kPersistRows /
 // groups; rows >= n and k >= K read as 0), w the block's slice in shared memory. On tensor
-// cores each warp owns one 16-column output tile and one of the `splits` 16-deep slices of every
+// cores each warp owns one 16-column output tile and every `splits`-th 16-deep slice of each
 // staged k_tile; the splits' float sums are added in shared memory in a fixed order. On FFMA each
 // thread sums its column's rows. a is rounded to S on tensor cores (it may be an A-typed
 // gradient).
@@ -161,7 +172,10 @@ __device__ void chunk_product(const TA* a, int64_t lda, int n, int b0, int64_t K
         store(tile + rr * ld + kk, (b < n && k < K) ? float(to_acc(a[b * lda + k])) : 0.0f);
       }
       __syncthreads();
-      mma.add(tile + k16, ld, w + (k0 + k16) * cols + col16, cols);
+      // this warp's 16-deep slices: k16, k16 + 16 splits, ...
+      for (int kk = k16; kk < layout.k_tile; kk += 16 * splits) {
+        mma.add(tile + kk, ld, w + (k0 + kk) * cols + col16, cols);
+      }
     }
     mma.store(sums + (k16 / 16) * kPersistRows * ld_sums + col16, ld_sums);
     __syncthreads();
@@ -173,22 +187,23 @@ __device__ void chunk_product(const TA* a, int64_t lda, int n, int b0, int64_t K
       out[r] = total;
     }
   } else {
-    A* tile = reinterpret_cast<A*>(smem + layout.tile);  // [kPersistRows][kBlockK + 1]
+    const int ld = layout.k_tile + 1;
+    A* tile = reinterpret_cast<A*>(smem + layout.tile);  // [kPersistRows][ld]
 #pragma unroll
     for (int r = 0; r < R; ++r) out[r] = A(0);
-    for (int k0 = 0; k0 < layout.k_padded; k0 += kBlockK) {
+    for (int k0 = 0; k0 < layout.k_padded; k0 += layout.k_tile) {
       __syncthreads();  // every thread has read the previous tile (and the weights are in)
-      for (int idx = tid; idx < kPersistRows * kBlockK; idx += threads) {
-        const int rr = idx / kBlockK, kk = idx % kBlockK;  // k fastest: a's rows
+      for (int idx = tid; idx < kPersistRows * layout.k_tile; idx += threads) {
+        const int rr = idx / layout.k_tile, kk = idx % layout.k_tile;  // k fastest: a's rows
         const int64_t b = b0 + rr, k = k0 + kk;
-        tile[rr * (kBlockK + 1) + kk] = (b < n && k < K) ? A(to_acc(a[b * lda + k])) : A(0);
+        tile[rr * ld + kk] = (b < n && k < K) ? A(to_acc(a[b * lda + k])) : A(0);
       }
       __syncthreads();
 #pragma unroll 8
-      for (int kk = 0; kk < kBlockK; ++kk) {
+      for (int kk = 0; kk < layout.k_tile; ++kk) {
         const A wv = to_acc(w[(k0 + kk) * cols + cc]);
 #pragma unroll
-        for (int r = 0; r < R; ++r) out[r] += tile[(rg + r * groups) * (kBlockK + 1) + kk] * wv;
+        for (int r = 0; r < R; ++r) out[r] += tile[(rg + r * groups) * ld + kk] * wv;
       }
     }
   }

@@ -140,8 +140,10 @@ def test_kernels_against_torch_ops_low_precision(emu, monkeypatch, dtype, B, H, 
      "persistent: 3 blocks of 16 units (256 threads, "),
     (torch.float32, 72, "persistent: 3 blocks of 32 units (512 threads, ",
      "persistent: 3 blocks of 32 units (512 threads, "),
-    (torch.float32, 200, "persistent: 25 blocks of 8 units (128 threads, ",
-     "persistent: 25 blocks of 8 units (128 threads, "),
+    (torch.float32, 160, "persistent: 20 blocks of 8 units (128 threads, ",
+     "persistent: 20 blocks of 8 units (128 threads, "),
+    (torch.float32, 176, "persistent: 11 blocks of 16 units (256 threads, ",
+     "persistent: 22 blocks of 8 units (128 threads, "),
     (torch.float16, 24, "persistent: 3 blocks of 8 units (128 threads, ",
      "persistent: 2 blocks of 16 units (256 threads, "),
     (torch.bfloat16, 200, "persistent: 25 blocks of 8 units (128 threads, ",
@@ -150,19 +152,39 @@ def test_kernels_against_torch_ops_low_precision(emu, monkeypatch, dtype, B, H, 
      "per-step: the grid is larger than the blocks the SMs hold at once"),
     (torch.float64, 1000, "per-step: W_hh's slice does not fit the shared memory of a block",
      "per-step: W_hh's slice does not fit the shared memory of a block"),
-], ids=["fp64-H24", "fp64-H40", "fp32-H72", "fp32-H200", "fp16-H24", "bf16-H200", "fp32-H600",
-        "fp64-H1000"])
+], ids=["fp64-H24", "fp64-H40", "fp32-H72", "fp32-H160", "fp32-H176", "fp16-H24", "bf16-H200",
+        "fp32-H600", "fp64-H1000"])
 def test_loop_paths(emu, dtype, H, forward, backward):
     """The smallest U (units per block) whose grid takes one block per SM; else the smallest
     whose grid the SMs hold at once (several per SM); else per step, saying why. The backward's
-    product has U columns, so on tensor cores (16-bit) it takes U >= 16. info's report shows the
-    same."""
+    product has U columns, so on tensor cores (16-bit) it takes U >= 16; at H=176 the forward's
+    4U columns need more shared memory per block than the backward's, so only the backward's
+    U=8 grid fits. info's report shows the same."""
     ops = torch.ops.bnlstm_emu
     assert ops.forward_path(dtype, H).startswith(forward)
     assert ops.backward_path(dtype, H).startswith(backward)
     lines = info.loop_paths(ops, [dtype], [H])
     assert lines == [f"{str(dtype)[6:]:9} H={H:<5} forward  {ops.forward_path(dtype, H)}",
                      f"{str(dtype)[6:]:9} H={H:<5} backward {ops.backward_path(dtype, H)}"]
+
+
+def test_use_persistent_switches_both_loops_to_per_step(emu, monkeypatch):
+    """Inside cpp.use_persistent(False) both loops run per step and say why; the results are
+    bitwise those of the per-step path the device takes where no W_hh slice fits; after the
+    block the persistent path is back."""
+    ops = torch.ops.bnlstm_emu
+    with cpp.use_persistent(False, ops=ops):
+        for path in (ops.forward_path(torch.float32, 40), ops.backward_path(torch.float32, 40)):
+            assert path == ("per-step: the persistent kernels are turned off "
+                            "(bnlstm_cuda.backends.cpp.use_persistent)"), path
+        switched = _run_ops(33, 40, 7, torch.float32)
+    take_path(monkeypatch, "persistent", torch.float32, 40)
+    monkeypatch.setenv("BNLSTM_EMU_SHARED_BYTES", "1024")
+    for i, (a, b) in enumerate(zip(switched, _run_ops(33, 40, 7, torch.float32))):
+        assert torch.equal(a, b), f"result {i} differs from the per-step path's"
+    with pytest.raises(TypeError, match="use_persistent: on must be a bool, got int"):
+        with cpp.use_persistent(1, ops=ops):
+            pass
 
 
 @TRAINING

@@ -1,7 +1,9 @@
 """The fused C++ step kernels of the extension bnlstm_cuda._C (csrc/, built by setup.py): on
 CPU tensors one GEMM and one fused pass per step and block of hidden units (loops_cpu.cpp), on
-CUDA tensors one kernel launch per step (step_fwd.cuh, step_bwd.cuh) where the extension was
-built with CUDA. Both keep the buffers of triton_step.py and run their time loops in C++.
+CUDA tensors, where the extension was built with CUDA, each loop in one persistent cooperative
+launch where the device holds it (persistent_fwd.cuh, persistent_bwd.cuh), else one kernel
+launch per step (step_fwd.cuh, step_bwd.cuh). Both keep the buffers of triton_step.py and run
+their time loops in C++.
 
 The extension registers the ops `torch.ops.bnlstm.forward_loop` and
 `torch.ops.bnlstm.backward_loop` (schemas in csrc/bnlstm.cpp; the running-statistics buffers are
@@ -12,6 +14,7 @@ backward of function.BNLSTMFunction, which calls backward_loop.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 from typing import Optional
@@ -51,6 +54,23 @@ name = "cpp"
 def cuda_kernels() -> bool:
     """Whether the extension was built with its CUDA kernels."""
     return _CUDA_KERNELS
+
+
+@contextlib.contextmanager
+def use_persistent(on: bool, ops=None):
+    """Inside the block, the CUDA loops run persistent where the device holds them (on, the
+    default) or only per step (off: to time the per-step kernels); restored after it. ops: the
+    extension's (torch.ops.bnlstm) by default."""
+    if not isinstance(on, bool):
+        raise TypeError(f"use_persistent: on must be a bool, got {type(on).__name__}")
+    ops = torch.ops.bnlstm if ops is None else ops
+    if not hasattr(ops, "use_persistent"):
+        raise RuntimeError("use_persistent: the extension was built without its CUDA kernels")
+    before = ops.use_persistent(on)
+    try:
+        yield
+    finally:
+        ops.use_persistent(before)
 
 
 def dtypes(device: torch.device) -> tuple[torch.dtype, ...]:
