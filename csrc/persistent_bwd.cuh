@@ -27,7 +27,7 @@ __global__ void __launch_bounds__(kPersistMaxThreads, 1)
 persistent_bwd_kernel(BwdParams p, BwdStepTable steps, int T, int U, unsigned* arrivals) {
   using A = typename AccType<S>::type;
   BNLSTM_DYNAMIC_SHARED(smem);
-  const int64_t H = p.H, G = 4 * H, B = p.B;
+  const int64_t H = p.H, G = 4 * H;
   const int tid = threadIdx.x, er = tid / U, eu = tid % U;
   constexpr int groups = kPersistThreadsPerUnit;  // threads per unit, striding the rows
   const PersistentLayout layout(G, U, U, sizeof(A), sizeof(S), kHalfWidth<S>);
@@ -55,27 +55,16 @@ persistent_bwd_kernel(BwdParams p, BwdStepTable steps, int T, int U, unsigned* a
   for (int t = T - 1; t >= 0; --t) {
     const int n = steps.n[t], n_next = steps.n[t + 1];
     const bool use_batch = steps.use_batch[t] != 0;
-    const A* u_t = static_cast<const A*>(p.u) + t * B * G;
-    const A* hw_t = static_cast<const A*>(p.hw) + t * B * G;
-    const A* c_prev = static_cast<const A*>(p.cell) + t * B * H;
-    const A* c_t = c_prev + B * H;
-    const A* stat_hh_t = static_cast<const A*>(p.stat_hh) + t * 2 * G;
-    const A* stat_c_t = static_cast<const A*>(p.stat_c) + t * 2 * H;
-    const S* dy_t = static_cast<const S*>(p.dy) + t * B * H;
-    A* dpre_t = static_cast<A*>(p.dpre) + t * B * G;
-    A* dpre_hh_t = static_cast<A*>(p.dpre_hh) + t * B * G;
-    const A* dpre_hh_next = dpre_hh_t + B * G;
-    A* dsum_t = static_cast<A*>(p.dsum) + t * G;
-    A* dsum_c_t = static_cast<A*>(p.dsum_c) + t * 2 * H;
+    const BwdStepRows<S, A> step(p, t);
 
     if (tid < 4 * U && j0 + tid % U < H) {
       const int64_t c = (tid / U) * H + j0 + tid % U;
-      k.mean_hh[tid] = stat_hh_t[c];
-      k.rstd_hh[tid] = stat_hh_t[G + c];
+      k.mean_hh[tid] = step.stat_hh_t[c];
+      k.rstd_hh[tid] = step.stat_hh_t[G + c];
     }
     if (er == 0 && ok) {
-      k.mean_c[eu] = stat_c_t[j];
-      k.rstd_c[eu] = stat_c_t[H + j];
+      k.mean_c[eu] = step.stat_c_t[j];
+      k.rstd_c[eu] = step.stat_c_t[H + j];
     }
     __syncthreads();  // the step's statistics (and at t = T - 1 the weights and gammas)
 
@@ -83,24 +72,25 @@ persistent_bwd_kernel(BwdParams p, BwdStepTable steps, int T, int U, unsigned* a
     auto pre = [&](int64_t b, int g) {
       const int64_t at = b * G + g * H + j;
       const int gc = g * U + eu;
-      return recurrent_preactivation(u_t[at], hw_t[at], k.mean_hh[gc], k.rstd_hh[gc],
+      return recurrent_preactivation(step.u_t[at], step.hw_t[at], k.mean_hh[gc], k.rstd_hh[gc],
                                      k.gamma_hh[gc]);
     };
     auto normalised_cell = [&](int64_t b) {
-      return cell_norm(c_t[b * H + j], k.mean_c[eu], k.rstd_c[eu], k.gamma_c[eu], k.beta_c[eu]);
+      return cell_norm(step.c_t[b * H + j], k.mean_c[eu], k.rstd_c[eu], k.gamma_c[eu],
+                       k.beta_c[eu]);
     };
 
     // 1. dh_t and the batch sums through the cell norm
     A sum_dcn = A(0), sum_dcn_chat = A(0);
     for (int b0 = 0; b0 < n; b0 += kPersistRows) {
       A carried[1];  // row b0 + er of dpre_hh[t+1] W_hh, this thread's unit
-      chunk_product(dpre_hh_next, G, n_next, b0, G, weight, U, layout, smem, carried);
+      chunk_product(step.dpre_hh_next, G, n_next, b0, G, weight, U, layout, smem, carried);
       const int64_t b = b0 + er;
       if (b < n && ok) {
         const A dh_b =
-            to_acc(dy_t[b * H + j]) + carried[0] + (b >= n_next ? dh_n[b * H + j] : A(0));
+            to_acc(step.dy_t[b * H + j]) + carried[0] + (b >= n_next ? dh_n[b * H + j] : A(0));
         dh[b * H + j] = dh_b;
-        const A chat = (c_t[b * H + j] - k.mean_c[eu]) * k.rstd_c[eu];
+        const A chat = (step.c_t[b * H + j] - k.mean_c[eu]) * k.rstd_c[eu];
         const A dcn = dh_b * sigmoid(pre(b, 3)) * sech2(normalised_cell(b));
         sum_dcn += dcn;
         sum_dcn_chat += dcn * chat;
@@ -109,14 +99,14 @@ persistent_bwd_kernel(BwdParams p, BwdStepTable steps, int T, int U, unsigned* a
     sum_dcn = column_sum(sum_dcn, scratch, U, groups);
     sum_dcn_chat = column_sum(sum_dcn_chat, scratch, U, groups);
     if (er == 0 && ok) {
-      dsum_c_t[j] = sum_dcn_chat;
-      dsum_c_t[H + j] = sum_dcn;
+      step.dsum_c_t[j] = sum_dcn_chat;
+      step.dsum_c_t[H + j] = sum_dcn;
     }
 
     // 2. through the gates
     for (int64_t b = er; b < n && ok; b += groups) {
       const A dh_b = dh[b * H + j];
-      const A chat = (c_t[b * H + j] - k.mean_c[eu]) * k.rstd_c[eu];
+      const A chat = (step.c_t[b * H + j] - k.mean_c[eu]) * k.rstd_c[eu];
       const A i = sigmoid(pre(b, 0)), f = sigmoid(pre(b, 1)), o = sigmoid(pre(b, 3));
       const A pre_g = pre(b, 2), gg = tanh_(pre_g);
       const A cn = normalised_cell(b);
@@ -124,9 +114,9 @@ persistent_bwd_kernel(BwdParams p, BwdStepTable steps, int T, int U, unsigned* a
       const A dc_b = dc[b * H + j] + k.gamma_c[eu] * bn_backward(dcn, chat, k.rstd_c[eu], sum_dcn,
                                                                  sum_dcn_chat, A(n), use_batch);
       dc[b * H + j] = dc_b * f;
-      A* out = dpre_t + b * G + j;
+      A* out = step.dpre_t + b * G + j;
       out[0] = dc_b * gg * dsigmoid(i);
-      out[H] = dc_b * c_prev[b * H + j] * dsigmoid(f);
+      out[H] = dc_b * step.c_prev[b * H + j] * dsigmoid(f);
       out[2 * H] = dc_b * i * sech2(pre_g);
       out[3 * H] = dh_b * tanh_(cn) * dsigmoid(o);
     }
@@ -138,16 +128,16 @@ persistent_bwd_kernel(BwdParams p, BwdStepTable steps, int T, int U, unsigned* a
       const A mean_hh = k.mean_hh[gc], rstd_hh = k.rstd_hh[gc], gamma_hh = k.gamma_hh[gc];
       A sum_d = A(0), sum_d_hh = A(0);
       for (int64_t b = er; b < n && ok; b += groups) {
-        const A d = dpre_t[b * G + c];
+        const A d = step.dpre_t[b * G + c];
         sum_d += d;
-        sum_d_hh += d * ((hw_t[b * G + c] - mean_hh) * rstd_hh);
+        sum_d_hh += d * ((step.hw_t[b * G + c] - mean_hh) * rstd_hh);
       }
       sum_d_hh = column_sum(sum_d_hh, scratch, U, groups);
       if (use_batch) sum_d = column_sum(sum_d, scratch, U, groups);
-      if (er == 0 && ok) dsum_t[c] = sum_d_hh;
+      if (er == 0 && ok) step.dsum_t[c] = sum_d_hh;
       for (int64_t b = er; b < n && ok; b += groups) {
-        const A xhat_hh = (hw_t[b * G + c] - mean_hh) * rstd_hh;
-        dpre_hh_t[b * G + c] = bn_backward(gamma_hh * dpre_t[b * G + c], xhat_hh, rstd_hh,
+        const A xhat_hh = (step.hw_t[b * G + c] - mean_hh) * rstd_hh;
+        step.dpre_hh_t[b * G + c] = bn_backward(gamma_hh * step.dpre_t[b * G + c], xhat_hh, rstd_hh,
                                            gamma_hh * sum_d, gamma_hh * sum_d_hh, A(n),
                                            use_batch);
       }

@@ -12,8 +12,10 @@
 
 namespace bnlstm {
 
+// At least 1 block per SM, as the forward step's (step_fwd.cuh): with the default, ptxas held
+// the bfloat16 kernel at 64 registers and spilled.
 template <typename S>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
 bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
   using A = typename AccType<S>::type;
   __shared__ ProductTiles<S> tiles;
@@ -21,36 +23,25 @@ bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
   __shared__ StepConstants<A> k;
 
   const int rg = threadIdx.x / kBlockH, col = threadIdx.x % kBlockH;
-  const int64_t H = p.H, G = 4 * H, B = p.B;
+  const int64_t H = p.H, G = 4 * H;
   const int64_t col0 = int64_t(blockIdx.x) * kBlockH, j = col0 + col;
   const bool j_ok = j < H, writer = j_ok && rg == 0;
 
-  const A* u_t = static_cast<const A*>(p.u) + t * B * G;
-  const A* hw_t = static_cast<const A*>(p.hw) + t * B * G;
-  const A* c_prev = static_cast<const A*>(p.cell) + t * B * H;
-  const A* c_t = c_prev + B * H;
-  const A* stat_hh_t = static_cast<const A*>(p.stat_hh) + t * 2 * G;
-  const A* stat_c_t = static_cast<const A*>(p.stat_c) + t * 2 * H;
-  const S* dy_t = static_cast<const S*>(p.dy) + t * B * H;
+  const BwdStepRows<S, A> step(p, t);
   const A* dh_n = static_cast<const A*>(p.dh_n);
-  A* dpre_t = static_cast<A*>(p.dpre) + t * B * G;
-  A* dpre_hh_t = static_cast<A*>(p.dpre_hh) + t * B * G;
-  const A* dpre_hh_next = dpre_hh_t + B * G;
   A* dh = static_cast<A*>(p.dh);
   A* dc = static_cast<A*>(p.dc);
-  A* dsum_t = static_cast<A*>(p.dsum) + t * G;
-  A* dsum_c_t = static_cast<A*>(p.dsum_c) + t * 2 * H;
 
   if (writer) {
     load_gammas(k, static_cast<const S*>(p.gamma_hh), static_cast<const S*>(p.gamma_c),
                 static_cast<const S*>(p.beta_c), H, j, col);
 #pragma unroll
     for (int g = 0; g < 4; ++g) {
-      k.mean_hh[g][col] = stat_hh_t[g * H + j];
-      k.rstd_hh[g][col] = stat_hh_t[G + g * H + j];
+      k.mean_hh[g][col] = step.stat_hh_t[g * H + j];
+      k.rstd_hh[g][col] = step.stat_hh_t[G + g * H + j];
     }
-    k.mean_c[col] = stat_c_t[j];
-    k.rstd_c[col] = stat_c_t[H + j];
+    k.mean_c[col] = step.stat_c_t[j];
+    k.rstd_c[col] = step.stat_c_t[H + j];
   }
   __syncthreads();  // k is read by every row group
 
@@ -58,18 +49,18 @@ bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
   A sum_dcn = A(0), sum_dcn_chat = A(0);
   for (int b0 = 0; b0 < n; b0 += kBlockB) {
     A carried[kRowsPerThread];  // this thread's rows of dpre_hh[t+1] W_hh
-    tile_matmul(dpre_hh_next, G, n_next, b0, G, static_cast<const S*>(p.weight_hh), H, 1, col0,
+    tile_matmul(step.dpre_hh_next, G, n_next, b0, G, static_cast<const S*>(p.weight_hh), H, 1, col0,
                 H, carried, tiles);
 #pragma unroll
     for (int r = 0; r < kRowsPerThread; ++r) {
       const int64_t b = b0 + rg + r * kRowGroups;
       if (b < n && j_ok) {
         const A dh_b =
-            to_acc(dy_t[b * H + j]) + carried[r] + (b >= n_next ? dh_n[b * H + j] : A(0));
+            to_acc(step.dy_t[b * H + j]) + carried[r] + (b >= n_next ? dh_n[b * H + j] : A(0));
         dh[b * H + j] = dh_b;
-        const A chat = (c_t[b * H + j] - k.mean_c[col]) * k.rstd_c[col];
-        const A o = sigmoid(gate_preactivation(k, u_t, hw_t, G, H, b, 3, j, col));
-        const A dcn = dh_b * o * sech2(cell_norm(c_t[b * H + j], k.mean_c[col], k.rstd_c[col],
+        const A chat = (step.c_t[b * H + j] - k.mean_c[col]) * k.rstd_c[col];
+        const A o = sigmoid(gate_preactivation(k, step.u_t, step.hw_t, G, H, b, 3, j, col));
+        const A dcn = dh_b * o * sech2(cell_norm(step.c_t[b * H + j], k.mean_c[col], k.rstd_c[col],
                                                     k.gamma_c[col], k.beta_c[col]));
         sum_dcn += dcn;
         sum_dcn_chat += dcn * chat;
@@ -79,20 +70,20 @@ bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
   sum_dcn = column_sum(sum_dcn, scratch);
   sum_dcn_chat = column_sum(sum_dcn_chat, scratch);
   if (writer) {
-    dsum_c_t[j] = sum_dcn_chat;
-    dsum_c_t[H + j] = sum_dcn;
+    step.dsum_c_t[j] = sum_dcn_chat;
+    step.dsum_c_t[H + j] = sum_dcn;
   }
 
   // 2. through the gates; each thread re-reads only the dh it stored itself (same rows)
   for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
     const A dh_b = dh[b * H + j];
-    const A chat = (c_t[b * H + j] - k.mean_c[col]) * k.rstd_c[col];
-    const A i = sigmoid(gate_preactivation(k, u_t, hw_t, G, H, b, 0, j, col));
-    const A f = sigmoid(gate_preactivation(k, u_t, hw_t, G, H, b, 1, j, col));
-    const A pre_g = gate_preactivation(k, u_t, hw_t, G, H, b, 2, j, col);
+    const A chat = (step.c_t[b * H + j] - k.mean_c[col]) * k.rstd_c[col];
+    const A i = sigmoid(gate_preactivation(k, step.u_t, step.hw_t, G, H, b, 0, j, col));
+    const A f = sigmoid(gate_preactivation(k, step.u_t, step.hw_t, G, H, b, 1, j, col));
+    const A pre_g = gate_preactivation(k, step.u_t, step.hw_t, G, H, b, 2, j, col);
     const A gg = tanh_(pre_g);
-    const A o = sigmoid(gate_preactivation(k, u_t, hw_t, G, H, b, 3, j, col));
-    const A cn = cell_norm(c_t[b * H + j], k.mean_c[col], k.rstd_c[col], k.gamma_c[col],
+    const A o = sigmoid(gate_preactivation(k, step.u_t, step.hw_t, G, H, b, 3, j, col));
+    const A cn = cell_norm(step.c_t[b * H + j], k.mean_c[col], k.rstd_c[col], k.gamma_c[col],
                            k.beta_c[col]);
     const A tanh_cn = tanh_(cn);
     const A dcn = dh_b * o * sech2(cn);
@@ -100,9 +91,9 @@ bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
                                                                 sum_dcn, sum_dcn_chat, A(n),
                                                                 use_batch);
     dc[b * H + j] = dc_b * f;
-    A* out = dpre_t + b * G + j;
+    A* out = step.dpre_t + b * G + j;
     out[0] = dc_b * gg * dsigmoid(i);
-    out[H] = dc_b * c_prev[b * H + j] * dsigmoid(f);
+    out[H] = dc_b * step.c_prev[b * H + j] * dsigmoid(f);
     out[2 * H] = dc_b * i * sech2(pre_g);
     out[3 * H] = dh_b * tanh_cn * dsigmoid(o);
   }
@@ -113,17 +104,17 @@ bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
     const A mean_hh = k.mean_hh[g][col], rstd_hh = k.rstd_hh[g][col];
     A sum_d = A(0), sum_d_hh = A(0);
     for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
-      const A d = dpre_t[b * G + c];
+      const A d = step.dpre_t[b * G + c];
       sum_d += d;
-      sum_d_hh += d * ((hw_t[b * G + c] - mean_hh) * rstd_hh);
+      sum_d_hh += d * ((step.hw_t[b * G + c] - mean_hh) * rstd_hh);
     }
     sum_d_hh = column_sum(sum_d_hh, scratch);
     if (use_batch) sum_d = column_sum(sum_d, scratch);  // only batch statistics subtract it
-    if (writer) dsum_t[c] = sum_d_hh;
+    if (writer) step.dsum_t[c] = sum_d_hh;
     const A gamma_hh = k.gamma_hh[g][col];
     for (int64_t b = rg; b < n && j_ok; b += kRowGroups) {
-      const A xhat_hh = (hw_t[b * G + c] - mean_hh) * rstd_hh;
-      dpre_hh_t[b * G + c] = bn_backward(gamma_hh * dpre_t[b * G + c], xhat_hh, rstd_hh,
+      const A xhat_hh = (step.hw_t[b * G + c] - mean_hh) * rstd_hh;
+      step.dpre_hh_t[b * G + c] = bn_backward(gamma_hh * step.dpre_t[b * G + c], xhat_hh, rstd_hh,
                                          gamma_hh * sum_d, gamma_hh * sum_d_hh, A(n), use_batch);
     }
   }

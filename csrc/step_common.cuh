@@ -182,6 +182,33 @@ __device__ void column_statistics(A sum, const A* z, int64_t ld, int64_t first, 
   }
 }
 
+// Step t's rows of the backward's buffers, as the per-step and the persistent backward read
+// and write them.
+template <typename S, typename A>
+struct BwdStepRows {
+  const A *u_t, *hw_t, *c_prev, *c_t, *stat_hh_t, *stat_c_t;
+  const S* dy_t;
+  A *dpre_t, *dpre_hh_t;
+  const A* dpre_hh_next;  // row t + 1, written by the step before in the reverse loop
+  A *dsum_t, *dsum_c_t;
+
+  __device__ BwdStepRows(const BwdParams& p, int t) {
+    const int64_t H = p.H, G = 4 * H, B = p.B;
+    u_t = static_cast<const A*>(p.u) + t * B * G;
+    hw_t = static_cast<const A*>(p.hw) + t * B * G;
+    c_prev = static_cast<const A*>(p.cell) + t * B * H;
+    c_t = c_prev + B * H;
+    stat_hh_t = static_cast<const A*>(p.stat_hh) + t * 2 * G;
+    stat_c_t = static_cast<const A*>(p.stat_c) + t * 2 * H;
+    dy_t = static_cast<const S*>(p.dy) + t * B * H;
+    dpre_t = static_cast<A*>(p.dpre) + t * B * G;
+    dpre_hh_t = static_cast<A*>(p.dpre_hh) + t * B * G;
+    dpre_hh_next = dpre_hh_t + B * G;
+    dsum_t = static_cast<A*>(p.dsum) + t * G;
+    dsum_c_t = static_cast<A*>(p.dsum_c) + t * 2 * H;
+  }
+};
+
 // Per-feature constants of the block's hidden units at this step, in shared memory.
 template <typename A>
 struct StepConstants {
