@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 
 #include "step_common.cuh"
 
@@ -187,8 +188,11 @@ __device__ void chunk_product(const TA* a, int64_t lda, int n, int b0, int64_t K
       out[r] = total;
     }
   } else {
+    // staged in A; a 16-bit layer built below sm_80 (no tensor cores) stages in S, the size
+    // the layout (the same on host and device) reserved for it
+    using Staged = std::conditional_t<kHalfWidth<S>, S, A>;
     const int ld = layout.k_tile + 1;
-    A* tile = reinterpret_cast<A*>(smem + layout.tile);  // [kPersistRows][ld]
+    Staged* tile = reinterpret_cast<Staged*>(smem + layout.tile);  // [kPersistRows][ld]
 #pragma unroll
     for (int r = 0; r < R; ++r) out[r] = A(0);
     for (int k0 = 0; k0 < layout.k_padded; k0 += layout.k_tile) {
@@ -196,14 +200,14 @@ __device__ void chunk_product(const TA* a, int64_t lda, int n, int b0, int64_t K
       for (int idx = tid; idx < kPersistRows * layout.k_tile; idx += threads) {
         const int rr = idx / layout.k_tile, kk = idx % layout.k_tile;  // k fastest: a's rows
         const int64_t b = b0 + rr, k = k0 + kk;
-        tile[rr * ld + kk] = (b < n && k < K) ? A(to_acc(a[b * lda + k])) : A(0);
+        store(tile + rr * ld + kk, (b < n && k < K) ? A(to_acc(a[b * lda + k])) : A(0));
       }
       __syncthreads();
 #pragma unroll 8
       for (int kk = 0; kk < layout.k_tile; ++kk) {
         const A wv = to_acc(w[(k0 + kk) * cols + cc]);
 #pragma unroll
-        for (int r = 0; r < R; ++r) out[r] += tile[(rg + r * groups) * ld + kk] * wv;
+        for (int r = 0; r < R; ++r) out[r] += to_acc(tile[(rg + r * groups) * ld + kk]) * wv;
       }
     }
   }
