@@ -98,7 +98,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forward_loop(
               weight_hh_c.data_ptr(), gamma_hh_c.data_ptr(), gamma_c_c.data_ptr(),
               beta_c_c.data_ptr(), mean_hh.data_ptr(), var_hh.data_ptr(), mean_c.data_ptr(),
               var_c.data_ptr(), stat_hh.data_ptr(), stat_c.data_ptr(), h_n.data_ptr(),
-              c_n.data_ptr(), factor_values ? factors_c.data_ptr() : nullptr, B, H, eps, save};
+              c_n.data_ptr(), factor_values ? factors_c.data_ptr() : nullptr, B, H, eps, save,
+              at::globalContext().allowTF32CuBLAS()};
   steps(p, y.narrow(0, 1, T), ForwardPlan{batch_sizes, rows, factors});
   return {y, h_n, c_n, cell, hw, stat_hh, stat_c};
 }
@@ -153,7 +154,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_loop
               gamma_hh_c.data_ptr(), gamma_c_c.data_ptr(), beta_c_c.data_ptr(),
               stat_hh_c.data_ptr(), stat_c_c.data_ptr(), dy_c.data_ptr(), dh_n_c.data_ptr(),
               dpre.data_ptr(), dpre_hh.data_ptr(), dh.data_ptr(), dc.data_ptr(),
-              dsum.data_ptr(), dsum_c.data_ptr(), B, H};
+              dsum.data_ptr(), dsum_c.data_ptr(), B, H,
+              at::globalContext().allowTF32CuBLAS()};
   steps(p, dy_c, BackwardPlan{batch_sizes, use_batch});
 
   Tensor dpre_hh_steps = dpre_hh.narrow(0, 0, T);

@@ -43,6 +43,8 @@ struct FwdParams {
   double eps;             // added to the variance
   bool keep_hw;           // a backward reads hw: the CPU loops write it only then (the CUDA
                           //   loops always do: their steps read it back)
+  bool tf32;              // float32 layers on tensor cores: h W_hh^T in one TF32 product
+                          //   (torch.backends.cuda.matmul.allow_tf32), else in three (tf32x3)
 };
 
 struct BwdParams {
@@ -66,6 +68,7 @@ struct BwdParams {
   void* dsum_c;           // [T, 2, H] A, out: batch sums of dcn*chat, dcn
   int64_t B;              // rows of the batch
   int64_t H;              // hidden units
+  bool tf32;              // as FwdParams::tf32, for dpre_hh W_hh
 };
 
 }  // namespace bnlstm

@@ -30,7 +30,7 @@ persistent_bwd_kernel(BwdParams p, BwdStepTable steps, int T, int U, unsigned* a
   const int64_t H = p.H, G = 4 * H;
   const int tid = threadIdx.x, er = tid / U, eu = tid % U;
   constexpr int groups = kPersistThreadsPerUnit;  // threads per unit, striding the rows
-  const PersistentLayout layout(G, U, U, sizeof(A), sizeof(S), kHalfWidth<S>);
+  const PersistentLayout layout(G, U, U, sizeof(A), sizeof(S), persistent_mma<S>(U));
   A* scratch = reinterpret_cast<A*>(smem + layout.scratch);
   const UnitConstants<A> k(smem, layout, U);
   S* weight = reinterpret_cast<S*>(smem + layout.weight);  // [k_padded][U]: W_hh[:, j0 + cc]
@@ -84,7 +84,8 @@ persistent_bwd_kernel(BwdParams p, BwdStepTable steps, int T, int U, unsigned* a
     A sum_dcn = A(0), sum_dcn_chat = A(0);
     for (int b0 = 0; b0 < n; b0 += kPersistRows) {
       A carried[1];  // row b0 + er of dpre_hh[t+1] W_hh, this thread's unit
-      chunk_product(step.dpre_hh_next, G, n_next, b0, G, weight, U, layout, smem, carried);
+      chunk_product(step.dpre_hh_next, G, n_next, b0, G, weight, U, p.tf32, layout, smem,
+                    carried);
       const int64_t b = b0 + er;
       if (b < n && ok) {
         const A dh_b =

@@ -69,42 +69,50 @@ constexpr int kPersistStagedBytes = 8192;     // of a chunk's rows per round of 
 // scratch, the units' constants (16U values: gamma_hh, mean_hh, rstd_hh of the 4U gate columns,
 // gamma_c, beta_c, mean_c, rstd_c of the U units), then the block's slice of W_hh,
 // [k_padded][cols] in S, k-major. The product runs over K inputs into `cols` columns; A is the
-// accumulator's size, S the layer's, half_width: S is 16-bit (tensor cores).
+// accumulator's size, S the layer's, mma: the product runs on tensor cores (persistent_mma).
 struct PersistentLayout {
   size_t tile, sums, scratch, constants, weight, bytes;
-  int k_tile;    // inputs staged per round (see the constructor)
-  int k_padded;  // K rounded up to k_tile: the weight's rows past K are zero
+  bool mma;
+  int k_tile;    // inputs staged per round (see the constructor); the last round may be short
+  int k_padded;  // K rounded up to the product's step: the weight's rows past K are zero
 
   // A round stages up to kPersistStagedBytes of the chunk's rows, at least one step of the
   // product (kBlockK on FFMA; 16 inputs per warp of an output tile on tensor cores) and a
   // multiple of it: its loads are issued together, so a chunk waits on few L2 latencies (at
-  // H=512 in bf16, two rounds instead of 16).
+  // H=512 in bf16, two rounds instead of 16). The slice is padded to the step, not to k_tile
+  // (H=160 in float: 160 rows, not 256).
   __host__ __device__ PersistentLayout(int64_t K, int cols, int U, size_t acc, size_t s,
-                                       bool half_width) {
+                                       bool mma_) : mma(mma_) {
     // on tensor cores: the warps per 16-column output tile (cols is a multiple of 16 there)
     const int threads = kPersistThreadsPerUnit * U,
-              splits = half_width ? threads / 32 / (cols / 16) : 1;
-    const int step = half_width ? 16 * splits : kBlockK;
-    const int element = static_cast<int>(half_width ? s : acc);
+              splits = mma ? threads / 32 / (cols / 16) : 1;
+    const int step = mma ? 16 * splits : kBlockK;
+    const int element = static_cast<int>(mma ? s : acc);
     const int fit = kPersistStagedBytes / (kPersistRows * element) / step * step;
     const int64_t most = fit > step ? fit : step, k_steps = (K + step - 1) / step * step;
     k_tile = static_cast<int>(k_steps < most ? k_steps : most);
-    k_padded = static_cast<int>((K + k_tile - 1) / k_tile * k_tile);
+    k_padded = static_cast<int>(k_steps);
     size_t at = 0;
     auto take = [&](size_t bytes) {
       const size_t here = (at + 31) / 32 * 32;
       at = here + bytes;
       return here;
     };
-    tile = take(half_width ? kPersistRows * (k_tile + kMmaPad) * s
-                           : kPersistRows * (k_tile + 1) * acc);
-    sums = take(half_width ? splits * kPersistRows * (cols + kMmaAccPad) * sizeof(float) : 0);
+    tile = take(mma ? kPersistRows * (k_tile + kMmaPad) * s : kPersistRows * (k_tile + 1) * acc);
+    sums = take(mma ? splits * kPersistRows * (cols + kMmaAccPad) * sizeof(float) : 0);
     scratch = take(threads * acc);
     constants = take(16 * U * acc);
     weight = take(0);
     bytes = weight + size_t(k_padded) * cols * s;
   }
 };
+
+// Whether a persistent product into `cols` columns runs on tensor cores: a tensor-core dtype and
+// whole 16-column output tiles (else FFMA, e.g. the backward's 8 columns at U=8).
+template <typename S>
+__host__ __device__ constexpr bool persistent_mma(int cols) {
+  return kMmaDtype<S> && cols % 16 == 0;
+}
 
 // The per-unit constants in shared memory: [4U] per gate column (gate-major: column g U + u),
 // [U] per unit.
@@ -148,67 +156,74 @@ __device__ void load_slice(S* weight, const S* weight_hh, int64_t K, int k_padde
 // chunk (thread (rg, cc) = (tid / cols, tid % cols), groups = threads / cols, R = kPersistRows /
 // groups; rows >= n and k >= K read as 0), w the block's slice in shared memory. On tensor
 // cores each warp owns one 16-column output tile and every `splits`-th 16-deep slice of each
-// staged k_tile; the splits' float sums are added in shared memory in a fixed order. On FFMA each
-// thread sums its column's rows. a is rounded to S on tensor cores (it may be an A-typed
-// gradient).
+// staged k_tile; the splits' float sums are added in shared memory in a fixed order. On FFMA
+// (layout.mma false: columns that make no whole 16-column tile) each thread sums its column's
+// rows. a is rounded to S on tensor cores (it may be an A-typed
+// gradient), float's as `tf32` says (WarpMma<float>).
 template <typename S, typename TA, typename A, int R>
 __device__ void chunk_product(const TA* a, int64_t lda, int n, int b0, int64_t K, const S* w,
-                              int cols, const PersistentLayout& layout, unsigned char* smem,
-                              A (&out)[R]) {
+                              int cols, bool tf32, const PersistentLayout& layout,
+                              unsigned char* smem, A (&out)[R]) {
   const int tid = threadIdx.x, threads = blockDim.x, groups = threads / cols, rg = tid / cols,
             cc = tid % cols;
   if constexpr (kTensorCores<S>) {
-    const int ld = layout.k_tile + kMmaPad, ld_sums = cols + kMmaAccPad;
-    S* tile = reinterpret_cast<S*>(smem + layout.tile);            // [kPersistRows][ld]
-    float* sums = reinterpret_cast<float*>(smem + layout.sums);  // [splits][rows][ld_sums]
-    const int tiles = cols / 16, warp = tid / 32, col16 = warp % tiles * 16,
-              k16 = warp / tiles * 16, splits = threads / 32 / tiles;
-    WarpMma<S> mma;
-    mma.zero();
-    for (int k0 = 0; k0 < layout.k_padded; k0 += layout.k_tile) {
-      __syncthreads();  // every warp has read the previous tile (and the weights are in)
-      for (int idx = tid; idx < kPersistRows * layout.k_tile; idx += threads) {
-        const int rr = idx / layout.k_tile, kk = idx % layout.k_tile;  // k fastest: a's rows
-        const int64_t b = b0 + rr, k = k0 + kk;
-        store(tile + rr * ld + kk, (b < n && k < K) ? float(to_acc(a[b * lda + k])) : 0.0f);
+    if (layout.mma) {
+      const int ld = layout.k_tile + kMmaPad, ld_sums = cols + kMmaAccPad;
+      S* tile = reinterpret_cast<S*>(smem + layout.tile);            // [kPersistRows][ld]
+      float* sums = reinterpret_cast<float*>(smem + layout.sums);  // [splits][rows][ld_sums]
+      const int tiles = cols / 16, warp = tid / 32, col16 = warp % tiles * 16,
+                k16 = warp / tiles * 16, splits = threads / 32 / tiles;
+      WarpMma<S> mma(tf32);
+      mma.zero();
+      for (int k0 = 0; k0 < layout.k_padded; k0 += layout.k_tile) {
+        // this round's inputs: k_tile, or what is left of the slice
+        const int kt = layout.k_padded - k0 < layout.k_tile ? layout.k_padded - k0 : layout.k_tile;
+        __syncthreads();  // every warp has read the previous tile (and the weights are in)
+        for (int idx = tid; idx < kPersistRows * kt; idx += threads) {
+          const int rr = idx / kt, kk = idx % kt;  // k fastest: a's rows
+          const int64_t b = b0 + rr, k = k0 + kk;
+          store(tile + rr * ld + kk, (b < n && k < K) ? float(to_acc(a[b * lda + k])) : 0.0f);
+        }
+        __syncthreads();
+        // this warp's 16-deep slices: k16, k16 + 16 splits, ...
+        for (int kk = k16; kk < kt; kk += 16 * splits) {
+          mma.add(tile + kk, ld, w + (k0 + kk) * cols + col16, cols);
+        }
       }
+      mma.store(sums + (k16 / 16) * kPersistRows * ld_sums + col16, ld_sums);
       __syncthreads();
-      // this warp's 16-deep slices: k16, k16 + 16 splits, ...
-      for (int kk = k16; kk < layout.k_tile; kk += 16 * splits) {
-        mma.add(tile + kk, ld, w + (k0 + kk) * cols + col16, cols);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const int rr = rg + r * groups;
+        float total = 0.0f;
+        for (int s = 0; s < splits; ++s) total += sums[(s * kPersistRows + rr) * ld_sums + cc];
+        out[r] = total;
       }
+      return;
     }
-    mma.store(sums + (k16 / 16) * kPersistRows * ld_sums + col16, ld_sums);
+  }
+  // FFMA (a layout without tensor cores, or a build below sm_80), staged in A; a 16-bit layer
+  // stages in S, the size the layout (the same on host and device) may have reserved for it
+  using Staged = std::conditional_t<kHalfWidth<S>, S, A>;
+  const int ld = layout.k_tile + 1;
+  Staged* tile = reinterpret_cast<Staged*>(smem + layout.tile);  // [kPersistRows][ld]
+#pragma unroll
+  for (int r = 0; r < R; ++r) out[r] = A(0);
+  for (int k0 = 0; k0 < layout.k_padded; k0 += layout.k_tile) {
+    // this round's inputs: k_tile, or what is left of the slice
+    const int kt = layout.k_padded - k0 < layout.k_tile ? layout.k_padded - k0 : layout.k_tile;
+    __syncthreads();  // every thread has read the previous tile (and the weights are in)
+    for (int idx = tid; idx < kPersistRows * kt; idx += threads) {
+      const int rr = idx / kt, kk = idx % kt;  // k fastest: a's rows
+      const int64_t b = b0 + rr, k = k0 + kk;
+      store(tile + rr * ld + kk, (b < n && k < K) ? A(to_acc(a[b * lda + k])) : A(0));
+    }
     __syncthreads();
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const int rr = rg + r * groups;
-      float total = 0.0f;
-      for (int s = 0; s < splits; ++s) total += sums[(s * kPersistRows + rr) * ld_sums + cc];
-      out[r] = total;
-    }
-  } else {
-    // staged in A; a 16-bit layer built below sm_80 (no tensor cores) stages in S, the size
-    // the layout (the same on host and device) reserved for it
-    using Staged = std::conditional_t<kHalfWidth<S>, S, A>;
-    const int ld = layout.k_tile + 1;
-    Staged* tile = reinterpret_cast<Staged*>(smem + layout.tile);  // [kPersistRows][ld]
-#pragma unroll
-    for (int r = 0; r < R; ++r) out[r] = A(0);
-    for (int k0 = 0; k0 < layout.k_padded; k0 += layout.k_tile) {
-      __syncthreads();  // every thread has read the previous tile (and the weights are in)
-      for (int idx = tid; idx < kPersistRows * layout.k_tile; idx += threads) {
-        const int rr = idx / layout.k_tile, kk = idx % layout.k_tile;  // k fastest: a's rows
-        const int64_t b = b0 + rr, k = k0 + kk;
-        store(tile + rr * ld + kk, (b < n && k < K) ? A(to_acc(a[b * lda + k])) : A(0));
-      }
-      __syncthreads();
 #pragma unroll 8
-      for (int kk = 0; kk < layout.k_tile; ++kk) {
-        const A wv = to_acc(w[(k0 + kk) * cols + cc]);
+    for (int kk = 0; kk < kt; ++kk) {
+      const A wv = to_acc(w[(k0 + kk) * cols + cc]);
 #pragma unroll
-        for (int r = 0; r < R; ++r) out[r] += to_acc(tile[(rg + r * groups) * ld + kk]) * wv;
-      }
+      for (int r = 0; r < R; ++r) out[r] += to_acc(tile[(rg + r * groups) * ld + kk]) * wv;
     }
   }
 }
@@ -221,7 +236,9 @@ __device__ void chunk_product(const TA* a, int64_t lda, int n, int b0, int64_t K
 
 // Picks U for `kernel` over K inputs into cols_per_unit x U columns of H units: the smallest U
 // whose grid fits one block per SM fills the most SMs; else the smallest U whose grid the SMs
-// hold at once; else plan.why says why not. On tensor cores U must give whole 16-column tiles.
+// hold at once; else plan.why says why not. A tensor-core dtype first tries the U that give
+// whole 16-column tiles, then the others on FFMA (at H=1000 in float the backward's U=16 slice
+// is over the shared memory, U=8's fits).
 template <typename S>
 cudaError_t plan_persistent(const void* kernel, int64_t H, int64_t K, int cols_per_unit,
                             PersistentPlan& plan) {
@@ -237,28 +254,35 @@ cudaError_t plan_persistent(const void* kernel, int64_t H, int64_t K, int cols_p
     plan.why = "the device has no cooperative launch";
     return cudaSuccess;
   }
-  size_t smallest = 0;  // shared memory of the smallest U that may run
-  for (const bool one_per_sm : {true, false}) {
-    for (const int U : kPersistUnits) {
-      if (kHalfWidth<S> && cols_per_unit * U % 16 != 0) continue;
-      const size_t bytes =
-          PersistentLayout(K, cols_per_unit * U, U, sizeof(A), sizeof(S), kHalfWidth<S>).bytes;
-      if (smallest == 0) smallest = bytes;
-      const int blocks = static_cast<int>((H + U - 1) / U), threads = kPersistThreadsPerUnit * U;
-      if (bytes > size_t(shared_max)) continue;
-      BNLSTM_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
-      int per_sm = 0;
-      BNLSTM_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, bytes));
-      if (blocks <= (one_per_sm ? std::min(per_sm, 1) : per_sm) * sms) {
-        plan.persistent = true;
-        plan.units = U;
-        plan.blocks = blocks;
-        plan.threads = threads;
-        plan.shared_bytes = bytes;
-        return cudaSuccess;
+  size_t smallest = 0;  // shared memory of the smallest layout tried
+  for (const bool mma : {true, false}) {
+    for (const bool one_per_sm : {true, false}) {
+      for (const int U : kPersistUnits) {
+        const int cols = cols_per_unit * U;
+        const bool on_tensor_cores = persistent_mma<S>(cols);
+        if (on_tensor_cores != (mma && kMmaDtype<S>)) continue;
+        const size_t bytes =
+            PersistentLayout(K, cols, U, sizeof(A), sizeof(S), on_tensor_cores).bytes;
+        smallest = smallest == 0 ? bytes : std::min(smallest, bytes);
+        const int blocks = static_cast<int>((H + U - 1) / U),
+                  threads = kPersistThreadsPerUnit * U;
+        if (bytes > size_t(shared_max)) continue;
+        BNLSTM_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(bytes)));
+        int per_sm = 0;
+        BNLSTM_TRY(
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, bytes));
+        if (blocks <= (one_per_sm ? std::min(per_sm, 1) : per_sm) * sms) {
+          plan.persistent = true;
+          plan.units = U;
+          plan.blocks = blocks;
+          plan.threads = threads;
+          plan.shared_bytes = bytes;
+          return cudaSuccess;
+        }
       }
     }
+    if (!kMmaDtype<S>) break;  // the first pass tried every U
   }
   plan.why = smallest > size_t(shared_max)
                  ? "W_hh's slice does not fit the shared memory of a block"

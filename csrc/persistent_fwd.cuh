@@ -36,7 +36,7 @@ persistent_fwd_kernel(FwdParams p, StepTable steps, int T, int U, unsigned* arri
   BNLSTM_DYNAMIC_SHARED(smem);
   const int64_t H = p.H, G = 4 * H, B = p.B;
   const int cols = 4 * U, threads = cols * kFwdRowGroups, tid = threadIdx.x;
-  const PersistentLayout layout(H, cols, U, sizeof(A), sizeof(S), kHalfWidth<S>);
+  const PersistentLayout layout(H, cols, U, sizeof(A), sizeof(S), persistent_mma<S>(cols));
   A* scratch = reinterpret_cast<A*>(smem + layout.scratch);
   const UnitConstants<A> k(smem, layout, U);
   // [k_padded][4U]: k-major, so a warp's consecutive columns read consecutive words
@@ -75,7 +75,7 @@ persistent_fwd_kernel(FwdParams p, StepTable steps, int T, int U, unsigned* arri
     A sum_h = A(0);
     for (int b0 = 0; b0 < n; b0 += kPersistRows) {
       A hw[kFwdRowsPerThread];
-      chunk_product(h_prev, H, n, b0, H, weight, cols, layout, smem, hw);
+      chunk_product(h_prev, H, n, b0, H, weight, cols, p.tf32, layout, smem, hw);
 #pragma unroll
       for (int r = 0; r < kFwdRowsPerThread; ++r) {
         const int64_t b = b0 + rg + r * kFwdRowGroups;

@@ -50,7 +50,7 @@ bwd_step_kernel(BwdParams p, int t, int n, int n_next, bool use_batch) {
   for (int b0 = 0; b0 < n; b0 += kBlockB) {
     A carried[kRowsPerThread];  // this thread's rows of dpre_hh[t+1] W_hh
     tile_matmul(step.dpre_hh_next, G, n_next, b0, G, static_cast<const S*>(p.weight_hh), H, 1, col0,
-                H, carried, tiles);
+                H, p.tf32, carried, tiles);
 #pragma unroll
     for (int r = 0; r < kRowsPerThread; ++r) {
       const int64_t b = b0 + rg + r * kRowGroups;

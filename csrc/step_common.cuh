@@ -37,25 +37,29 @@ __device__ __forceinline__ void store(double* p, double x) { *p = x; }
 __device__ __forceinline__ void store(__half* p, float x) { *p = __float2half_rn(x); }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
 
-// Whether a layer of dtype S multiplies on tensor cores: WMMA m16n16k16 with float accumulation
-// for the 16-bit dtypes (bf16 needs sm_80); float and double stay on FFMA and DFMA.
+// Whether a layer of dtype S multiplies on tensor cores: WMMA with float sums, m16n16k16 for the
+// 16-bit dtypes and m16n16k8 TF32 for float (sm_80 on: bf16 and TF32 need it); double stays on
+// DFMA, as it is the check. kMmaDtype: the dtypes that may, the same on host and device (shared
+// memory layouts are planned on the host).
 template <typename S>
 constexpr bool kHalfWidth = std::is_same_v<S, __half> || std::is_same_v<S, __nv_bfloat16>;
+template <typename S> constexpr bool kMmaDtype = kHalfWidth<S> || std::is_same_v<S, float>;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
 template <typename S> constexpr bool kTensorCores = false;
 #else
-template <typename S> constexpr bool kTensorCores = kHalfWidth<S>;
+template <typename S> constexpr bool kTensorCores = kMmaDtype<S>;
 #endif
-constexpr int kMmaPad = 8;  // elements past a 16-bit tile's row: keeps 32-byte fragments aligned
+constexpr int kMmaPad = 8;  // elements past an operand tile's row: keeps 32-byte fragments aligned
 constexpr int kMmaAccPad = 4;
 
 // One warp's 16 x 16 tile of a product on tensor cores, summed in float over 16-deep slices of
 // operands in shared memory: a (16 x 16, row-major, leading dimension lda) times w (16 x 16,
-// k x columns, row-major).
+// k x columns, row-major). `tf32` is float's alone (see the specialisation).
 template <typename S>
 struct WarpMma {
   nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
 
+  __device__ explicit WarpMma(bool /*tf32*/) {}
   __device__ void zero() { nvcuda::wmma::fill_fragment(acc, 0.0f); }
 
   __device__ void add(const S* a, unsigned lda, const S* w, unsigned ldw) {
@@ -70,6 +74,67 @@ struct WarpMma {
     nvcuda::wmma::store_matrix_sync(out, acc, ld, nvcuda::wmma::mem_row_major);
   }
 };
+
+// float on TF32 tensor cores, two k8 steps per 16-deep slice. With tf32 (PyTorch's
+// torch.backends.cuda.matmul.allow_tf32, as its float32 matmuls) each operand is rounded to TF32
+// (10 mantissa bits) and multiplied once; without, as tf32x3 (the Triton kernels' default): each
+// operand is split into a TF32 part and the TF32 rounding of its remainder, and the three
+// products other than remainder x remainder are summed, smallest first: about float32's accuracy.
+// (TF32 fragments exist from sm_80 on; below it float stays on FFMA.)
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+template <>
+struct WarpMma<float> {
+  template <typename Use>
+  using Tf32 = nvcuda::wmma::fragment<Use, 16, 16, 8, nvcuda::wmma::precision::tf32,
+                                      nvcuda::wmma::row_major>;
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> acc;
+  bool tf32;
+
+  __device__ explicit WarpMma(bool tf32_) : tf32(tf32_) {}
+  __device__ void zero() { nvcuda::wmma::fill_fragment(acc, 0.0f); }
+
+  // Element by element (the same map for every element, so the fragment's unspecified layout
+  // does not matter): f = TF32(f); split also sets small = TF32(f - TF32(f)).
+  template <typename Frag>
+  __device__ static void round(Frag& f) {
+#pragma unroll
+    for (int e = 0; e < f.num_elements; ++e) f.x[e] = nvcuda::wmma::__float_to_tf32(f.x[e]);
+  }
+  template <typename Frag>
+  __device__ static void split(Frag& big, Frag& small) {
+#pragma unroll
+    for (int e = 0; e < big.num_elements; ++e) {
+      const float v = big.x[e], hi = nvcuda::wmma::__float_to_tf32(v);
+      big.x[e] = hi;
+      small.x[e] = nvcuda::wmma::__float_to_tf32(v - hi);
+    }
+  }
+
+  __device__ void add(const float* a, unsigned lda, const float* w, unsigned ldw) {
+#pragma unroll
+    for (int k8 = 0; k8 < 16; k8 += 8) {
+      Tf32<nvcuda::wmma::matrix_a> fa, fa_small;
+      Tf32<nvcuda::wmma::matrix_b> fb, fb_small;
+      nvcuda::wmma::load_matrix_sync(fa, a + k8, lda);
+      nvcuda::wmma::load_matrix_sync(fb, w + k8 * ldw, ldw);
+      if (tf32) {
+        round(fa);
+        round(fb);
+      } else {
+        split(fa, fa_small);
+        split(fb, fb_small);
+        nvcuda::wmma::mma_sync(acc, fa_small, fb, acc);
+        nvcuda::wmma::mma_sync(acc, fa, fb_small, acc);
+      }
+      nvcuda::wmma::mma_sync(acc, fa, fb, acc);
+    }
+  }
+
+  __device__ void store(float* out, unsigned ld) const {
+    nvcuda::wmma::store_matrix_sync(out, acc, ld, nvcuda::wmma::mem_row_major);
+  }
+};
+#endif
 
 // The shared tiles of tile_matmul: the operands' k-slices in the accumulator dtype (SIMT), or
 // in S with the float sums of the two k halves (tensor cores: 8 warps = 4 output tiles x 2).
@@ -91,15 +156,17 @@ struct ProductTiles<S, true> {
 // out[r] = sum_k a[b, k] * w[k, col0 + col] for this thread's rows b = b0 + rg + r * kRowGroups;
 // rows >= a_rows and columns >= n_cols read as 0. w is read through its strides, so W_hh serves
 // as [H, G] (forward, one gate's rows) and as [G, H] (backward). Accumulates in A; on tensor
-// cores the operands are rounded to S first (a may be an A-typed gradient).
+// cores the operands are rounded to S first (a may be an A-typed gradient), float's as `tf32`
+// says (WarpMma<float>).
 template <typename S, typename TA, typename A>
 __device__ void tile_matmul(const TA* a, int64_t a_stride, int a_rows, int b0, int64_t K,
                             const S* w, int64_t w_k_stride, int64_t w_n_stride, int64_t col0,
-                            int64_t n_cols, A (&out)[kRowsPerThread], ProductTiles<S>& tiles) {
+                            int64_t n_cols, bool tf32, A (&out)[kRowsPerThread],
+                            ProductTiles<S>& tiles) {
   const int tid = threadIdx.x, rg = tid / kBlockH, col = tid % kBlockH;
   const int warp = tid / 32, row16 = warp % 4 / 2 * 16, col16 = warp % 2 * 16,
             k16 = warp / 4 * 16;  // tensor cores: this warp's output tile and k half
-  [[maybe_unused]] WarpMma<S> mma;
+  [[maybe_unused]] WarpMma<S> mma(tf32);
   if constexpr (kTensorCores<S>) {
     mma.zero();
   } else {

@@ -48,7 +48,8 @@ fwd_step_kernel(FwdParams p, int t, int n, int n_next, int row, double factor_ar
     A sum_h = A(0);
     for (int b0 = 0; b0 < n; b0 += kBlockB) {
       A hw[kRowsPerThread];  // this thread's rows of h_{t-1} W_hh[gate g]^T
-      tile_matmul(h_prev, H, n, b0, H, weight_hh + g * H * H, 1, H, col0, H, hw, tiles);
+      tile_matmul(h_prev, H, n, b0, H, weight_hh + g * H * H, 1, H, col0, H, p.tf32, hw,
+                  tiles);
 #pragma unroll
       for (int r = 0; r < kRowsPerThread; ++r) {
         const int64_t b = b0 + rg + r * kRowGroups;

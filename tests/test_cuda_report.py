@@ -97,7 +97,7 @@ def test_parse_sass():
 
 
 def _row(**fields):
-    return dict(dict(kernel="bnlstm::fwd_step_kernel<float>", dtype="f32", spill=0, stack=0,
+    return dict(dict(kernel="bnlstm::fwd_step_kernel<double>", dtype="f64", spill=0, stack=0,
                      local=0, ldl_stl=0, mma=0), **fields)
 
 
@@ -107,15 +107,14 @@ def test_any_local_memory_fails(field):
     assert cuda_report.problems(_row(**{field: 4})) == ["spills / local memory"]
 
 
-def test_tensor_cores_required_for_bf16_fp16_and_tf32():
+def test_tensor_cores_required_for_fp32_bf16_fp16():
     for dtype, kernel in (("bf16", "bnlstm::fwd_step_kernel<__nv_bfloat16>"),
                           ("f16", "bnlstm::fwd_step_kernel<__half>"),
-                          ("f32", "bnlstm::fwd_step_kernel_tf32<float>"),
-                          ("f32", "bnlstm::fwd_step_kernel<float, bnlstm::Tf32>")):
+                          ("f32", "bnlstm::fwd_step_kernel<float>")):
         assert cuda_report.problems(_row(dtype=dtype, kernel=kernel)) == ["no tensor cores"]
         assert cuda_report.problems(_row(dtype=dtype, kernel=kernel, mma=8)) == []
-    for dtype in ("f32", "f64"):  # no tensor cores asked of them
-        assert cuda_report.problems(_row(dtype=dtype)) == []
+    # float64 is the check: DFMA, no tensor cores asked of it
+    assert cuda_report.problems(_row(dtype="f64", kernel="bnlstm::fwd_step_kernel<double>")) == []
 
 
 def test_names():

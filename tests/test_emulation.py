@@ -133,6 +133,43 @@ def test_kernels_against_torch_ops_low_precision(emu, monkeypatch, dtype, B, H, 
     check_against_torch_ops(emu, dtype, B, H, T, packed_, bias, True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("B", [5, 33])
+def test_persistent_backward_on_ffma_where_tensor_core_units_do_not_fit(emu, monkeypatch, dtype,
+                                                                        B):
+    """The persistent backward's product has U columns: on tensor cores U >= 16. Where that
+    slice of W_hh is over a block's shared memory (here 20000 bytes, at H=24), the plan takes
+    U=8 on FFMA (a 16-bit layer's rows staged in its own dtype), as float at H=1000 on an H100
+    would; the contract holds there too."""
+    monkeypatch.setenv("BNLSTM_EMU_SHARED_BYTES", "20000")
+    assert torch.ops.bnlstm_emu.backward_path(dtype, 24).startswith(
+        "persistent: 3 blocks of 8 units (128 threads, ")
+    check_against_torch_ops(emu, dtype, B, 24, 7, True, True, True)
+
+
+@PATHS
+def test_float32_follows_allow_tf32(emu, monkeypatch, path):
+    """float32 products run on TF32 tensor cores: as tf32x3 by default (about float32's
+    accuracy: the contract above), in one TF32 pass where torch.backends.cuda.matmul.allow_tf32
+    is on, as PyTorch's float32 matmuls then are. With it on, the kernels stay within RULE_K of
+    TF32's precision (2^-10), and every output and gradient moves off the tf32x3 run by more
+    than float32's rounding: the flag is read by both loops."""
+    take_path(monkeypatch, path, torch.float32, 40)
+    case = (torch.float32, 33, 40, 7, True, True, True)
+    exact = check_against_torch_ops(emu, *case)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True  # (monkeypatch cannot restore this attribute)
+    try:
+        tf32 = check_against_torch_ops(emu, *case, floor=2.0 ** -10)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    moved = [(got - want).norm().item() / want.norm().item() for got, want in zip(tf32, exact)]
+    eps = torch.finfo(torch.float32).eps
+    # output, h_n, c_n and the gradients of x, h0, c0, W_ih, W_hh (forward and backward loops)
+    assert min(moved[:8]) > 100 * eps, moved
+
+
 @pytest.mark.parametrize("dtype,H,forward,backward", [
     (torch.float64, 24, "persistent: 3 blocks of 8 units (128 threads, ",
      "persistent: 3 blocks of 8 units (128 threads, "),
@@ -141,9 +178,9 @@ def test_kernels_against_torch_ops_low_precision(emu, monkeypatch, dtype, B, H, 
     (torch.float32, 72, "persistent: 3 blocks of 32 units (512 threads, ",
      "persistent: 3 blocks of 32 units (512 threads, "),
     (torch.float32, 160, "persistent: 20 blocks of 8 units (128 threads, ",
-     "persistent: 20 blocks of 8 units (128 threads, "),
+     "persistent: 10 blocks of 16 units (256 threads, "),
     (torch.float32, 176, "persistent: 11 blocks of 16 units (256 threads, ",
-     "persistent: 22 blocks of 8 units (128 threads, "),
+     "persistent: 11 blocks of 16 units (256 threads, "),
     (torch.float16, 24, "persistent: 3 blocks of 8 units (128 threads, ",
      "persistent: 2 blocks of 16 units (256 threads, "),
     (torch.bfloat16, 200, "persistent: 25 blocks of 8 units (128 threads, ",
@@ -157,9 +194,10 @@ def test_kernels_against_torch_ops_low_precision(emu, monkeypatch, dtype, B, H, 
 def test_loop_paths(emu, dtype, H, forward, backward):
     """The smallest U (units per block) whose grid takes one block per SM; else the smallest
     whose grid the SMs hold at once (several per SM); else per step, saying why. The backward's
-    product has U columns, so on tensor cores (16-bit) it takes U >= 16; at H=176 the forward's
-    4U columns need more shared memory per block than the backward's, so only the backward's
-    U=8 grid fits. info's report shows the same."""
+    product has U columns, so on tensor cores (float, 16-bit) it takes U >= 16 where the
+    forward's 4U columns take U=8 (H=160, H=200); float64 (DFMA) takes U=8 both ways (H=24); at
+    H=176 in float U=8's 22 blocks do not fit the SMs, U=16's 11 do. info's report shows the
+    same."""
     ops = torch.ops.bnlstm_emu
     assert ops.forward_path(dtype, H).startswith(forward)
     assert ops.backward_path(dtype, H).startswith(backward)
@@ -360,11 +398,13 @@ def test_barrier_watchdog_names_the_kernel(mode, message):
     ("skipped", "divergent warp: a lane at check_driver.cpp:"),
     ("argument", "lane 3 passes argument 1 of the warp-collective call at check_driver.cpp:"),
     ("ldm", "leading dimension 20 is not a multiple of 16 bytes"),
+    ("unrounded", "a TF32 operand was not rounded to TF32 (__float_to_tf32)"),
 ])
 def test_wmma_misuse_is_reported(mode, message):
     """A WMMA call one lane of the warp misses (returned, at another call, at a __syncthreads
-    instead), makes with another pointer, or with a leading dimension CUDA refuses is an error
-    naming the kernel and the call, never a hang or a silent result."""
+    instead), makes with another pointer, with a leading dimension CUDA refuses, or a TF32
+    product of floats not rounded to TF32 is an error naming the kernel and the call, never a
+    hang or a silent result."""
     done = _run_driver("wmma", mode, BNLSTM_EMU_WATCHDOG_S="5")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "wmma_misuse_kernel, block 0: " in done.stderr and message in done.stderr, (

@@ -12,9 +12,9 @@ plan_persistent_fwd and plan_persistent_bwd against an H100 of 132 SMs, with the
 NVIDIA's calculator and the kernel's registers from the cubin; other kernels get "?".
 
 Exit status: 0 when every row passes; 1 when a row spills (ptxas spill bytes, STACK, LOCAL or an
-LDL/STL) or a kernel that must use tensor cores has no HMMA/HGMMA (bf16 and fp16 kernels, and any
-whose name marks a tf32 variant); 2 when a tool (nvcc, cuobjdump, c++filt, g++) is missing or
-fails.
+LDL/STL) or a kernel that must use tensor cores has no HMMA/HGMMA (every float32, bf16 and fp16
+kernel: float32 multiplies in TF32, once or as tf32x3; float64 stays on DFMA); 2 when a tool
+(nvcc, cuobjdump, c++filt, g++) is missing or fails.
 `python tools/cuda_report.py` (CUDA_HOME: the toolkit, /usr/local/cuda by default).
 """
 
@@ -39,7 +39,7 @@ CUDA_HOME = os.environ.get("CUDA_HOME", "/usr/local/cuda")
 ARCH = 90
 H100_SMS = 132
 DTYPES = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
-TENSOR_CORE_DTYPES = ("f16", "bf16")  # and any kernel whose name says tf32
+TENSOR_CORE_DTYPES = ("f32", "f16", "bf16")
 ENTRY = re.compile(r"Compiling entry function '([^']+)'")
 SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
@@ -84,10 +84,9 @@ def parse_sass(text: str) -> dict[str, dict]:
             for name, body in zip(parts[::2], parts[1::2])}
 
 
-def needs_tensor_cores(dtype: str, kernel: str) -> bool:
-    """bf16 and fp16 kernels must use the tensor cores, as must a tf32 variant of a float32
-    kernel, known by its name (kernel or template argument)."""
-    return dtype in TENSOR_CORE_DTYPES or "tf32" in kernel.lower()
+def needs_tensor_cores(dtype: str) -> bool:
+    """float32 (TF32), bf16 and fp16 kernels must use the tensor cores (sm_90 builds)."""
+    return dtype in TENSOR_CORE_DTYPES
 
 
 def problems(row: dict) -> list[str]:
@@ -95,7 +94,7 @@ def problems(row: dict) -> list[str]:
     found = []
     if row["spill"] or row["stack"] or row["local"] or row["ldl_stl"]:
         found.append("spills / local memory")
-    if needs_tensor_cores(row["dtype"], row["kernel"]) and not row["mma"]:
+    if needs_tensor_cores(row["dtype"]) and not row["mma"]:
         found.append("no tensor cores")
     return found
 
@@ -266,8 +265,8 @@ def main() -> int:
     print_kernels(rows)
     print_launches(rows, plans, GPU_DEFAULT)
     bad = [r for r in rows if r["problems"]]
-    print(f"\n{len(rows)} kernels, {len(bad)} failing (spills or local memory, or a bf16/fp16/tf32 "
-          "kernel without tensor-core instructions)")
+    print(f"\n{len(rows)} kernels, {len(bad)} failing (spills or local memory, or an "
+          "fp32/bf16/fp16 kernel without tensor-core instructions)")
     for r in bad:
         print(f"FAIL {r['kernel']} ({r['dtype']}): {', '.join(r['problems'])}", file=sys.stderr)
     return 1 if bad else 0

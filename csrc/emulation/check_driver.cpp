@@ -5,7 +5,8 @@
 //                                         then the same forward and backward each in one
 //                                         persistent launch
 //   check_driver races-half B H T ...     the same in __half: the products on (emulated) WMMA
-//   check_driver wmma MODE                MODE: returned, divergent, skipped, argument or ldm
+//   check_driver wmma MODE                MODE: returned, divergent, skipped, argument, ldm or
+//                                         unrounded
 //   check_driver barrier MODE             MODE: returned, divergent, late or grid (see below)
 //   check_driver cooperative BLOCKS BYTES a cooperative launch of BLOCKS blocks of kThreads
 //                                         with BYTES of shared memory: prints "ran" or "refused"
@@ -187,8 +188,19 @@ __global__ void wmma_misuse_kernel(int mode) {
     __syncthreads();
   } else if (mode == 3) {  // argument: lane 3 passes another (aligned) pointer
     wmma::load_matrix_sync(a, lane == 3 ? tile + 16 : tile, 24);
-  } else {  // ldm: 20 halves, not a multiple of 16 bytes
+  } else if (mode == 4) {  // ldm: 20 halves, not a multiple of 16 bytes
     wmma::load_matrix_sync(a, tile, 20);
+  } else {  // unrounded: a TF32 product of floats not rounded to TF32 first
+    __shared__ __align__(32) float floats[16 * 16];
+    for (int i = lane; i < 16 * 16; i += 32) floats[i] = 1.0f + float(i) / 3.0f;
+    __syncthreads();
+    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
+    wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    wmma::load_matrix_sync(fa, floats, 16);
+    wmma::load_matrix_sync(fb, floats, 16);
+    wmma::mma_sync(acc, fa, fb, acc);
   }
 }
 
@@ -223,7 +235,8 @@ int main(int argc, char** argv) {
     }
     if (what == "wmma" && argc == 3) {
       const std::string mode = argv[2];
-      const char* modes[] = {"returned", "divergent", "skipped", "argument", "ldm"};
+      const char* modes[] = {"returned", "divergent", "skipped", "argument", "ldm",
+                             "unrounded"};
       const auto m = std::find(std::begin(modes), std::end(modes), mode) - std::begin(modes);
       if (m == std::size(modes)) throw std::invalid_argument("mode " + mode);
       BNLSTM_LAUNCH(wmma_misuse_kernel, dim3(1), dim3(32), nullptr, static_cast<int>(m));
@@ -245,7 +258,8 @@ int main(int argc, char** argv) {
   std::fprintf(stderr,
                "usage: %s races|races-half B H T n_1 .. n_T | "
                "barrier returned|divergent|late|grid | "
-               "wmma returned|divergent|skipped|argument|ldm | cooperative BLOCKS BYTES\n",
+               "wmma returned|divergent|skipped|argument|ldm|unrounded | "
+               "cooperative BLOCKS BYTES\n",
                argv[0]);
   return 2;
 }

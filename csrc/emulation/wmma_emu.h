@@ -3,9 +3,11 @@
 // lane of the warp must make the same call with the same pointer and leading dimension (a lane
 // missing or passing another is reported); pointers must be 256-bit aligned and leading
 // dimensions a multiple of 16 bytes, as CUDA requires. Lane l holds elements l E .. l E + E - 1
-// of its tile in row-major order (CUDA leaves that mapping unspecified, and the kernels only move
-// fragments through these calls). mma_sync multiplies the operands exactly and adds in the
-// accumulator's type, k in order. Included by cuda_emu.h.
+// of its tile in row-major order (CUDA leaves that mapping unspecified: the kernels move
+// fragments through these calls, or map every element alike). Shapes: m16n16k16 (16-bit
+// operands) and m16n16k8 (precision::tf32, stored as float). mma_sync multiplies the operands
+// exactly and adds in the accumulator's type, k in order; a TF32 operand that was not rounded to
+// TF32 first (__float_to_tf32, as CUDA asks) is reported. Included by cuda_emu.h.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -36,20 +38,56 @@ template <int M, int N, int K> struct tile_shape<accumulator, M, N, K> {
   static constexpr int rows = M, cols = N;
 };
 
+namespace precision {
+struct tf32 {};  // TF32 operands: 10 mantissa bits, held in a float
+}  // namespace precision
+
+// The element a fragment of T stores: TF32 in a float.
+template <typename T> struct storage { using type = T; };
+template <> struct storage<precision::tf32> { using type = float; };
+
 template <typename Use, int M, int N, int K, typename T, typename Layout = void>
 struct fragment {
-  static_assert(M == 16 && N == 16 && K == 16, "the emulation has the m16n16k16 shape");
+  static_assert(M == 16 && N == 16 && (K == 16 || K == 8),
+                "the emulation has the m16n16k16 and m16n16k8 shapes");
   using shape = tile_shape<Use, M, N, K>;
+  using element = typename storage<T>::type;
   static constexpr int rows = shape::rows, cols = shape::cols;
   static constexpr int num_elements = rows * cols / 32;
-  T x[num_elements];
+  element x[num_elements];
 };
+
+// cvt.rna.tf32.f32: v rounded to TF32's 10 mantissa bits, ties away from zero (the low 13 bits
+// of the float are zero); infinities and NaN pass.
+inline float __float_to_tf32(float v) {
+  std::uint32_t bits = 0;
+  std::memcpy(&bits, &v, sizeof bits);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x1000u) & 0xffffe000u;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
 
 namespace emu {
 
 inline float to_float(float v) { return v; }
 inline float to_float(__half v) { return __half2float(v); }
 inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// Element v of an operand of type T as the product reads it: a TF32 operand must have been
+// rounded to TF32 (its low 13 bits zero).
+template <typename T, typename V>
+float operand(const char* site, V v) {
+  if constexpr (std::is_same_v<T, precision::tf32>) {
+    std::uint32_t bits = 0;
+    std::memcpy(&bits, &v, sizeof bits);
+    if ((bits & 0x1fffu) != 0 && (bits & 0x7f800000u) != 0x7f800000u) {
+      const char* slash = std::strrchr(site, '/');
+      bnlstm_emu::fail_block(std::string("WMMA call at ") + (slash != nullptr ? slash + 1 : site) +
+                             ": a TF32 operand was not rounded to TF32 (__float_to_tf32)");
+    }
+  }
+  return to_float(v);
+}
 
 // The checks CUDA states for a fragment's memory operand.
 template <typename T>
@@ -97,7 +135,7 @@ void load(const char* site, Frag& f, const T* p, unsigned ldm, bool row_major) {
 
 template <typename Use, int M, int N, int K, typename T, typename L, typename V>
 void fill_fragment_at(const char* site, fragment<Use, M, N, K, T, L>& f, const V& v) {
-  const T value = T(v);
+  const typename storage<T>::type value = v;
   unsigned long bits = 0;
   std::memcpy(&bits, &value, sizeof value < sizeof bits ? sizeof value : sizeof bits);
   emu::collective(site, emu::word(bits), nullptr, nullptr, 1);
@@ -105,8 +143,8 @@ void fill_fragment_at(const char* site, fragment<Use, M, N, K, T, L>& f, const V
 }
 
 template <typename Use, int M, int N, int K, typename T, typename L>
-void load_matrix_sync_at(const char* site, fragment<Use, M, N, K, T, L>& f, const T* p,
-                         unsigned ldm) {
+void load_matrix_sync_at(const char* site, fragment<Use, M, N, K, T, L>& f,
+                         const typename storage<T>::type* p, unsigned ldm) {
   static_assert(!std::is_same_v<Use, accumulator>, "an accumulator's load names its layout");
   emu::load(site, f, p, ldm, std::is_same_v<L, row_major>);
 }
@@ -150,8 +188,8 @@ void mma_sync_at(const char* site, fragment<accumulator, M, N, K, TC>& d,
       const int fa = i * FA::cols + k, fb = k * FB::cols + j;
       const auto* la = static_cast<const FA*>(all[fa / FA::num_elements][0]);
       const auto* lb = static_cast<const FB*>(all[fb / FB::num_elements][1]);
-      sum += TC(emu::to_float(la->x[fa % FA::num_elements])) *
-             TC(emu::to_float(lb->x[fb % FB::num_elements]));
+      sum += TC(emu::operand<TAB>(site, la->x[fa % FA::num_elements])) *
+             TC(emu::operand<TAB>(site, lb->x[fb % FB::num_elements]));
     }
     out[e] = sum;
   }
