@@ -1,5 +1,5 @@
 // Parameters of the fused BN-LSTM steps (one layer and direction), shared by the ops
-// (bnlstm.cpp), the CPU loops (loops_cpu.cpp) and the CUDA kernels (step_fwd.cuh, step_bwd.cuh).
+// (bnlstm.cpp), the CPU loops (loops_cpu.cpp) and the CUDA kernels (persistent_*.cuh).
 // S is the layer's dtype, A its accumulator (float; double for float64 layers). Sizes: T steps,
 // B rows, H hidden units, G = 4H gate features (i, f, g, o), L running-statistics rows. All
 // tensors are contiguous.
@@ -8,14 +8,6 @@
 #include <cstdint>
 
 namespace bnlstm {
-
-// CUDA tiles
-constexpr int kThreads = 256;                    // threads per block
-constexpr int kBlockH = 32;                      // hidden units per block (all 4 gates of each)
-constexpr int kRowGroups = kThreads / kBlockH;   // threads per hidden unit, striding the rows
-constexpr int kBlockB = 32;                      // rows per matmul chunk
-constexpr int kBlockK = 32;                      // reduction step of the matmul
-constexpr int kRowsPerThread = kBlockB / kRowGroups;
 
 // The input's batch norm runs before the loops (bnlstm_cuda/input_norm.py): the steps get its
 // contribution u = gamma_ih BN(x W_ih^T) + bias and keep the two norms on the recurrence.

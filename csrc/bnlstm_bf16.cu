@@ -2,16 +2,18 @@
 #include "launch.h"
 #include "persistent_bwd.cuh"
 #include "persistent_fwd.cuh"
-#include "step_bwd.cuh"
-#include "step_fwd.cuh"
 
 namespace bnlstm {
-template void launch_fwd_step<__nv_bfloat16>(const FwdParams&, int, int, int, int, double, cudaStream_t);
+template cudaError_t plan_step_fwd<__nv_bfloat16>(int64_t, PersistentPlan&);
+template void launch_step_fwd<__nv_bfloat16>(const FwdParams&, const PersistentPlan&, const int*, const int*,
+                                  const double*, int, cudaStream_t);
 template cudaError_t plan_persistent_fwd<__nv_bfloat16>(int64_t, PersistentPlan&);
 template cudaError_t launch_persistent_fwd<__nv_bfloat16>(const FwdParams&, const PersistentPlan&, const int*,
                                                 const int*, const double*, int, unsigned*,
                                                 cudaStream_t);
-template void launch_bwd_step<__nv_bfloat16>(const BwdParams&, int, int, int, bool, cudaStream_t);
+template cudaError_t plan_step_bwd<__nv_bfloat16>(int64_t, PersistentPlan&);
+template void launch_step_bwd<__nv_bfloat16>(const BwdParams&, const PersistentPlan&, const int*, const int*,
+                                  int, cudaStream_t);
 template cudaError_t plan_persistent_bwd<__nv_bfloat16>(int64_t, PersistentPlan&);
 template cudaError_t launch_persistent_bwd<__nv_bfloat16>(const BwdParams&, const PersistentPlan&,
                                                 const int*, const int*, int, unsigned*,

@@ -1,6 +1,7 @@
 // The CUDA time loops on the current stream of the tensors' device, no Python in between: the
 // forward and the backward each as one persistent cooperative launch where the device holds its
-// grid (plan_persistent_fwd, plan_persistent_bwd), else one kernel launch per step.
+// grid (plan_persistent_fwd, plan_persistent_bwd), else the same kernel launched once per step
+// (plan_step_fwd, plan_step_bwd).
 #ifdef BNLSTM_CUDA_EMULATION  // the kernels on CPU threads (csrc/emulation/)
 #include "emulation/cuda_context.h"
 #else
@@ -81,24 +82,37 @@ std::vector<int> running_rows_then(at::IntArrayRef batch_sizes, const std::vecto
 // the per-step kernels.
 std::atomic<bool> persistent_on{true};
 
-// The persistent plan of the forward or the backward of a layer with H units, unless turned off.
+// The per-step launch of the forward or the backward of a layer with H units, `plan`'s why kept.
+template <typename S>
+void plan_step_of(bool backward, int64_t H, PersistentPlan& plan) {
+  const cudaError_t status = backward ? plan_step_bwd<S>(H, plan) : plan_step_fwd<S>(H, plan);
+  TORCH_CHECK(status != cudaErrorInvalidValue, "bnlstm: no block of the per-step kernels fits ",
+              "the device's shared memory (H=", H, ")");
+  C10_CUDA_CHECK(status);
+}
+
+// How the forward or the backward of a layer with H units runs: persistent unless turned off or
+// the device cannot hold it, else per step (with that launch's plan).
 template <typename S>
 PersistentPlan plan_of(bool backward, int64_t H) {
   PersistentPlan plan;
   if (!persistent_on.load()) {
     plan.why = "the persistent kernels are turned off (bnlstm_cuda.backends.cpp.use_persistent)";
-    return plan;
+  } else {
+    C10_CUDA_CHECK(backward ? plan_persistent_bwd<S>(H, plan) : plan_persistent_fwd<S>(H, plan));
   }
-  C10_CUDA_CHECK(backward ? plan_persistent_bwd<S>(H, plan) : plan_persistent_fwd<S>(H, plan));
+  if (!plan.persistent) plan_step_of<S>(backward, H, plan);
   return plan;
 }
 
-// What a step plan says in words: the persistent launch, or per step and why.
+// What a plan says in words: the persistent launch, or per step, why, and its launches.
 std::string path_in_words(const PersistentPlan& plan) {
-  if (!plan.persistent) return std::string("per-step: ") + plan.why;
-  return "persistent: " + std::to_string(plan.blocks) + " blocks of " +
-         std::to_string(plan.units) + " units (" + std::to_string(plan.threads) +
-         " threads, " + std::to_string(plan.shared_bytes) + " bytes of shared memory)";
+  const std::string blocks = std::to_string(plan.blocks) + " blocks of " +
+                             std::to_string(plan.units) + " units (" +
+                             std::to_string(plan.threads) + " threads, " +
+                             std::to_string(plan.shared_bytes) + " bytes of shared memory)";
+  if (!plan.persistent) return std::string("per-step: ") + plan.why + "; " + blocks;
+  return "persistent: " + blocks;
 }
 
 }  // namespace
@@ -130,29 +144,29 @@ void forward_steps_cuda(const FwdParams& p, const at::Tensor& steps, const Forwa
       C10_CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(p.cell) + p.B * p.H * acc, 0, cell,
                                      stream));
     }
-    const PersistentPlan persistent = plan_of<S>(false, p.H);
-    if (persistent.persistent) {
-      const std::vector<int> rows(plan.rows.begin(), plan.rows.end());
-      const at::Tensor n_rows =
-          on_device(running_rows_then(plan.batch_sizes, rows), at::kInt, steps.device());
-      const at::Tensor factors = on_device(
-          std::vector<double>(plan.factors.begin(), plan.factors.end()), at::kDouble,
-          steps.device());
+    PersistentPlan plan_t = plan_of<S>(false, p.H);
+    const std::vector<int> rows(plan.rows.begin(), plan.rows.end());
+    const at::Tensor n_rows =
+        on_device(running_rows_then(plan.batch_sizes, rows), at::kInt, steps.device());
+    const at::Tensor factors = on_device(
+        std::vector<double>(plan.factors.begin(), plan.factors.end()), at::kDouble,
+        steps.device());
+    const int* n = n_rows.data_ptr<int>();
+    if (plan_t.persistent) {
       at::Tensor arrivals = at::zeros({1}, steps.options().dtype(at::kInt));
-      const int* n = n_rows.data_ptr<int>();
       const cudaError_t status = launch_persistent_fwd<S>(
-          p, persistent, n, n + T + 1, factors.data_ptr<double>(), static_cast<int>(T),
+          p, plan_t, n, n + T + 1, factors.data_ptr<double>(), static_cast<int>(T),
           reinterpret_cast<unsigned*>(arrivals.data_ptr<int>()), stream);
       if (status != cudaErrorCooperativeLaunchTooLarge) {
         C10_CUDA_CHECK(status);
         return;
       }
       (void)cudaGetLastError();  // refused, nothing ran (not a sticky error): run per step
+      plan_step_of<S>(false, p.H, plan_t);
     }
     for (int64_t t = 0; t < T; ++t) {
-      const int n_next = t + 1 < T ? static_cast<int>(plan.batch_sizes[t + 1]) : 0;
-      launch_fwd_step<S>(p, static_cast<int>(t), static_cast<int>(plan.batch_sizes[t]), n_next,
-                         static_cast<int>(plan.rows[t]), plan.factors[t], stream);
+      launch_step_fwd<S>(p, plan_t, n, n + T + 1, factors.data_ptr<double>(),
+                         static_cast<int>(t), stream);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -164,27 +178,26 @@ void backward_steps_cuda(const BwdParams& p, const at::Tensor& steps, const Back
   const int64_t T = steps.size(0);
   dispatch(steps.scalar_type(), [&](auto tag) {
     using S = typename decltype(tag)::type;
-    const PersistentPlan persistent = plan_of<S>(true, p.H);
-    if (persistent.persistent) {
-      std::vector<int> use_batch(T);
-      for (int64_t t = 0; t < T; ++t) use_batch[t] = plan.use_batch.get(t);
-      const at::Tensor table =
-          on_device(running_rows_then(plan.batch_sizes, use_batch), at::kInt, steps.device());
+    PersistentPlan plan_t = plan_of<S>(true, p.H);
+    std::vector<int> use_batch(T);
+    for (int64_t t = 0; t < T; ++t) use_batch[t] = plan.use_batch.get(t);
+    const at::Tensor table =
+        on_device(running_rows_then(plan.batch_sizes, use_batch), at::kInt, steps.device());
+    const int* n = table.data_ptr<int>();
+    if (plan_t.persistent) {
       at::Tensor arrivals = at::zeros({1}, steps.options().dtype(at::kInt));
-      const int* n = table.data_ptr<int>();
       const cudaError_t status = launch_persistent_bwd<S>(
-          p, persistent, n, n + T + 1, static_cast<int>(T),
+          p, plan_t, n, n + T + 1, static_cast<int>(T),
           reinterpret_cast<unsigned*>(arrivals.data_ptr<int>()), stream);
       if (status != cudaErrorCooperativeLaunchTooLarge) {
         C10_CUDA_CHECK(status);
         return;
       }
       (void)cudaGetLastError();  // refused, nothing ran (not a sticky error): run per step
+      plan_step_of<S>(true, p.H, plan_t);
     }
     for (int64_t t = T - 1; t >= 0; --t) {
-      const int64_t n_next = t + 1 < T ? plan.batch_sizes[t + 1] : 0;
-      launch_bwd_step<S>(p, static_cast<int>(t), static_cast<int>(plan.batch_sizes[t]),
-                         static_cast<int>(n_next), plan.use_batch.get(t), stream);
+      launch_step_bwd<S>(p, plan_t, n, n + T + 1, static_cast<int>(t), stream);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });

@@ -1,8 +1,10 @@
-// The persistent backward: one cooperative launch runs every step of the reverse loop of a layer
-// and direction. Block x owns hidden units j0 = x * U .. j0 + U - 1 (their 4 gate columns of
+// The backward: one cooperative launch runs every step of the reverse loop of a layer and
+// direction (persistent), or where the device cannot hold that grid, the same kernel runs one
+// step per launch. Block x owns hidden units j0 = x * U .. j0 + U - 1 (their 4 gate columns of
 // dpre and dpre_hh, their columns of dh and dc) across every batch row, so its batch sums stay
-// inside it, and keeps W_hh's U columns (all 4H rows) in shared memory for the whole loop. Per
-// step t, from T - 1 down to 0, the passes of the per-step kernel (step_bwd.cuh):
+// inside it. Persistent, it keeps W_hh's U columns (all 4H rows) in shared memory for the whole
+// loop; per step, it streams them through shared memory with dpre_hh's rows. Per step t, from
+// the last down:
 //   1. dh_t = dy_t + dpre_hh[t+1] W_hh (every block's columns of step t+1, rows still running at
 //      t+1) + dh_n (rows ending at t), and the batch sums through BN(c);
 //   2. through the gates: dpre[t] and the dc carry;
@@ -22,23 +24,28 @@ struct BwdStepTable {
   const int* use_batch;  // [T]
 };
 
+// Steps t1 - 1 down to t0, a grid barrier between them (arrivals: the barrier's count; unused
+// for one step); W_hh's slice streamed per round where `streamed`, else loaded once.
 template <typename S>
 __global__ void __launch_bounds__(kPersistMaxThreads, 1)
-persistent_bwd_kernel(BwdParams p, BwdStepTable steps, int T, int U, unsigned* arrivals) {
+persistent_bwd_kernel(BwdParams p, BwdStepTable steps, int t0, int t1, int U, bool streamed,
+                      unsigned* arrivals) {
   using A = typename AccType<S>::type;
   BNLSTM_DYNAMIC_SHARED(smem);
   const int64_t H = p.H, G = 4 * H;
   const int tid = threadIdx.x, er = tid / U, eu = tid % U;
   constexpr int groups = kPersistThreadsPerUnit;  // threads per unit, striding the rows
-  const PersistentLayout layout(G, U, U, sizeof(A), sizeof(S), persistent_mma<S>(U));
+  const PersistentLayout layout(G, U, U, sizeof(A), sizeof(S), persistent_mma<S>(U), streamed);
   A* scratch = reinterpret_cast<A*>(smem + layout.scratch);
   const UnitConstants<A> k(smem, layout, U);
-  S* weight = reinterpret_cast<S*>(smem + layout.weight);  // [k_padded][U]: W_hh[:, j0 + cc]
+  S* weight = reinterpret_cast<S*>(smem + layout.weight);  // [k_padded or k_tile][U]
   const int64_t j0 = int64_t(blockIdx.x) * U, j = j0 + eu;
   const bool ok = j < H;
 
-  load_slice(weight, static_cast<const S*>(p.weight_hh), G, layout.k_padded, U, H,
-             [&](int cc) { return j0 + cc < H ? j0 + cc : -1; });
+  // column cc of the slice: W_hh's column j0 + cc
+  const auto slice = slice_of(static_cast<const S*>(p.weight_hh), G, H,
+                              [=](int cc) -> int64_t { return j0 + cc < H ? j0 + cc : -1; });
+  if (!streamed) load_slice(weight, slice, 0, layout.k_padded, U);
   if (tid < 4 * U) {  // gate column tid: gate tid / U, unit j0 + tid % U
     const int64_t unit = j0 + tid % U;
     k.gamma_hh[tid] =
@@ -52,7 +59,7 @@ persistent_bwd_kernel(BwdParams p, BwdStepTable steps, int T, int U, unsigned* a
   A* dh = static_cast<A*>(p.dh);
   A* dc = static_cast<A*>(p.dc);
 
-  for (int t = T - 1; t >= 0; --t) {
+  for (int t = t1 - 1; t >= t0; --t) {
     const int n = steps.n[t], n_next = steps.n[t + 1];
     const bool use_batch = steps.use_batch[t] != 0;
     const BwdStepRows<S, A> step(p, t);
@@ -84,7 +91,7 @@ persistent_bwd_kernel(BwdParams p, BwdStepTable steps, int T, int U, unsigned* a
     A sum_dcn = A(0), sum_dcn_chat = A(0);
     for (int b0 = 0; b0 < n; b0 += kPersistRows) {
       A carried[1];  // row b0 + er of dpre_hh[t+1] W_hh, this thread's unit
-      chunk_product(step.dpre_hh_next, G, n_next, b0, G, weight, U, p.tf32, layout, smem,
+      chunk_product(step.dpre_hh_next, G, n_next, b0, weight, slice, U, p.tf32, layout, smem,
                     carried);
       const int64_t b = b0 + er;
       if (b < n && ok) {
@@ -144,7 +151,7 @@ persistent_bwd_kernel(BwdParams p, BwdStepTable steps, int T, int U, unsigned* a
       }
     }
     // dpre_hh[t] of every block, for step t - 1
-    grid_sync(arrivals, unsigned(T - t) * gridDim.x);
+    if (t > t0) grid_sync(arrivals, unsigned(t1 - t) * gridDim.x);
   }
 }
 
@@ -154,13 +161,29 @@ cudaError_t plan_persistent_bwd(int64_t H, PersistentPlan& plan) {
                             plan);
 }
 
+// Per step the backward takes U >= 8: every block reads all of dpre_hh[t+1] (B x 4H), so the
+// narrowest blocks would multiply that traffic.
+template <typename S>
+cudaError_t plan_step_bwd(int64_t H, PersistentPlan& plan) {
+  return plan_step<S>(reinterpret_cast<const void*>(persistent_bwd_kernel<S>), H, 4 * H, 1, 8,
+                      plan);
+}
+
 template <typename S>
 cudaError_t launch_persistent_bwd(const BwdParams& p, const PersistentPlan& plan, const int* n,
                                   const int* use_batch, int T, unsigned* arrivals,
                                   cudaStream_t stream) {
   return BNLSTM_LAUNCH_COOPERATIVE(persistent_bwd_kernel<S>, dim3(plan.blocks),
                                    dim3(plan.threads), plan.shared_bytes, stream, p,
-                                   BwdStepTable{n, use_batch}, T, plan.units, arrivals);
+                                   BwdStepTable{n, use_batch}, 0, T, plan.units, false, arrivals);
+}
+
+template <typename S>
+void launch_step_bwd(const BwdParams& p, const PersistentPlan& plan, const int* n,
+                     const int* use_batch, int t, cudaStream_t stream) {
+  BNLSTM_LAUNCH(persistent_bwd_kernel<S>, dim3(plan.blocks), dim3(plan.threads),
+                plan.shared_bytes, stream, p, BwdStepTable{n, use_batch}, t, t + 1, plan.units,
+                true, static_cast<unsigned*>(nullptr));
 }
 
 }  // namespace bnlstm

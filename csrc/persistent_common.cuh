@@ -61,32 +61,37 @@ __device__ __forceinline__ void grid_sync(unsigned* arrivals, unsigned target) {
 constexpr int kPersistRows = 16;             // rows per chunk of the product: one WMMA tile's
 constexpr int kPersistThreadsPerUnit = 16;   // 16U threads per block
 constexpr int kPersistMaxThreads = 512;      // U <= 32
-constexpr int kPersistUnits[] = {8, 16, 32};  // units per block a plan may take
+constexpr int kPersistUnits[] = {8, 16, 32};  // units per block a persistent plan may take
+constexpr int kStepUnits[] = {4, 8, 16, 32};  // and a per-step plan (narrower: more blocks)
 constexpr int kPersistStagedBytes = 8192;     // of a chunk's rows per round of the product
+constexpr int kFfmaStep = 32;                 // inputs per step of the FFMA product
 
 // The block's dynamic shared memory, offsets in bytes, each array 32-byte aligned (WMMA's
 // operands): the product's staged rows, its partial sums (tensor cores), the column-sum
 // scratch, the units' constants (16U values: gamma_hh, mean_hh, rstd_hh of the 4U gate columns,
 // gamma_c, beta_c, mean_c, rstd_c of the U units), then the block's slice of W_hh,
-// [k_padded][cols] in S, k-major. The product runs over K inputs into `cols` columns; A is the
-// accumulator's size, S the layer's, mma: the product runs on tensor cores (persistent_mma).
+// [k_padded][cols] in S, k-major, or where `streamed` (a launch per step) only the round's
+// [k_tile][cols] of it, staged with the rows. The product runs over K inputs into `cols`
+// columns; A is the accumulator's size, S the layer's, mma: the product runs on tensor cores
+// (persistent_mma).
 struct PersistentLayout {
   size_t tile, sums, scratch, constants, weight, bytes;
-  bool mma;
+  bool mma, streamed;
   int k_tile;    // inputs staged per round (see the constructor); the last round may be short
   int k_padded;  // K rounded up to the product's step: the weight's rows past K are zero
 
   // A round stages up to kPersistStagedBytes of the chunk's rows, at least one step of the
-  // product (kBlockK on FFMA; 16 inputs per warp of an output tile on tensor cores) and a
+  // product (kFfmaStep on FFMA; 16 inputs per warp of an output tile on tensor cores) and a
   // multiple of it: its loads are issued together, so a chunk waits on few L2 latencies (at
   // H=512 in bf16, two rounds instead of 16). The slice is padded to the step, not to k_tile
   // (H=160 in float: 160 rows, not 256).
   __host__ __device__ PersistentLayout(int64_t K, int cols, int U, size_t acc, size_t s,
-                                       bool mma_) : mma(mma_) {
+                                       bool mma_, bool streamed_)
+      : mma(mma_), streamed(streamed_) {
     // on tensor cores: the warps per 16-column output tile (cols is a multiple of 16 there)
     const int threads = kPersistThreadsPerUnit * U,
               splits = mma ? threads / 32 / (cols / 16) : 1;
-    const int step = mma ? 16 * splits : kBlockK;
+    const int step = mma ? 16 * splits : kFfmaStep;
     const int element = static_cast<int>(mma ? s : acc);
     const int fit = kPersistStagedBytes / (kPersistRows * element) / step * step;
     const int64_t most = fit > step ? fit : step, k_steps = (K + step - 1) / step * step;
@@ -103,7 +108,7 @@ struct PersistentLayout {
     scratch = take(threads * acc);
     constants = take(16 * U * acc);
     weight = take(0);
-    bytes = weight + size_t(k_padded) * cols * s;
+    bytes = weight + size_t(streamed ? k_tile : k_padded) * cols * s;
   }
 };
 
@@ -132,44 +137,73 @@ struct UnitConstants {
   }
 };
 
-// Copies the block's slice of W_hh into shared memory, [k_padded][cols] k-major: column cc of
-// the slice is W_hh's row (forward: gate-major unit columns) or column (backward) `source(cc)`,
-// element k at source(cc) + k * k_stride, for k < K; zero past K and past H's units.
+// Where a block's slice of W_hh comes from: column cc of the slice is W_hh's row (forward:
+// gate-major unit columns) or column (backward) source(cc), element k at source(cc) + k *
+// k_stride for k < K; source(cc) < 0 past H's units.
 template <typename S, typename Source>
-__device__ void load_slice(S* weight, const S* weight_hh, int64_t K, int k_padded, int cols,
-                           int64_t k_stride, Source source) {
+struct Slice {
+  const S* weight_hh;
+  int64_t K, k_stride;
+  Source source;
+};
+template <typename S, typename Source>
+__device__ Slice<S, Source> slice_of(const S* weight_hh, int64_t K, int64_t k_stride,
+                                     Source source) {
+  return Slice<S, Source>{weight_hh, K, k_stride, source};
+}
+
+// Copies rows k_begin .. k_begin + rows - 1 of the slice into shared memory at weight,
+// [rows][cols] k-major; zero past K and past H's units.
+template <typename S, typename Source>
+__device__ void load_slice(S* weight, const Slice<S, Source>& slice, int64_t k_begin, int rows,
+                           int cols) {
   const int threads = blockDim.x;
-  for (int64_t idx = threadIdx.x; idx < int64_t(k_padded) * cols; idx += threads) {
+  for (int64_t idx = threadIdx.x; idx < int64_t(rows) * cols; idx += threads) {
     // forward: k fastest (W's rows are contiguous); backward: columns fastest
-    const int64_t k = k_stride == 1 ? idx % k_padded : idx / cols;
-    const int col = static_cast<int>(k_stride == 1 ? idx / k_padded : idx % cols);
-    const int64_t at = source(col);
-    if (k < K && at >= 0) {
-      weight[k * cols + col] = weight_hh[at + k * k_stride];
+    const int64_t kk = slice.k_stride == 1 ? idx % rows : idx / cols, k = k_begin + kk;
+    const int col = static_cast<int>(slice.k_stride == 1 ? idx / rows : idx % cols);
+    const int64_t at = slice.source(col);
+    if (k < slice.K && at >= 0) {
+      weight[kk * cols + col] = slice.weight_hh[at + k * slice.k_stride];
     } else {
-      store(weight + k * cols + col, 0.0f);
+      store(weight + kk * cols + col, 0.0f);
     }
   }
 }
 
 // out[r] = sum_k a[b, k] w[k, cc] for the calling thread's rows b = b0 + rg + r * groups of the
 // chunk (thread (rg, cc) = (tid / cols, tid % cols), groups = threads / cols, R = kPersistRows /
-// groups; rows >= n and k >= K read as 0), w the block's slice in shared memory. On tensor
-// cores each warp owns one 16-column output tile and every `splits`-th 16-deep slice of each
-// staged k_tile; the splits' float sums are added in shared memory in a fixed order. On FFMA
-// (layout.mma false: columns that make no whole 16-column tile) each thread sums its column's
-// rows. a is rounded to S on tensor cores (it may be an A-typed
-// gradient), float's as `tf32` says (WarpMma<float>).
-template <typename S, typename TA, typename A, int R>
-__device__ void chunk_product(const TA* a, int64_t lda, int n, int b0, int64_t K, const S* w,
-                              int cols, bool tf32, const PersistentLayout& layout,
-                              unsigned char* smem, A (&out)[R]) {
+// groups; rows >= n and k >= K read as 0), w the block's slice of W_hh in shared memory at
+// `weight`: all of it, or where the layout is streamed, each round's rows staged from `slice`
+// with a's. On tensor cores each warp owns one 16-column output tile and every `splits`-th
+// 16-deep slice of each staged k_tile; the splits' float sums are added in shared memory in a
+// fixed order. On FFMA (layout.mma false: columns that make no whole 16-column tile) each thread
+// sums its column's rows. a is rounded to S on tensor cores (it may be an A-typed gradient),
+// float's as `tf32` says (WarpMma<float>).
+template <typename S, typename Source, typename TA, typename A, int R>
+__device__ void chunk_product(const TA* a, int64_t lda, int n, int b0, S* weight,
+                              const Slice<S, Source>& slice, int cols, bool tf32,
+                              const PersistentLayout& layout, unsigned char* smem, A (&out)[R]) {
   const int tid = threadIdx.x, threads = blockDim.x, groups = threads / cols, rg = tid / cols,
             cc = tid % cols;
+  const int64_t K = slice.K;
+  // stages round k0's kt inputs of the chunk's rows (k fastest: a's rows are contiguous) in
+  // `tile` (rounded to its type), with the round's rows of the slice where streamed; returns
+  // w's row k0
+  using V = decltype(to_acc(*a));
+  auto stage = [&](auto* tile, int ld, int k0, int kt) {
+    for (int idx = tid; idx < kPersistRows * kt; idx += threads) {
+      const int rr = idx / kt, kk = idx % kt;
+      const int64_t b = b0 + rr, k = k0 + kk;
+      store(tile + rr * ld + kk, (b < n && k < K) ? to_acc(a[b * lda + k]) : V(0));
+    }
+    if (layout.streamed) load_slice(weight, slice, k0, kt, cols);
+    return layout.streamed ? weight : weight + int64_t(k0) * cols;
+  };
   if constexpr (kTensorCores<S>) {
     if (layout.mma) {
       const int ld = layout.k_tile + kMmaPad, ld_sums = cols + kMmaAccPad;
-      S* tile = reinterpret_cast<S*>(smem + layout.tile);            // [kPersistRows][ld]
+      S* tile = reinterpret_cast<S*>(smem + layout.tile);          // [kPersistRows][ld]
       float* sums = reinterpret_cast<float*>(smem + layout.sums);  // [splits][rows][ld_sums]
       const int tiles = cols / 16, warp = tid / 32, col16 = warp % tiles * 16,
                 k16 = warp / tiles * 16, splits = threads / 32 / tiles;
@@ -178,16 +212,12 @@ __device__ void chunk_product(const TA* a, int64_t lda, int n, int b0, int64_t K
       for (int k0 = 0; k0 < layout.k_padded; k0 += layout.k_tile) {
         // this round's inputs: k_tile, or what is left of the slice
         const int kt = layout.k_padded - k0 < layout.k_tile ? layout.k_padded - k0 : layout.k_tile;
-        __syncthreads();  // every warp has read the previous tile (and the weights are in)
-        for (int idx = tid; idx < kPersistRows * kt; idx += threads) {
-          const int rr = idx / kt, kk = idx % kt;  // k fastest: a's rows
-          const int64_t b = b0 + rr, k = k0 + kk;
-          store(tile + rr * ld + kk, (b < n && k < K) ? float(to_acc(a[b * lda + k])) : 0.0f);
-        }
+        __syncthreads();  // every warp has read the previous round (and the weights are in)
+        const S* w = stage(tile, ld, k0, kt);
         __syncthreads();
         // this warp's 16-deep slices: k16, k16 + 16 splits, ...
         for (int kk = k16; kk < kt; kk += 16 * splits) {
-          mma.add(tile + kk, ld, w + (k0 + kk) * cols + col16, cols);
+          mma.add(tile + kk, ld, w + kk * cols + col16, cols);
         }
       }
       mma.store(sums + (k16 / 16) * kPersistRows * ld_sums + col16, ld_sums);
@@ -212,16 +242,12 @@ __device__ void chunk_product(const TA* a, int64_t lda, int n, int b0, int64_t K
   for (int k0 = 0; k0 < layout.k_padded; k0 += layout.k_tile) {
     // this round's inputs: k_tile, or what is left of the slice
     const int kt = layout.k_padded - k0 < layout.k_tile ? layout.k_padded - k0 : layout.k_tile;
-    __syncthreads();  // every thread has read the previous tile (and the weights are in)
-    for (int idx = tid; idx < kPersistRows * kt; idx += threads) {
-      const int rr = idx / kt, kk = idx % kt;  // k fastest: a's rows
-      const int64_t b = b0 + rr, k = k0 + kk;
-      store(tile + rr * ld + kk, (b < n && k < K) ? A(to_acc(a[b * lda + k])) : A(0));
-    }
+    __syncthreads();  // every thread has read the previous round (and the weights are in)
+    const S* w = stage(tile, ld, k0, kt);
     __syncthreads();
 #pragma unroll 8
     for (int kk = 0; kk < kt; ++kk) {
-      const A wv = to_acc(w[(k0 + kk) * cols + cc]);
+      const A wv = to_acc(w[kk * cols + cc]);
 #pragma unroll
       for (int r = 0; r < R; ++r) out[r] += to_acc(tile[(rg + r * groups) * ld + kk]) * wv;
     }
@@ -262,7 +288,7 @@ cudaError_t plan_persistent(const void* kernel, int64_t H, int64_t K, int cols_p
         const bool on_tensor_cores = persistent_mma<S>(cols);
         if (on_tensor_cores != (mma && kMmaDtype<S>)) continue;
         const size_t bytes =
-            PersistentLayout(K, cols, U, sizeof(A), sizeof(S), on_tensor_cores).bytes;
+            PersistentLayout(K, cols, U, sizeof(A), sizeof(S), on_tensor_cores, false).bytes;
         smallest = smallest == 0 ? bytes : std::min(smallest, bytes);
         const int blocks = static_cast<int>((H + U - 1) / U),
                   threads = kPersistThreadsPerUnit * U;
@@ -288,6 +314,38 @@ cudaError_t plan_persistent(const void* kernel, int64_t H, int64_t K, int cols_p
                  ? "W_hh's slice does not fit the shared memory of a block"
                  : "the grid is larger than the blocks the SMs hold at once";
   return cudaSuccess;
+}
+
+// The launch of `kernel` per step where the loop does not run persistent (plan.why kept): W_hh
+// streamed through shared memory with the rows, so any H fits; the narrowest blocks (U from
+// kStepUnits, the most blocks: every SM busy where H allows) on tensor cores where the dtype
+// has them, U >= min_units. cudaErrorInvalidValue where not even that fits the device.
+template <typename S>
+cudaError_t plan_step(const void* kernel, int64_t H, int64_t K, int cols_per_unit, int min_units,
+                      PersistentPlan& plan) {
+  using A = typename AccType<S>::type;
+  int device = 0, shared_max = 0;
+  BNLSTM_TRY(cudaGetDevice(&device));
+  BNLSTM_TRY(cudaDeviceGetAttribute(&shared_max, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                    device));
+  for (const bool mma : {true, false}) {
+    for (const int U : kStepUnits) {
+      const int cols = cols_per_unit * U;
+      const bool on_tensor_cores = persistent_mma<S>(cols);
+      if (U < min_units || on_tensor_cores != (mma && kMmaDtype<S>)) continue;
+      const size_t bytes =
+          PersistentLayout(K, cols, U, sizeof(A), sizeof(S), on_tensor_cores, true).bytes;
+      if (bytes > size_t(shared_max)) continue;
+      BNLSTM_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(bytes)));
+      plan.units = U;
+      plan.blocks = static_cast<int>((H + U - 1) / U);
+      plan.threads = kPersistThreadsPerUnit * U;
+      plan.shared_bytes = bytes;
+      return cudaSuccess;
+    }
+  }
+  return cudaErrorInvalidValue;
 }
 
 #undef BNLSTM_TRY

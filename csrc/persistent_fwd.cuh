@@ -1,13 +1,15 @@
-// The persistent forward: one cooperative launch runs every step of a layer and direction.
+// The forward: one cooperative launch runs every step of a layer and direction (persistent), or
+// where the device cannot hold that grid, the same kernel runs one step per launch.
 // Block x owns hidden units j0 = x * U .. j0 + U - 1 with all 4 gates (4U gate columns) across
-// every batch row, so its batch statistics stay inside it, and keeps those columns of W_hh in
-// shared memory for the whole loop. Per step:
+// every batch row, so its batch statistics stay inside it. Persistent, it keeps those columns of
+// W_hh in shared memory for the whole loop; per step, it streams them through shared memory with
+// h's rows (every product reads h_{t-1} once for all 4 gates). Per step:
 //   hw = h_{t-1} W_hh^T for its columns (h_{t-1} from y in chunks of rows through shared memory),
 //   stored, with its batch statistics and the running-row update;
 //   pre = u + gamma_hh BN(hw); c_t = f c_{t-1} + i g (stored), its statistics;
 //   h_t = o tanh(BN(c_t)) stored into y, then one grid barrier: the next step reads every
 //   block's h_t.
-// The formulas are step_math.h's, as in the per-step kernels (step_fwd.cuh).
+// The formulas are step_math.h's.
 #pragma once
 
 #include "persistent_common.cuh"
@@ -25,21 +27,25 @@ struct StepTable {
 constexpr int kFwdRowGroups = 4;  // threads per gate column (16U threads, 4U columns)
 constexpr int kFwdRowsPerThread = kPersistRows / kFwdRowGroups;
 
+// Steps t0 .. t1 - 1, a grid barrier between them (arrivals: the barrier's count; unused for one
+// step); W_hh's slice streamed per round where `streamed`, else loaded once.
 // Threads (rg, cc) = (tid / 4U, tid % 4U) own gate column cc (gate cc / U, unit cc % U) and the
 // rows rg, rg + kFwdRowGroups, ... for the product and its statistics; threads
 // (er, eu) = (tid / U, tid % U) own unit eu and the rows er, er + 16, ... for the gates and the
 // cell.
 template <typename S>
 __global__ void __launch_bounds__(kPersistMaxThreads, 1)
-persistent_fwd_kernel(FwdParams p, StepTable steps, int T, int U, unsigned* arrivals) {
+persistent_fwd_kernel(FwdParams p, StepTable steps, int t0, int t1, int U, bool streamed,
+                      unsigned* arrivals) {
   using A = typename AccType<S>::type;
   BNLSTM_DYNAMIC_SHARED(smem);
   const int64_t H = p.H, G = 4 * H, B = p.B;
   const int cols = 4 * U, threads = cols * kFwdRowGroups, tid = threadIdx.x;
-  const PersistentLayout layout(H, cols, U, sizeof(A), sizeof(S), persistent_mma<S>(cols));
+  const PersistentLayout layout(H, cols, U, sizeof(A), sizeof(S), persistent_mma<S>(cols),
+                                streamed);
   A* scratch = reinterpret_cast<A*>(smem + layout.scratch);
   const UnitConstants<A> k(smem, layout, U);
-  // [k_padded][4U]: k-major, so a warp's consecutive columns read consecutive words
+  // [k_padded or k_tile][4U]: k-major, so a warp's consecutive columns read consecutive words
   S* weight = reinterpret_cast<S*>(smem + layout.weight);
 
   const int rg = tid / cols, cc = tid % cols, er = tid / U, eu = tid % U;
@@ -51,8 +57,10 @@ persistent_fwd_kernel(FwdParams p, StepTable steps, int T, int U, unsigned* arri
   const A eps = A(p.eps);
 
   // column cc of the slice: W_hh's row of gate cc / U, unit j0 + cc % U
-  load_slice(weight, static_cast<const S*>(p.weight_hh), H, layout.k_padded, cols, 1,
-             [&](int cc) { return j0 + cc % U < H ? ((cc / U) * H + j0 + cc % U) * H : -1; });
+  const auto slice = slice_of(static_cast<const S*>(p.weight_hh), H, 1, [=](int cc) -> int64_t {
+    return j0 + cc % U < H ? ((cc / U) * H + j0 + cc % U) * H : -1;
+  });
+  if (!streamed) load_slice(weight, slice, 0, layout.k_padded, cols);
   if (tid < cols) {
     k.gamma_hh[tid] = j_ok ? to_acc(static_cast<const S*>(p.gamma_hh)[c]) : A(0);
   }
@@ -61,7 +69,7 @@ persistent_fwd_kernel(FwdParams p, StepTable steps, int T, int U, unsigned* arri
     k.beta_c[eu] = to_acc(static_cast<const S*>(p.beta_c)[je]);
   }
 
-  for (int t = 0; t < T; ++t) {
+  for (int t = t0; t < t1; ++t) {
     const int n = steps.n[t], n_next = steps.n[t + 1], row = steps.rows[t];
     const bool use_batch = steps.factors[t] >= 0;
     const A factor = p.factors ? static_cast<const A*>(p.factors)[t] : A(steps.factors[t]);
@@ -75,7 +83,7 @@ persistent_fwd_kernel(FwdParams p, StepTable steps, int T, int U, unsigned* arri
     A sum_h = A(0);
     for (int b0 = 0; b0 < n; b0 += kPersistRows) {
       A hw[kFwdRowsPerThread];
-      chunk_product(h_prev, H, n, b0, H, weight, cols, p.tf32, layout, smem, hw);
+      chunk_product(h_prev, H, n, b0, weight, slice, cols, p.tf32, layout, smem, hw);
 #pragma unroll
       for (int r = 0; r < kFwdRowsPerThread; ++r) {
         const int64_t b = b0 + rg + r * kFwdRowGroups;
@@ -137,7 +145,8 @@ persistent_fwd_kernel(FwdParams p, StepTable steps, int T, int U, unsigned* arri
         store(static_cast<S*>(p.c_n) + b * H + je, cell);
       }
     }
-    grid_sync(arrivals, unsigned(t + 1) * gridDim.x);  // h_t of every block, for step t + 1
+    // h_t of every block, for step t + 1
+    if (t + 1 < t1) grid_sync(arrivals, unsigned(t + 1 - t0) * gridDim.x);
   }
 }
 
@@ -148,12 +157,26 @@ cudaError_t plan_persistent_fwd(int64_t H, PersistentPlan& plan) {
 }
 
 template <typename S>
+cudaError_t plan_step_fwd(int64_t H, PersistentPlan& plan) {
+  return plan_step<S>(reinterpret_cast<const void*>(persistent_fwd_kernel<S>), H, H, 4, 1, plan);
+}
+
+template <typename S>
 cudaError_t launch_persistent_fwd(const FwdParams& p, const PersistentPlan& plan, const int* n,
                                   const int* rows, const double* factors, int T,
                                   unsigned* arrivals, cudaStream_t stream) {
   return BNLSTM_LAUNCH_COOPERATIVE(persistent_fwd_kernel<S>, dim3(plan.blocks),
                                    dim3(plan.threads), plan.shared_bytes, stream, p,
-                                   StepTable{n, rows, factors}, T, plan.units, arrivals);
+                                   StepTable{n, rows, factors}, 0, T, plan.units, false,
+                                   arrivals);
+}
+
+template <typename S>
+void launch_step_fwd(const FwdParams& p, const PersistentPlan& plan, const int* n,
+                     const int* rows, const double* factors, int t, cudaStream_t stream) {
+  BNLSTM_LAUNCH(persistent_fwd_kernel<S>, dim3(plan.blocks), dim3(plan.threads),
+                plan.shared_bytes, stream, p, StepTable{n, rows, factors}, t, t + 1, plan.units,
+                true, static_cast<unsigned*>(nullptr));
 }
 
 }  // namespace bnlstm

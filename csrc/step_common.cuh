@@ -1,10 +1,6 @@
-// Device helpers both step kernels share: dtype conversion, the tiled recurrent product and
-// per-feature batch sums (the per-element formulas are step_math.h's).
-//
-// Thread layout of a block: thread (rg, col) = (threadIdx.x / kBlockH, threadIdx.x % kBlockH)
-// owns hidden unit j = blockIdx.x * kBlockH + col and the rows b = rg, rg + kRowGroups, ...;
-// a block therefore owns its hidden units across every running row, so every batch statistic
-// is reduced inside one block and the launch boundary is the only barrier between steps.
+// Device helpers the CUDA kernels (persistent_fwd.cuh, persistent_bwd.cuh) share: dtype
+// conversion, a warp's tensor-core product, per-feature batch sums and statistics, and the
+// backward's per-step rows (the per-element formulas are step_math.h's).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -16,10 +12,11 @@
 #include "bnlstm.h"
 #include "step_math.h"
 
-// A kernel launch: `<<<>>>` under nvcc; the CPU emulation (csrc/emulation/) defines its own.
+// A kernel launch with `shared` bytes of dynamic shared memory: `<<<>>>` under nvcc; the CPU
+// emulation (csrc/emulation/) defines its own.
 #ifndef BNLSTM_LAUNCH
-#define BNLSTM_LAUNCH(kernel, grid, block, stream, ...) \
-  kernel<<<grid, block, 0, stream>>>(__VA_ARGS__)
+#define BNLSTM_LAUNCH(kernel, grid, block, shared, stream, ...) \
+  kernel<<<grid, block, shared, stream>>>(__VA_ARGS__)
 #endif
 
 namespace bnlstm {
@@ -136,86 +133,11 @@ struct WarpMma<float> {
 };
 #endif
 
-// The shared tiles of tile_matmul: the operands' k-slices in the accumulator dtype (SIMT), or
-// in S with the float sums of the two k halves (tensor cores: 8 warps = 4 output tiles x 2).
-template <typename S, bool = kTensorCores<S>>
-struct ProductTiles {
-  using A = typename AccType<S>::type;
-  A a[kBlockB][kBlockK + 1];
-  A w[kBlockK][kBlockH + 1];
-};
-template <typename S>
-struct ProductTiles<S, true> {
-  static_assert(kThreads == 256 && kBlockB == 32 && kBlockH == 32 && kBlockK == 32,
-                "8 warps: 2 x 2 output tiles of 16 x 16, times 2 halves of the k step");
-  __align__(32) S a[kBlockB][kBlockK + kMmaPad];
-  __align__(32) S w[kBlockK][kBlockH + kMmaPad];
-  __align__(32) float sums[2][kBlockB][kBlockH + kMmaAccPad];
-};
-
-// out[r] = sum_k a[b, k] * w[k, col0 + col] for this thread's rows b = b0 + rg + r * kRowGroups;
-// rows >= a_rows and columns >= n_cols read as 0. w is read through its strides, so W_hh serves
-// as [H, G] (forward, one gate's rows) and as [G, H] (backward). Accumulates in A; on tensor
-// cores the operands are rounded to S first (a may be an A-typed gradient), float's as `tf32`
-// says (WarpMma<float>).
-template <typename S, typename TA, typename A>
-__device__ void tile_matmul(const TA* a, int64_t a_stride, int a_rows, int b0, int64_t K,
-                            const S* w, int64_t w_k_stride, int64_t w_n_stride, int64_t col0,
-                            int64_t n_cols, bool tf32, A (&out)[kRowsPerThread],
-                            ProductTiles<S>& tiles) {
-  const int tid = threadIdx.x, rg = tid / kBlockH, col = tid % kBlockH;
-  const int warp = tid / 32, row16 = warp % 4 / 2 * 16, col16 = warp % 2 * 16,
-            k16 = warp / 4 * 16;  // tensor cores: this warp's output tile and k half
-  [[maybe_unused]] WarpMma<S> mma(tf32);
-  if constexpr (kTensorCores<S>) {
-    mma.zero();
-  } else {
-#pragma unroll
-    for (int r = 0; r < kRowsPerThread; ++r) out[r] = A(0);
-  }
-  for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
-    __syncthreads();  // every thread has read the previous tiles
-    for (int idx = tid; idx < kBlockB * kBlockK; idx += kThreads) {
-      const int rr = idx / kBlockK, kk = idx % kBlockK;  // k fastest: rows are contiguous
-      const int64_t b = b0 + rr, k = k0 + kk;
-      store(&tiles.a[rr][kk], (b < a_rows && k < K) ? to_acc(a[b * a_stride + k]) : A(0));
-    }
-    for (int idx = tid; idx < kBlockK * kBlockH; idx += kThreads) {
-      // walk the contiguous direction of w fastest
-      const int kk = w_k_stride == 1 ? idx % kBlockK : idx / kBlockH;
-      const int cc = w_k_stride == 1 ? idx / kBlockK : idx % kBlockH;
-      const int64_t k = k0 + kk, c = col0 + cc;
-      store(&tiles.w[kk][cc], (k < K && c < n_cols) ? to_acc(w[k * w_k_stride + c * w_n_stride])
-                                                    : A(0));
-    }
-    __syncthreads();
-    if constexpr (kTensorCores<S>) {
-      mma.add(&tiles.a[row16][k16], kBlockK + kMmaPad, &tiles.w[k16][col16], kBlockH + kMmaPad);
-    } else {
-#pragma unroll 8
-      for (int kk = 0; kk < kBlockK; ++kk) {
-        const A wv = tiles.w[kk][col];
-#pragma unroll
-        for (int r = 0; r < kRowsPerThread; ++r) out[r] += tiles.a[rg + r * kRowGroups][kk] * wv;
-      }
-    }
-  }
-  if constexpr (kTensorCores<S>) {
-    mma.store(&tiles.sums[k16 / 16][row16][col16], kBlockH + kMmaAccPad);
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < kRowsPerThread; ++r) {
-      const int rr = rg + r * kRowGroups;
-      out[r] = tiles.sums[0][rr][col] + tiles.sums[1][rr][col];
-    }
-  }
-}
-
 // Sum over the block's row groups of each thread's partial v, thread (tid / cols, tid % cols)
 // holding column tid % cols; every thread of a column gets the same total (fixed order:
 // deterministic). `scratch` holds cols x groups values.
 template <typename A>
-__device__ A column_sum(A v, A* scratch, int cols = kBlockH, int groups = kRowGroups) {
+__device__ A column_sum(A v, A* scratch, int cols, int groups) {
   __syncthreads();  // every thread has read the previous sum
   scratch[threadIdx.x] = v;
   __syncthreads();
@@ -275,32 +197,5 @@ struct BwdStepRows {
     dsum_c_t = static_cast<A*>(p.dsum_c) + t * 2 * H;
   }
 };
-
-// Per-feature constants of the block's hidden units at this step, in shared memory.
-template <typename A>
-struct StepConstants {
-  A gamma_hh[4][kBlockH], mean_hh[4][kBlockH], rstd_hh[4][kBlockH];
-  A gamma_c[kBlockH], beta_c[kBlockH], mean_c[kBlockH], rstd_c[kBlockH];
-};
-
-// Loads the learnable per-feature constants of column col (hidden unit j) into k.
-template <typename S, typename A>
-__device__ void load_gammas(StepConstants<A>& k, const S* gamma_hh, const S* gamma_c,
-                            const S* beta_c, int64_t H, int64_t j, int col) {
-#pragma unroll
-  for (int g = 0; g < 4; ++g) k.gamma_hh[g][col] = to_acc(gamma_hh[g * H + j]);
-  k.gamma_c[col] = to_acc(gamma_c[j]);
-  k.beta_c[col] = to_acc(beta_c[j]);
-}
-
-// Pre-activation of gate g, row b, hidden unit j: u + gamma_hh BN(hw).
-template <typename A>
-__device__ __forceinline__ A gate_preactivation(const StepConstants<A>& k, const A* u_t,
-                                                const A* hw_t, int64_t G, int64_t H, int64_t b,
-                                                int g, int64_t j, int col) {
-  const int64_t at = b * G + g * H + j;
-  return recurrent_preactivation(u_t[at], hw_t[at], k.mean_hh[g][col], k.rstd_hh[g][col],
-                                 k.gamma_hh[g][col]);
-}
 
 }  // namespace bnlstm

@@ -1,21 +1,22 @@
-"""The CUDA C++ kernels (csrc/step_*.cuh, csrc/persistent_fwd.cuh) run on the CPU: the same
-source, compiled by the host compiler under csrc/emulation/cuda_emu.h (every CUDA thread an OS
-thread, __syncthreads a barrier of the block with a watchdog, the WMMA calls of the 16-bit
-products collective over the warp's 32 threads; ordinary launches block by block, a
+"""The CUDA C++ kernels (csrc/persistent_fwd.cuh, csrc/persistent_bwd.cuh) run on the CPU: the
+same source, compiled by the host compiler under csrc/emulation/cuda_emu.h (every CUDA thread an
+OS thread, __syncthreads a barrier of the block with a watchdog, the WMMA calls of the products
+collective over the warp's 32 threads; ordinary launches block by block, a
 cooperative launch every block at once on an emulated device of 4 SMs), behind the CUDA time
 loops (loops_cuda.cpp) and the ops (bnlstm.cpp) registered as torch.ops.bnlstm_emu.* on CPU
 tensors.
 
 They run the contract the GPU runs (gpu_contract.py and test_cpp_ext.py's module cases) at sizes
-that reach every path of the kernels: B in {2, 5, 33, 70} (one to three row chunks of 32), H in
-{8, 24, 40, 72} (one to three blocks, partial ones, one to three k tiles), T in {1, 7}, packed
-unsorted lengths, train and eval, T > max_length, momentum=None with steps where one sequence
+that reach every path of the kernels: B in {2, 5, 33, 70} (one to five row chunks of 16), H in
+{8, 24, 40, 72} (one to three blocks, partial ones, one to three staging rounds), T in {1, 7},
+packed unsorted lengths, train and eval, T > max_length, momentum=None with steps where one sequence
 runs; the forward and the backward both persistent (one cooperative launch each: 1 to 3 blocks
-and a grid barrier per step) and per step (the fallback where the emulated device's shared memory
-is too small). Then:
+and a grid barrier per step) and per step (the same kernels a launch a step, W_hh streamed: the
+fallback, here on an emulated device without cooperative launch), bitwise alike; float32 in
+tf32x3 and, with allow_tf32, in TF32. Then:
 every launch in ascending, descending and a random block order, bitwise equal; a standalone
-driver built with ThreadSanitizer runs forward and backward steps and the persistent forward and
-backward, where a race fails; the barrier watchdog names the kernel, for a block barrier and for
+driver built with ThreadSanitizer runs the forward and backward per step and persistent, where a
+race fails; the barrier watchdog names the kernel, for a block barrier and for
 a grid barrier; WMMA calls a lane of the warp misses or makes with other arguments are reported;
 the emulated device refuses a cooperative grid larger than it holds. Needs the CUDA
 toolkit's headers ($CUDA_HOME/include) and ninja; `make emulate` runs this file.
@@ -104,10 +105,9 @@ PATHS = pytest.mark.parametrize("path", ["persistent", "per-step"])
 
 def take_path(monkeypatch, path: str, dtype: torch.dtype, H: int) -> None:
     """Makes the CUDA forward and backward of a layer with H units take `path`: persistent on
-    the emulated device as it is, per step where its shared memory per block (1 KiB) holds no
-    W_hh slice."""
+    the emulated device as it is, per step on one without cooperative launch."""
     if path == "per-step":
-        monkeypatch.setenv("BNLSTM_EMU_SHARED_BYTES", "1024")
+        monkeypatch.setenv("BNLSTM_EMU_COOPERATIVE", "0")
     for taken in (torch.ops.bnlstm_emu.forward_path(dtype, H),
                   torch.ops.bnlstm_emu.backward_path(dtype, H)):
         assert taken.startswith(f"{path}: "), taken
@@ -185,10 +185,12 @@ def test_float32_follows_allow_tf32(emu, monkeypatch, path):
      "persistent: 2 blocks of 16 units (256 threads, "),
     (torch.bfloat16, 200, "persistent: 25 blocks of 8 units (128 threads, ",
      "persistent: 13 blocks of 16 units (256 threads, "),
-    (torch.float32, 600, "per-step: the grid is larger than the blocks the SMs hold at once",
-     "per-step: the grid is larger than the blocks the SMs hold at once"),
-    (torch.float64, 1000, "per-step: W_hh's slice does not fit the shared memory of a block",
-     "per-step: W_hh's slice does not fit the shared memory of a block"),
+    (torch.float32, 600, "per-step: the grid is larger than the blocks the SMs hold at once; "
+     "150 blocks of 4 units (64 threads, ", "per-step: the grid is larger than the blocks the "
+     "SMs hold at once; 38 blocks of 16 units (256 threads, "),
+    (torch.float64, 1000, "per-step: W_hh's slice does not fit the shared memory of a block; "
+     "250 blocks of 4 units (64 threads, ", "per-step: W_hh's slice does not fit the shared "
+     "memory of a block; 125 blocks of 8 units (128 threads, "),
 ], ids=["fp64-H24", "fp64-H40", "fp32-H72", "fp32-H160", "fp32-H176", "fp16-H24", "bf16-H200",
         "fp32-H600", "fp64-H1000"])
 def test_loop_paths(emu, dtype, H, forward, backward):
@@ -196,8 +198,9 @@ def test_loop_paths(emu, dtype, H, forward, backward):
     whose grid the SMs hold at once (several per SM); else per step, saying why. The backward's
     product has U columns, so on tensor cores (float, 16-bit) it takes U >= 16 where the
     forward's 4U columns take U=8 (H=160, H=200); float64 (DFMA) takes U=8 both ways (H=24); at
-    H=176 in float U=8's 22 blocks do not fit the SMs, U=16's 11 do. info's report shows the
-    same."""
+    H=176 in float U=8's 22 blocks do not fit the SMs, U=16's 11 do. Per step: the narrowest
+    blocks, on tensor cores where the dtype has them (forward U=4; backward U >= 8). info's
+    report shows the same."""
     ops = torch.ops.bnlstm_emu
     assert ops.forward_path(dtype, H).startswith(forward)
     assert ops.backward_path(dtype, H).startswith(backward)
@@ -208,16 +211,16 @@ def test_loop_paths(emu, dtype, H, forward, backward):
 
 def test_use_persistent_switches_both_loops_to_per_step(emu, monkeypatch):
     """Inside cpp.use_persistent(False) both loops run per step and say why; the results are
-    bitwise those of the per-step path the device takes where no W_hh slice fits; after the
+    bitwise those of the per-step path a device without cooperative launch takes; after the
     block the persistent path is back."""
     ops = torch.ops.bnlstm_emu
     with cpp.use_persistent(False, ops=ops):
         for path in (ops.forward_path(torch.float32, 40), ops.backward_path(torch.float32, 40)):
-            assert path == ("per-step: the persistent kernels are turned off "
-                            "(bnlstm_cuda.backends.cpp.use_persistent)"), path
+            assert path.startswith("per-step: the persistent kernels are turned off "
+                                   "(bnlstm_cuda.backends.cpp.use_persistent); "), path
         switched = _run_ops(33, 40, 7, torch.float32)
     take_path(monkeypatch, "persistent", torch.float32, 40)
-    monkeypatch.setenv("BNLSTM_EMU_SHARED_BYTES", "1024")
+    monkeypatch.setenv("BNLSTM_EMU_COOPERATIVE", "0")
     for i, (a, b) in enumerate(zip(switched, _run_ops(33, 40, 7, torch.float32))):
         assert torch.equal(a, b), f"result {i} differs from the per-step path's"
     with pytest.raises(TypeError, match="use_persistent: on must be a bool, got int"):
@@ -293,9 +296,25 @@ def _run_ops(B, H, T, dtype):
     return [*out, *running, *grads]
 
 
-@PATHS
-@pytest.mark.parametrize("B,H,T", [(70, 72, 7), (33, 40, 7), (5, 40, 1)],
-                         ids=["B70-H72-T7", "B33-H40-T7", "B5-H40-T1"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16],
+                         ids=["fp64", "fp32", "bf16"])
+@pytest.mark.parametrize("B,H,T", [(33, 40, 7)], ids=["B33-H40-T7"])
+def test_per_step_launches_give_the_persistent_bits(emu, monkeypatch, dtype, B, H, T):
+    """Per step, the same kernels run one step a launch, W_hh streamed through shared memory
+    with the rows and blocks narrower (forward U=4): each sum still runs over the same operands
+    in the same order, so every result is bitwise the persistent path's."""
+    take_path(monkeypatch, "persistent", dtype, H)
+    persistent = _run_ops(B, H, T, dtype)
+    take_path(monkeypatch, "per-step", dtype, H)
+    per_step = _run_ops(B, H, T, dtype)
+    for i, (a, b) in enumerate(zip(persistent, per_step)):
+        assert torch.equal(a, b), f"result {i} differs between the persistent and per-step paths"
+
+
+@pytest.mark.parametrize("B,H,T,path", [
+    pytest.param(70, 72, 7, "persistent", id="B70-H72-T7-persistent"),
+    *(pytest.param(B, 40, T, path, id=f"B{B}-H40-T{T}-{path}")
+      for B, T in ((33, 7), (5, 1)) for path in ("persistent", "per-step"))])
 def test_block_order_does_not_change_a_bit(emu, monkeypatch, B, H, T, path):
     """Every launch with its blocks started in ascending, descending and a random order: a
     block that read what another block of the same launch writes (per step), or read it before
@@ -310,11 +329,12 @@ def test_block_order_does_not_change_a_bit(emu, monkeypatch, B, H, T, path):
             assert torch.equal(a, b), f"result {i} differs between block orders"
 
 
+@PATHS
 @pytest.mark.parametrize("B,H,T", [(33, 40, 7), (5, 40, 1)], ids=["B33-H40-T7", "B5-H40-T1"])
-def test_persistent_table_built_for_a_graph_capture_changes_no_bit(emu, monkeypatch, B, H, T):
-    """Under CUDA graph capture the persistent forward builds its per-step table on the device
-    (fills and aranges) instead of copying it: the same kernels must see the same numbers."""
-    take_path(monkeypatch, "persistent", torch.float32, H)
+def test_step_table_built_for_a_graph_capture_changes_no_bit(emu, monkeypatch, B, H, T, path):
+    """Under CUDA graph capture the loops build their per-step tables on the device (fills and
+    aranges) instead of copying them: the same kernels must see the same numbers."""
+    take_path(monkeypatch, path, torch.float32, H)
     eager = _run_ops(B, H, T, torch.float32)
     monkeypatch.setenv("BNLSTM_EMU_CAPTURING", "1")
     captured = _run_ops(B, H, T, torch.float32)

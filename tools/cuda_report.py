@@ -6,10 +6,10 @@ GPU shapes (benchmarks/shapes.py) on an H100.
 Kernels are found in the cubins (every entry function ptxas compiles). Per row: registers and
 spill bytes from ptxas -v, STACK and LOCAL bytes from cuobjdump --dump-resource-usage, LDL/STL
 (local memory loads and stores) and HMMA/HGMMA (tensor-core MMA) counted in the SASS.
-The launch geometry is known for the per-step kernels (one block of kThreads per kBlockH hidden
-units) and the persistent kernels, whose plans are the C++'s own: tools/persistent_plan.cpp runs
-plan_persistent_fwd and plan_persistent_bwd against an H100 of 132 SMs, with the occupancy from
-NVIDIA's calculator and the kernel's registers from the cubin; other kernels get "?".
+The launches are the C++'s own plans: tools/persistent_plan.cpp runs plan_persistent_fwd and
+plan_persistent_bwd (and where they refuse, the per-step plan_step_fwd and plan_step_bwd) against
+an H100 of 132 SMs, with the occupancy from NVIDIA's calculator and the kernel's registers from
+the cubin; other kernels get "?".
 
 Exit status: 0 when every row passes; 1 when a row spills (ptxas spill bytes, STACK, LOCAL or an
 LDL/STL) or a kernel that must use tensor cores has no HMMA/HGMMA (every float32, bf16 and fp16
@@ -183,9 +183,8 @@ PERSISTENT = {"persistent_fwd_kernel": "fwd", "persistent_bwd_kernel": "bwd"}  #
 
 
 def launches(planner: str, rows: list[dict], hidden_sizes: list[int]) -> dict:
-    """{(dtype, H): {kernel base name or "fwd path" / "bwd path": what the launch takes}} for the
-    kernels whose geometry is known: the per-step kernels' blocks, and the persistent kernels'
-    plans."""
+    """{(dtype, H): {kernel base name or "fwd path" / "bwd path": what the launch takes}}: each
+    kernel's persistent plan, or where that refuses its launch per step."""
     result = {}
     for dtype in dict.fromkeys(r["dtype"] for r in rows):
         for kernel, which in PERSISTENT.items():
@@ -196,16 +195,13 @@ def launches(planner: str, rows: list[dict], hidden_sizes: list[int]) -> dict:
             out = _run([planner, which, dtype, str(persistent[0]["regs"]),
                         str(persistent[0]["smem"]), *map(str, hidden_sizes)]).stdout
             for line in out.splitlines():
-                H, step_blocks, step_threads, ok, units, blocks, threads, shared, per_sm, *why = (
-                    line.split(" ", 9))
-                step = f"{step_blocks} x {step_threads}"
+                H, ok, units, blocks, threads, shared, per_sm, *why = line.split(" ", 7)
                 plan = (f"{blocks} x {threads}, U={units}, {shared} B, {per_sm}/SM" if ok == "1"
-                        else "-")
+                        else f"{blocks} x {threads} per step, U={units}, {shared} B")
                 path = (f"persistent ({blocks} <= {per_sm} x {H100_SMS})" if ok == "1"
                         else f"per-step: {why[0]}")
                 result.setdefault((dtype, int(H)), {}).update(
-                    {"fwd_step_kernel": step, "bwd_step_kernel": step, kernel: plan,
-                     f"{which} path": path})
+                    {kernel: plan, f"{which} path": path})
     return result
 
 
@@ -221,12 +217,12 @@ def print_kernels(rows: list[dict]):
 
 def print_launches(rows: list[dict], plans: dict, shapes):
     kernels = list(dict.fromkeys(base_name(r["kernel"]) for r in rows))
-    print(f"\nBlocks per launch (blocks x threads) on an H100 ({H100_SMS} SMs); the persistent "
-          "kernels as planned by plan_persistent_fwd and plan_persistent_bwd (U units per block, "
-          "dynamic shared memory, blocks per SM):")
-    print(f"| {'shapes':38} | H    | dtype | " + " | ".join(f"{k:30}" for k in kernels)
+    print(f"\nBlocks per launch (blocks x threads) on an H100 ({H100_SMS} SMs), as planned by "
+          "plan_persistent_fwd and plan_persistent_bwd (U units per block, dynamic shared memory, "
+          "blocks per SM), or where they refuse, per step by plan_step_fwd and plan_step_bwd:")
+    print(f"| {'shapes':38} | H    | dtype | " + " | ".join(f"{k:40}" for k in kernels)
           + f" | {'forward path':65} | {'backward path':65} |")
-    print("|" + "|".join("-" * w for w in (40, 6, 7, *(32,) * len(kernels), 67, 67)) + "|")
+    print("|" + "|".join("-" * w for w in (40, 6, 7, *(42,) * len(kernels), 67, 67)) + "|")
     for H in dict.fromkeys(s.hidden_size for s in shapes):
         for dtype in dict.fromkeys(r["dtype"] for r in rows):
             labels = ", ".join(s.label for s in shapes if s.hidden_size == H
@@ -234,7 +230,7 @@ def print_launches(rows: list[dict], plans: dict, shapes):
             here = {base_name(r["kernel"]) for r in rows if r["dtype"] == dtype}
             plan = plans.get((dtype, H), {})
             cells = [plan.get(k, "?") if k in here else "-" for k in kernels]
-            print(f"| {labels:38} | {H:4} | {dtype:5} | " + " | ".join(f"{c:30}" for c in cells)
+            print(f"| {labels:38} | {H:4} | {dtype:5} | " + " | ".join(f"{c:40}" for c in cells)
                   + f" | {plan.get('fwd path', '?'):65} | {plan.get('bwd path', '?'):65} |")
 
 

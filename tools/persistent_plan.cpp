@@ -1,13 +1,15 @@
-// The persistent kernels' plans (csrc/persistent_common.cuh: plan_persistent_fwd and
-// plan_persistent_bwd, the very code the extension runs) on an H100 described here, for tools/cuda_report.py: the host compiler builds
-// the kernel templates as the CPU emulation does (csrc/emulation/cuda_emu.h), and the four CUDA
+// The kernels' plans (csrc/persistent_common.cuh: plan_persistent_fwd and plan_persistent_bwd,
+// and where those refuse plan_step_fwd and plan_step_bwd, the very code the extension runs) on
+// an H100 described here, for tools/cuda_report.py: the host compiler builds the kernel
+// templates as the CPU emulation does (csrc/emulation/cuda_emu.h), and the four CUDA
 // runtime calls the plan makes are answered below, the occupancy by NVIDIA's own calculator
 // (cuda_occupancy.h) from the registers and static shared memory the cubin reports. So the
 // units, blocks and shared bytes come from the C++ itself, not from a copy of its formulas.
 //
 // Usage: persistent_plan KERNEL DTYPE REGS STATIC_SHARED H...
 //   (KERNEL: fwd or bwd; DTYPE: f32, f64, f16 or bf16)
-// Prints per H: "H step_blocks step_threads persistent units blocks threads shared per_sm why".
+// Prints per H: "H persistent units blocks threads shared per_sm why": the persistent plan, or
+// where it refuses (persistent 0, per_sm 0) the per-step launch and the refusal's why.
 #include "../csrc/emulation/cuda_emu.h"
 
 #include <cuda_occupancy.h>
@@ -101,14 +103,17 @@ int plan_all(bool backward, int argc, char** argv) {
   for (int i = 5; i < argc; ++i) {
     const int64_t H = std::atoll(argv[i]);
     bnlstm::PersistentPlan plan;
-    const cudaError_t status = backward ? bnlstm::plan_persistent_bwd<S>(H, plan)
-                                        : bnlstm::plan_persistent_fwd<S>(H, plan);
-    if (status != cudaSuccess) return 1;
+    if ((backward ? bnlstm::plan_persistent_bwd<S>(H, plan)
+                  : bnlstm::plan_persistent_fwd<S>(H, plan)) != cudaSuccess) {
+      return 1;
+    }
+    if (!plan.persistent && (backward ? bnlstm::plan_step_bwd<S>(H, plan)
+                                      : bnlstm::plan_step_fwd<S>(H, plan)) != cudaSuccess) {
+      return 1;
+    }
     const int per_sm = plan.persistent ? blocks_per_sm(plan.threads, plan.shared_bytes) : 0;
-    std::printf("%lld %lld %d %d %d %d %d %zu %d %s\n", static_cast<long long>(H),
-                static_cast<long long>((H + bnlstm::kBlockH - 1) / bnlstm::kBlockH),
-                bnlstm::kThreads, plan.persistent, plan.units, plan.blocks, plan.threads,
-                plan.shared_bytes, per_sm, plan.why);
+    std::printf("%lld %d %d %d %d %zu %d %s\n", static_cast<long long>(H), plan.persistent,
+                plan.units, plan.blocks, plan.threads, plan.shared_bytes, per_sm, plan.why);
   }
   return 0;
 }

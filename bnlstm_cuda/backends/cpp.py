@@ -1,8 +1,8 @@
 """The fused C++ step kernels of the extension bnlstm_cuda._C (csrc/, built by setup.py): on
 CPU tensors one GEMM and one fused pass per step and block of hidden units (loops_cpu.cpp), on
 CUDA tensors, where the extension was built with CUDA, each loop in one persistent cooperative
-launch where the device holds it (persistent_fwd.cuh, persistent_bwd.cuh), else one kernel
-launch per step (step_fwd.cuh, step_bwd.cuh). Both keep the buffers of triton_step.py and run
+launch where the device holds it (persistent_fwd.cuh, persistent_bwd.cuh), else the same kernels
+launched once per step. Both keep the buffers of triton_step.py and run
 their time loops in C++.
 
 The extension registers the ops `torch.ops.bnlstm.forward_loop` and
@@ -59,7 +59,7 @@ def cuda_kernels() -> bool:
 @contextlib.contextmanager
 def use_persistent(on: bool, ops=None):
     """Inside the block, the CUDA loops run persistent where the device holds them (on, the
-    default) or only per step (off: to time the per-step kernels); restored after it. ops: the
+    default) or only per step (off: to time the per-step launches); restored after it. ops: the
     extension's (torch.ops.bnlstm) by default."""
     if not isinstance(on, bool):
         raise TypeError(f"use_persistent: on must be a bool, got {type(on).__name__}")

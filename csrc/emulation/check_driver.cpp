@@ -8,7 +8,7 @@
 //   check_driver wmma MODE                MODE: returned, divergent, skipped, argument, ldm or
 //                                         unrounded
 //   check_driver barrier MODE             MODE: returned, divergent, late or grid (see below)
-//   check_driver cooperative BLOCKS BYTES a cooperative launch of BLOCKS blocks of kThreads
+//   check_driver cooperative BLOCKS BYTES a cooperative launch of BLOCKS blocks of 256
 //                                         with BYTES of shared memory: prints "ran" or "refused"
 // Exit status 0 when the kernels ran; the emulator's error, if any, goes to stderr.
 #include <algorithm>
@@ -84,21 +84,23 @@ double run_steps(int B, int H, const std::vector<int>& batch_sizes) {
                       gamma_hh.data(), gamma_c.data(), beta_c.data(), mean_hh.data(),
                       var_hh.data(), mean_c.data(), var_c.data(), stat_hh.data(), stat_c.data(),
                       h_n.data(), c_n.data(), nullptr, B, H, 1e-5};
-  for (int t = 0; t < T; ++t) {
-    const int n = batch_sizes[t], n_next = t + 1 < T ? batch_sizes[t + 1] : 0;
-    bnlstm::launch_fwd_step<S>(fwd, t, n, n_next, t, n >= 2 ? 0.1 : -1.0, nullptr);
-  }
-
-  // the same forward again, every step in one cooperative launch (the grid barrier under TSan)
-  bnlstm::PersistentPlan plan;
-  if (bnlstm::plan_persistent_fwd<S>(H, plan) != cudaSuccess || !plan.persistent) {
-    throw std::runtime_error("the persistent forward does not fit the emulated device");
-  }
   std::vector<int> n(batch_sizes), rows(T);
   n.push_back(0);
   std::iota(rows.begin(), rows.end(), 0);
   std::vector<double> factors(T);
   for (int t = 0; t < T; ++t) factors[t] = batch_sizes[t] >= 2 ? 0.1 : -1.0;
+  bnlstm::PersistentPlan plan;
+  if (bnlstm::plan_step_fwd<S>(H, plan) != cudaSuccess) {
+    throw std::runtime_error("the per-step forward does not fit the emulated device");
+  }
+  for (int t = 0; t < T; ++t) {
+    bnlstm::launch_step_fwd<S>(fwd, plan, n.data(), rows.data(), factors.data(), t, nullptr);
+  }
+
+  // the same forward again, every step in one cooperative launch (the grid barrier under TSan)
+  if (bnlstm::plan_persistent_fwd<S>(H, plan) != cudaSuccess || !plan.persistent) {
+    throw std::runtime_error("the persistent forward does not fit the emulated device");
+  }
   auto y2 = y, cell2 = cell, hw2 = hw, mean_hh2 = mean_hh, var_hh2 = var_hh;
   auto mean_c2 = mean_c, var_c2 = var_c, stat_hh2 = stat_hh, stat_c2 = stat_c;
   auto h_n2 = h_n, c_n2 = c_n;
@@ -122,17 +124,19 @@ double run_steps(int B, int H, const std::vector<int>& batch_sizes) {
                       gamma_c.data(), beta_c.data(), stat_hh.data(), stat_c.data(), dy.data(),
                       dh_n.data(), dpre.data(), dpre_hh.data(), dh.data(), dc.data(),
                       dsum.data(), dsum_c.data(), B, H};
+  std::vector<int> use_batch(T);
+  for (int t = 0; t < T; ++t) use_batch[t] = batch_sizes[t] >= 2;
+  if (bnlstm::plan_step_bwd<S>(H, plan) != cudaSuccess) {
+    throw std::runtime_error("the per-step backward does not fit the emulated device");
+  }
   for (int t = T - 1; t >= 0; --t) {
-    const int n = batch_sizes[t], n_next = t + 1 < T ? batch_sizes[t + 1] : 0;
-    bnlstm::launch_bwd_step<S>(bwd, t, n, n_next, n >= 2, nullptr);
+    bnlstm::launch_step_bwd<S>(bwd, plan, n.data(), use_batch.data(), t, nullptr);
   }
 
   // the same backward again, every step in one cooperative launch
   if (bnlstm::plan_persistent_bwd<S>(H, plan) != cudaSuccess || !plan.persistent) {
     throw std::runtime_error("the persistent backward does not fit the emulated device");
   }
-  std::vector<int> use_batch(T);
-  for (int t = 0; t < T; ++t) use_batch[t] = batch_sizes[t] >= 2;
   const BwdParams bwd2{u.data(), hw.data(), cell.data(), weight_hh.data(), gamma_hh.data(),
                        gamma_c.data(), beta_c.data(), stat_hh.data(), stat_c.data(), dy.data(),
                        dh_n.data(), dpre2.data(), dpre_hh2.data(), dh2.data(), dc2.data(),
@@ -226,11 +230,11 @@ int main(int argc, char** argv) {
       if (mode == "grid") {
         unsigned arrivals = 0;
         return BNLSTM_LAUNCH_COOPERATIVE(grid_barrier_misuse_kernel, dim3(2),
-                                         dim3(bnlstm::kThreads), 0, nullptr, &arrivals);
+                                         dim3(256), 0, nullptr, &arrivals);
       }
       const int m = mode == "returned" ? 0 : mode == "divergent" ? 1 : mode == "late" ? 2 : -1;
       if (m < 0) throw std::invalid_argument("mode " + mode);
-      BNLSTM_LAUNCH(barrier_misuse_kernel, dim3(2), dim3(bnlstm::kThreads), nullptr, m);
+      BNLSTM_LAUNCH(barrier_misuse_kernel, dim3(2), dim3(256), 0, nullptr, m);
       return 0;
     }
     if (what == "wmma" && argc == 3) {
@@ -239,13 +243,13 @@ int main(int argc, char** argv) {
                              "unrounded"};
       const auto m = std::find(std::begin(modes), std::end(modes), mode) - std::begin(modes);
       if (m == std::size(modes)) throw std::invalid_argument("mode " + mode);
-      BNLSTM_LAUNCH(wmma_misuse_kernel, dim3(1), dim3(32), nullptr, static_cast<int>(m));
+      BNLSTM_LAUNCH(wmma_misuse_kernel, dim3(1), dim3(32), 0, nullptr, static_cast<int>(m));
       return 0;
     }
     if (what == "cooperative" && argc == 4) {
       const cudaError_t status =
           BNLSTM_LAUNCH_COOPERATIVE(empty_kernel, dim3(std::atoi(argv[2])),
-                                    dim3(bnlstm::kThreads), std::atoi(argv[3]), nullptr, 0);
+                                    dim3(256), std::atoi(argv[3]), nullptr, 0);
       std::printf("%s\n", status == cudaSuccess                           ? "ran"
                           : status == cudaErrorCooperativeLaunchTooLarge ? "refused"
                                                                           : "error");

@@ -1,13 +1,15 @@
-// The CUDA names the step kernels use, given a CPU meaning, so the unmodified kernel templates
-// (step_common.cuh, step_fwd.cuh, step_bwd.cuh, persistent_fwd.cuh) compile with the host
-// compiler and run on CPU memory: every CUDA thread of a block is an OS thread, __syncthreads is
-// a barrier of the block's threads (a watchdog reports one that only part of the block reaches).
-// An ordinary launch runs its blocks one after another and a block's static __shared__
-// variables are one object its threads share. A cooperative launch runs every block at once,
-// each with its own dynamic shared memory, on an emulated device (BNLSTM_EMU_SMS SMs, 2048
-// threads and BNLSTM_EMU_SHARED_BYTES of shared memory each) that refuses a grid it cannot hold,
-// as a GPU does. Blocks start in the order BNLSTM_EMU_BLOCK_ORDER names (ascending, descending
-// or random:SEED). Include before the kernels.
+// The CUDA names the kernels use, given a CPU meaning, so the unmodified kernel templates
+// (step_common.cuh, persistent_common.cuh, persistent_fwd.cuh, persistent_bwd.cuh) compile with
+// the host compiler and run on CPU memory: every CUDA thread of a block is an OS thread,
+// __syncthreads is a barrier of the block's threads (a watchdog reports one that only part of
+// the block reaches). An ordinary launch runs its blocks one after another, each with its
+// dynamic shared memory, and a block's static __shared__ variables are one object its threads
+// share. A cooperative launch runs every block at once, each with its own dynamic shared
+// memory, on an emulated device (BNLSTM_EMU_SMS SMs, 2048 threads and BNLSTM_EMU_SHARED_BYTES of
+// shared memory each; BNLSTM_EMU_COOPERATIVE=0: a device without cooperative launch) that
+// refuses a grid it cannot hold, as a GPU does. Blocks start in the
+// order BNLSTM_EMU_BLOCK_ORDER names (ascending, descending or random:SEED). Include before the
+// kernels.
 //
 // The toolkit's own host headers (-I $CUDA_HOME/include) supply dim3, uint3, cudaStream_t, the
 // __half / __nv_bfloat16 host conversions, and __global__ / __device__ as nothing.
@@ -29,13 +31,13 @@
 #define __syncthreads() ::bnlstm_emu::sync_threads(__FILE__ ":" BNLSTM_EMU_STR(__LINE__))
 // the launch site of step_*.cuh; the launch returns when every block has run, so one stream
 // (in order) is all there is
-#define BNLSTM_LAUNCH(kernel, grid, block, stream, ...) \
-  ((void)(stream), ::bnlstm_emu::launch<&kernel>(grid, block, __VA_ARGS__))
+#define BNLSTM_LAUNCH(kernel, grid, block, shared, stream, ...) \
+  ((void)(stream), ::bnlstm_emu::launch<&kernel>(grid, block, shared, __VA_ARGS__))
 // cudaLaunchCooperativeKernel's site: returns cudaErrorCooperativeLaunchTooLarge for a grid the
 // emulated device cannot hold at once, else runs every block at once and returns cudaSuccess
 #define BNLSTM_LAUNCH_COOPERATIVE(kernel, grid, block, shared, stream, ...) \
   ((void)(stream), ::bnlstm_emu::launch_cooperative<&kernel>(grid, block, shared, __VA_ARGS__))
-// a cooperative launch's dynamic shared memory: the running block's own buffer
+// a launch's dynamic shared memory: the running block's own buffer
 #define BNLSTM_DYNAMIC_SHARED(name) \
   unsigned char* const name = ::bnlstm_emu::dynamic_shared()
 // a spin-wait's pause; the watchdog reports a spin that outlasts it (a grid barrier some block
@@ -53,9 +55,11 @@ namespace bnlstm_emu {
 // the block never reaches (the others returned, or the watchdog's BNLSTM_EMU_WATCHDOG_S passed).
 void sync_threads(const char* site);
 
-// Runs body() on grid x block threads, block by block; throws std::runtime_error naming
-// `kernel` when a barrier fails.
-void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body);
+// Runs body() on grid x block threads, block by block, each with `shared` bytes of dynamic
+// shared memory (filled as run_cooperative's); throws std::runtime_error naming `kernel` when a
+// barrier fails or `shared` is over a block's limit.
+void run_grid(const char* kernel, dim3 grid, dim3 block, size_t shared,
+              const std::function<void()>& body);
 
 // Runs body() on grid x block threads all at once, each block with `shared` bytes of its own
 // (filled with 0xff bytes: an unwritten float reads as NaN); the blocks start one after another
@@ -97,9 +101,9 @@ const char* kernel_name() {
 
 // Each thread calls the kernel with its own copy of the arguments, as CUDA passes them.
 template <auto kernel, typename... Args>
-void launch(dim3 grid, dim3 block, const Args&... args) {
+void launch(dim3 grid, dim3 block, size_t shared, const Args&... args) {
   const std::tuple<Args...> params(args...);
-  run_grid(kernel_name<kernel>(), grid, block, [&] { std::apply(*kernel, params); });
+  run_grid(kernel_name<kernel>(), grid, block, shared, [&] { std::apply(*kernel, params); });
 }
 
 template <auto kernel, typename... Args>

@@ -286,6 +286,7 @@ constexpr int kThreadsPerSm = 2048, kBlocksPerSm = 32;
 constexpr size_t kSharedReservedPerBlock = 1024;
 
 int sms() { return static_cast<int>(env_seconds("BNLSTM_EMU_SMS", 4)); }
+bool cooperative() { return env_seconds("BNLSTM_EMU_COOPERATIVE", 1) != 0; }
 size_t shared_per_block() {
   return static_cast<size_t>(env_seconds("BNLSTM_EMU_SHARED_BYTES", 232448));
 }
@@ -405,13 +406,19 @@ static void run_kernel(Block& block, const std::function<void()>& body) {
   block.exit(thread_id);
 }
 
-void run_grid(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body) {
+void run_grid(const char* kernel, dim3 grid, dim3 block, size_t shared,
+              const std::function<void()>& body) {
+  if (shared > shared_per_block()) {
+    throw std::runtime_error(std::string("CUDA emulation: ") + kernel + " launched with " +
+                             std::to_string(shared) + " bytes of shared memory, over the " +
+                             std::to_string(shared_per_block()) + " a block may have");
+  }
   const std::lock_guard<std::mutex> lock(one_launch_at_a_time());
   const double watchdog_s = env_seconds("BNLSTM_EMU_WATCHDOG_S", 60);
   const unsigned blocks = grid.x * grid.y * grid.z, threads = block.x * block.y * block.z;
   for (const unsigned b : start_order(blocks)) {
     Launch launch(kernel, watchdog_s);
-    Block state(launch, b, threads, 0);
+    Block state(launch, b, threads, shared);
     Pool::get().run(threads, [&](unsigned tid) {
       enter(state, grid, block, tid);
       run_kernel(state, body);
@@ -463,7 +470,9 @@ cudaError_t cudaGetDevice(int* device) {
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
   switch (attr) {
     case cudaDevAttrMultiProcessorCount: *value = bnlstm_emu::sms(); return cudaSuccess;
-    case cudaDevAttrCooperativeLaunch: *value = 1; return cudaSuccess;
+    case cudaDevAttrCooperativeLaunch:
+      *value = bnlstm_emu::cooperative();
+      return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin:
       *value = static_cast<int>(bnlstm_emu::shared_per_block());
       return cudaSuccess;
