@@ -28,6 +28,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from bnlstm_cuda import BNLSTM, backends
 from bnlstm_cuda.backends import cpp, fused, torch_ops, triton_step
 from bnlstm_cuda.function import run_layer
+from bnlstm_cuda.layer_state import accumulator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 built, why_not_built = cpp.available()
@@ -63,6 +64,33 @@ def backward_args(fwd_args, outputs):
     use_batch = [f >= 0 for f in fwd_args[13]]
     return (u, hw, cell, weight_hh, gamma_hh, gamma_c, beta_c, stat_hh, stat_c, dy, dh_n, dc_n,
             fwd_args[11], use_batch)
+
+
+def run_ops(ops, device, B, H, T, dtype):
+    """The forward and backward ops of `ops` (torch.ops.bnlstm, or the emulation's) on fixed
+    random inputs on `device` (packed, T > max_length, the last steps with one sequence; u in
+    the accumulator dtype); every output, the updated running rows and every gradient."""
+    g = torch.Generator().manual_seed(0)
+    G, L = 4 * H, max(T - 2, 1)
+    acc = accumulator(dtype)
+
+    def r(*shape, dtype=dtype):
+        return torch.randn(*shape, generator=g).to(device, dtype)
+
+    lengths = sorted(torch.randint(1, T + 1, (B,), generator=g).tolist(), reverse=True)
+    lengths[0] = T
+    sizes = [sum(n > t for n in lengths) for t in range(T)]
+    running = [r(L, G, dtype=acc), r(L, G, dtype=acc).abs(), r(L, H, dtype=acc),
+               r(L, H, dtype=acc).abs()]
+    args = (r(T, B, G, dtype=acc), 0.3 * r(G, H), r(G), r(H), r(H), r(B, H), r(B, H), *running,
+            sizes, [min(t, L - 1) for t in range(T)], [0.1 if n >= 2 else -1.0 for n in sizes],
+            None, 1e-5)
+    out = ops.forward_loop(*args)
+    _, _, _, cell, hw, stat_hh, stat_c = out
+    dy, dh_n, dc_n = r(T, B, H), r(B, H, dtype=acc), r(B, H, dtype=acc)
+    grads = ops.backward_loop(args[0], hw, cell, *args[1:5], stat_hh, stat_c, dy, dh_n, dc_n,
+                              sizes, [n >= 2 for n in sizes])
+    return [*out, *running, *grads]
 
 
 def test_registry_lists_cpp_after_triton_and_says_why_it_cannot_run():
@@ -323,6 +351,39 @@ def test_module_against_reference_float64(training):
         return packed(x, lengths)
 
     compare_with_reference(model, make_input)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16],
+                         ids=["fp64", "fp32", "bf16"])
+@pytest.mark.parametrize("B,H,T", [(33, 40, 7), (70, 520, 5)], ids=["B33-H40-T7", "B70-H520-T5"])
+def test_per_step_launches_give_the_persistent_bits(dtype, B, H, T):
+    """The CUDA loops per step (use_persistent(False): the same kernels a launch a step, W_hh
+    streamed) give the persistent path's bits, as on the emulated device (test_emulation)."""
+    ops = torch.ops.bnlstm
+    paths = [ops.forward_path(dtype, H), ops.backward_path(dtype, H)]
+    persistent = run_ops(ops, DEVICE, B, H, T, dtype)
+    with cpp.use_persistent(False):
+        per_step = run_ops(ops, DEVICE, B, H, T, dtype)
+    for i, (a, b) in enumerate(zip(persistent, per_step)):
+        assert torch.equal(a, b), f"result {i} differs between {paths} and per-step"
+
+
+@needs_gpu
+def test_float32_follows_allow_tf32():
+    """float32 on TF32 tensor cores: tf32x3 by default (the contract's float32 rule, above), one
+    TF32 product with torch.backends.cuda.matmul.allow_tf32: within RULE_K of TF32's 2^-10, and
+    moved off the tf32x3 results by more than float32 rounding (as test_emulation's)."""
+    case = (torch.float32, 33, 40, 7, True, True, True)
+    exact = check_against_torch_ops(cpp, *case)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        tf32 = check_against_torch_ops(cpp, *case, floor=2.0 ** -10)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    moved = [(got - want).norm().item() / want.norm().item() for got, want in zip(tf32, exact)]
+    assert min(moved[:8]) > 100 * torch.finfo(torch.float32).eps, moved
 
 
 @needs_gpu

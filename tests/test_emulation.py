@@ -40,7 +40,6 @@ from torch.utils import cpp_extension
 
 from bnlstm_cuda import BNLSTM, backends, info
 from bnlstm_cuda.backends import cpp, fused
-from bnlstm_cuda.layer_state import accumulator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
@@ -269,31 +268,7 @@ def test_opcheck(emu):
 
 
 def _run_ops(B, H, T, dtype):
-    """Forward and backward ops on fixed random inputs (packed, T > max_length, the last steps
-    with one sequence; u in the accumulator dtype); every output, the updated running rows and
-    every gradient."""
-    g = torch.Generator().manual_seed(0)
-    G, L = 4 * H, max(T - 2, 1)
-    acc = accumulator(dtype)
-
-    def r(*shape, dtype=dtype):
-        return torch.randn(*shape, generator=g).to(dtype)
-
-    lengths = sorted(torch.randint(1, T + 1, (B,), generator=g).tolist(), reverse=True)
-    lengths[0] = T
-    sizes = [sum(n > t for n in lengths) for t in range(T)]
-    running = [r(L, G, dtype=acc), r(L, G, dtype=acc).abs(), r(L, H, dtype=acc),
-               r(L, H, dtype=acc).abs()]
-    args = (r(T, B, G, dtype=acc), 0.3 * r(G, H), r(G), r(H), r(H), r(B, H), r(B, H), *running,
-            sizes, [min(t, L - 1) for t in range(T)], [0.1 if n >= 2 else -1.0 for n in sizes],
-            None, 1e-5)
-    out = torch.ops.bnlstm_emu.forward_loop(*args)
-    _, _, _, cell, hw, stat_hh, stat_c = out
-    dy, dh_n, dc_n = r(T, B, H), r(B, H, dtype=acc), r(B, H, dtype=acc)
-    grads = torch.ops.bnlstm_emu.backward_loop(
-        args[0], hw, cell, *args[1:5], stat_hh, stat_c, dy, dh_n, dc_n, sizes,
-        [n >= 2 for n in sizes])
-    return [*out, *running, *grads]
+    return test_cpp_ext.run_ops(torch.ops.bnlstm_emu, "cpu", B, H, T, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16],
@@ -301,7 +276,8 @@ def _run_ops(B, H, T, dtype):
 @pytest.mark.parametrize("B,H,T", [(33, 40, 7)], ids=["B33-H40-T7"])
 def test_per_step_launches_give_the_persistent_bits(emu, monkeypatch, dtype, B, H, T):
     """Per step, the same kernels run one step a launch, W_hh streamed through shared memory
-    with the rows and blocks narrower (forward U=4): each sum still runs over the same operands
+    with the rows and blocks narrower (forward U=4): where both run the product on the same
+    units (here tensor cores, and FFMA in float64), each sum still runs over the same operands
     in the same order, so every result is bitwise the persistent path's."""
     take_path(monkeypatch, "persistent", dtype, H)
     persistent = _run_ops(B, H, T, dtype)

@@ -47,18 +47,18 @@ LOG=tests stage tests_small 40 python3 -m pytest -q -rs --tb=line tests/test_tri
   -k "B5-H24 or B33-H40 or graph"
 LOG=tests stage tests_large 75 python3 -m pytest -q -rs --tb=line --durations=5 \
   tests/test_triton_gpu.py -k "not (B5-H24 or B33-H40 or graph)"
-LOG=tests stage tests_cpp 30 python3 -m pytest -v -rs --tb=line tests/test_cpp_ext.py
+LOG=tests stage tests_cpp 45 python3 -m pytest -v -rs --tb=line tests/test_cpp_ext.py
 if command -v gdb > /dev/null; then  # the C++ frames of the argument check that segfaulted
   LOG=tests stage segv 30 gdb -batch -ex run -ex bt --args python3 -m pytest -q -x \
     tests/test_cpp_ext.py -k "argument_checks"
 fi
-LOG=tests stage tests_triton 40 python3 -m pytest -q -rs --tb=line tests/test_triton.py
+LOG=tests stage tests_triton 35 python3 -m pytest -q -rs --tb=line tests/test_triton.py
 # the paper-sized and published shapes against cuDNN and the eager BN loop (the references'
 # Python loops only check, at seconds per call)
 stage bench 130 python3 -m benchmarks.run --device cuda --budget-ms 100 \
   --providers bnlstm nn.LSTM "eager BN loop" flashrnn --csv "$OUT/results.csv"
 # which tiles pick_config should choose at the issue's target shape (fp32, bf16)
-stage tune 30 python3 -m benchmarks.tune --budget-ms 60
+stage tune 20 python3 -m benchmarks.tune --budget-ms 60
 
 echo "--- info"
 [[ -f "$OUT/info.log" ]] && cat "$OUT/info.log"
