@@ -51,10 +51,41 @@ def time_calls(fn: Callable[[], object], device: torch.device, budget_ms: float 
                min_reps: int = 5, max_reps: int = 200, warmup: int = 2) -> Timing:
     """Run fn `warmup` times, then as many times as fit in budget_ms (at least min_reps, at most
     max_reps), timing each call on its own; return the p20/p50/p80 of those calls in ms."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    _warm_up(fn, device, warmup)
+    return _quantiles(_sample(fn, device, budget_ms, min_reps, max_reps))
+
+
+def time_interleaved(calls: list[tuple[Callable, Callable[[], object]]], device: torch.device,
+                     budget_ms: float = 400.0, rounds: int = 5, min_reps: int = 5,
+                     max_reps: int = 200, warmup: int = 2) -> list[Timing]:
+    """Time calls against each other: each (context factory, fn) is warmed up, then `rounds`
+    rounds give every fn in turn its share of budget_ms (calls in a row, inside its context);
+    the p20/p50/p80 of each fn's samples. A machine whose speed drifts within a run (a shared
+    VM's 2x within minutes) then moves every fn alike, and their ratios hold; one call after
+    another keeps what steady state builds (caches, replayed graphs) as time_calls does."""
+    for context, fn in calls:
+        with context():
+            _warm_up(fn, device, warmup)
+    samples: list[list] = [[] for _ in calls]
+    for _ in range(rounds):
+        for (context, fn), taken in zip(calls, samples):
+            with context():
+                taken += _sample(fn, device, budget_ms / rounds, -(-min_reps // rounds),
+                                 max(1, max_reps // rounds))
+    return [_quantiles(taken) for taken in samples]
+
+
+def _warm_up(fn, device, warmup: int) -> None:
     for _ in range(warmup):
         fn()
-    sync()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _sample(fn, device, budget_ms: float, min_reps: int, max_reps: int) -> list[float]:
+    """Calls of fn, each timed on its own, until budget_ms is spent (at least min_reps, at most
+    max_reps); their times in ms."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     start, stop = _clock(device)
     samples, spent = [], 0.0
     while len(samples) < max_reps and (len(samples) < min_reps or spent < budget_ms):
@@ -64,7 +95,7 @@ def time_calls(fn: Callable[[], object], device: torch.device, budget_ms: float 
         spent += (time.perf_counter() - t0) * 1e3
     if device.type == "cuda":
         samples = [begin.elapsed_time(end) for begin, end in samples]
-    return _quantiles(samples)
+    return samples
 
 
 def _one_call(fn, start, stop):

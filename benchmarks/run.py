@@ -84,24 +84,25 @@ def _row(env, shape, provider, mode, launch, timing, peak_mb):
 def run_shape(shape: Shape, device: torch.device, found: list[Provider], env: dict,
               modes: Iterable[str] = MODES, limits: Optional[dict] = None,
               budget_ms: float = 400.0, graphs: bool = True, tick=lambda n: None):
-    """Check then time each provider at one shape. Returns (rows, notes): measured rows, and
-    one line per provider left out and why (failed check, too slow, error)."""
+    """Check each provider at one shape, then time every checked row of a mode against the
+    others (measure.time_interleaved: rounds in turn, so the ratios of one run hold on a machine
+    whose speed drifts). Returns (rows, notes): measured rows, provider by provider, and one
+    line per provider left out and why (failed check, too slow, error)."""
     limits = DEFAULT_LIMITS[device.type] if limits is None else limits
     torch.manual_seed(0)
     template = make_template(shape, device)
     x = torch.randn(shape.T, shape.B, shape.input_size, device=device, dtype=shape.dtype)
     dy = torch.randn(shape.T, shape.B, shape.hidden_size, device=device, dtype=shape.dtype)
-    rows, notes, references = [], [], {}
+    notes, references, checked = [], {}, []
     for provider in found:
         if shape.tokens > limits.get(provider.name, float("inf")):
             notes.append(f"{provider.name}: skipped (too slow above T*B="
                          f"{limits[provider.name]})")
             tick(len(modes))
             continue
-        launches = [("eager", contextlib.nullcontext), *provider.variants]
-        checked = []
-        for label, context in launches:  # every variant passes the check before it is timed
-            with context():
+        launches = []
+        for label, context in [("eager", contextlib.nullcontext), *provider.variants]:
+            with context():  # every variant passes the check before it is timed
                 failures = _check(provider, template, x[:CHECK_STEPS], dy[:CHECK_STEPS],
                                   references)
             if failures:
@@ -109,28 +110,33 @@ def run_shape(shape: Shape, device: torch.device, found: list[Provider], env: di
                 notes.append(f"{name}: FAILED the check against the reference, not timed: "
                              + "; ".join(failures[:3]))
             else:
-                checked.append((label, context))
-        if not checked:
+                launches.append((label, context))
+        if launches:
+            checked.append((provider, launches))
+        else:
             tick(len(modes))
-            continue
-        for mode in modes:
+    rows = []
+    for mode in modes:
+        timed = []  # (provider, launch label, context, call)
+        for provider, launches in checked:
             call = make_call(provider.build(template), x, dy, mode)
-            for label, context in checked:
-                with context():
-                    timing = measure.time_calls(call, device, budget_ms=budget_ms)
-                    peak = measure.peak_memory_mb(call, device)
-                rows.append(_row(env, shape, provider.name, mode, label, timing, peak))
-            eager = checked[0][0] == "eager"
-            if eager and graphs and provider.graphs and device.type == "cuda":
+            timed += [(provider.name, label, context, call) for label, context in launches]
+            if launches[0][0] == "eager" and graphs and provider.graphs and device.type == "cuda":
                 try:
                     replay = measure.cuda_graph_replay(call)
                 except Exception as error:  # capture refuses host syncs: say so, keep eager
                     notes.append(f"{provider.name} {mode}: no CUDA graph ({error})")
                 else:
-                    timing = measure.time_calls(replay, device, budget_ms=budget_ms)
-                    rows.append(_row(env, shape, provider.name, mode, "cuda_graph", timing,
-                                     measure.peak_memory_mb(replay, device)))
-            tick(1)
+                    timed.append((provider.name, "cuda_graph", contextlib.nullcontext, replay))
+        timings = measure.time_interleaved([(context, call) for _, _, context, call in timed],
+                                           device, budget_ms=budget_ms)
+        for (name, label, context, call), timing in zip(timed, timings):
+            with context():
+                peak = measure.peak_memory_mb(call, device)
+            rows.append(_row(env, shape, name, mode, label, timing, peak))
+        tick(len(checked))
+    order = {p.name: k for k, p in enumerate(found)}
+    rows.sort(key=lambda r: order[r["provider"]])  # stable: modes, then launches, in order
     return rows, notes
 
 

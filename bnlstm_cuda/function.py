@@ -29,8 +29,10 @@ def _forward(backend, x, weights: LayerWeights, h0, c0, stats: RunningStats, ste
     in_step = getattr(backend, "in_step_input", lambda: None)()
     if in_step is not None:
         return in_step(x, weights, h0, c0, stats, steps, eps, save)
-    u, inp = input_norm.forward(input_product(x, weights), weights, stats, steps, eps, save,
-                                input_norm.kernels_of(backend, x.device))
+    kernels = input_norm.kernels_of(backend, x.device)
+    xw = input_product(x, weights, out=None if kernels is None else input_norm.buffer(
+        x, (*x.shape[:2], weights.weight_ih.shape[0]), kernels))
+    u, inp = input_norm.forward(xw, weights, stats, steps, eps, save, kernels)
     y, h_n, c_n, saved = backend.forward_loop(u, weights, h0, c0, stats, steps, eps, save)
     return y, h_n, c_n, saved, inp
 
@@ -60,9 +62,9 @@ class BNLSTMFunction(torch.autograd.Function):
             saved, inp, weights, c0, ctx.steps,
             dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(),
         )
+        kernels = input_norm.kernels_of(ctx.backend, dpre.device)
         dpre_ih, dgamma_ih, dbias = input_norm.backward(  # dpre's buffer is not read again
-            dpre, inp, weights, ctx.steps, input_norm.kernels_of(ctx.backend, dpre.device),
-            out=dpre)
+            dpre, inp, weights, ctx.steps, kernels, out=dpre)
         dgamma_hh, dgamma_c, dbeta_c = dfeature
         dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias = (
             g.to(x.dtype) for g in (dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias))
@@ -72,7 +74,8 @@ class BNLSTMFunction(torch.autograd.Function):
         dweight_ih = dpre_ih.flatten(0, 1).t() @ x.flatten(0, 1) if need[3] else None
         dweight_hh = None
         if need[4]:
-            h_prev = torch.cat([h0.unsqueeze(0), y[:-1]])  # rows not running have dpre_hh = 0
+            h_prev = torch.cat([h0.unsqueeze(0), y[:-1]],  # rows not running have dpre_hh = 0
+                               out=input_norm.buffer(y, y.shape, kernels))
             dweight_hh = dpre_hh.flatten(0, 1).t() @ h_prev.flatten(0, 1)
         dbias = dbias if weights.bias is not None else None
         return (dx, dh0.to(x.dtype), dc0.to(x.dtype), dweight_ih, dweight_hh, dbias, dgamma_ih,

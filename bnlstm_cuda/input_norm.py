@@ -121,13 +121,21 @@ def _batch_steps(steps: Steps) -> int:
     return k
 
 
+def buffer(like: Tensor, shape: tuple[int, ...], kernels=None) -> Tensor:
+    """An uninitialised tensor of like's dtype and device: from the kernels' reuse cache where
+    they offer one (the C++ backend's on CPU tensors: its pages are not faulted in afresh each
+    call, csrc/cpu_buffers.h), else new."""
+    if kernels is not None:
+        return kernels.buffer(like, list(shape))
+    return like.new_empty(shape)
+
+
 def contribution(saved: InputSaved, weights: LayerWeights, out=None, kernels=None) -> Tensor:
     """u_t = gamma_ih BN_t(x_t W_ih^T) + bias for every step (T, B, 4H), accumulator dtype;
     finite but meaningless on rows that are not running. `out` may be saved.xw itself (when
     nothing keeps it): then no buffer of that size is allocated."""
     if kernels is not None:
-        u = torch.empty_like(saved.xw, memory_format=torch.contiguous_format) if out is None \
-            else out
+        u = buffer(saved.xw, saved.xw.shape, kernels) if out is None else out
         kernels.input_contribution(saved.xw, saved.stat, weights.gamma_ih, weights.bias, u)
         return u
     mean, rstd = saved.stat[:, 0, None], saved.stat[:, 1, None]
@@ -165,8 +173,7 @@ def backward(dpre: Tensor, saved: InputSaved, weights: LayerWeights, steps: Step
     itself); the torch ops ignore `out` and use two buffers of (T, B, 4H), the second reused
     for the result."""
     if kernels is not None:  # into `out` (may be dpre itself, when nothing else reads it)
-        dxw = torch.empty_like(dpre, memory_format=torch.contiguous_format) if out is None \
-            else out
+        dxw = buffer(dpre, dpre.shape, kernels) if out is None else out
         dgamma_ih, dbias = kernels.input_backward(dpre, saved.xw, saved.stat, weights.gamma_ih,
                                                   steps.batch_sizes, _batch_steps(steps), dxw)
         return dxw, dgamma_ih, dbias

@@ -38,10 +38,10 @@ class RunningStats(NamedTuple):
         return self.mean_ih.shape[0]
 
 
-def input_product(x: Tensor, weights: LayerWeights) -> Tensor:
+def input_product(x: Tensor, weights: LayerWeights, out: Optional[Tensor] = None) -> Tensor:
     """x W_ih^T of every step as one GEMM ahead of the loop (T, B, 4H): the hoisted input
-    product, which only the step's batch norm needs, not the recurrence."""
-    return x @ weights.weight_ih.t()
+    product, which only the step's batch norm needs, not the recurrence; into `out` if given."""
+    return torch.matmul(x, weights.weight_ih.t(), out=out)
 
 
 def accumulator(dtype: torch.dtype) -> torch.dtype:

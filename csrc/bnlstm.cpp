@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "bnlstm.h"
+#include "cpu_buffers.h"
 #include "loops.h"
 #include "op_checks.h"
 
@@ -85,11 +86,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forward_loop(
   const Tensor gamma_hh_c = gamma_hh.contiguous();
   const Tensor gamma_c_c = gamma_c.contiguous(), beta_c_c = beta_c.contiguous();
   const Tensor factors_c = factor_values ? factor_values->contiguous() : Tensor();
-  Tensor y = at::zeros({T + 1, B, H}, h0.options());  // zero past each sequence's length
+  Tensor y = reusable_empty({T + 1, B, H}, h0.options()).zero_();  // zero past the lengths
   y[0].copy_(h0);
-  Tensor cell = at::empty({T + 1, B, H}, f);
+  Tensor cell = reusable_empty({T + 1, B, H}, f);
   cell[0].copy_(c0);
-  Tensor hw = at::empty({T, B, G}, f);
+  Tensor hw = reusable_empty({T, B, G}, f);
   Tensor stat_hh = at::empty({T, 2, G}, f), stat_c = at::empty({T, 2, H}, f);
   // rows that never run (batch_sizes[0] < B) end with their initial state
   Tensor h_n = h0.contiguous().clone(), c_n = c0.contiguous().clone();
@@ -137,8 +138,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_loop
   // sequence's length, and dpre_hh's row T: nothing after the last step). Zeroing only those
   // saves two writes of (T, B, 4H) for a batch of equal lengths. One zero_ per run of steps
   // with the same running rows (at most B runs: on a GPU, as many small launches).
-  Tensor dpre = at::empty({T, B, G}, f);
-  Tensor dpre_hh = at::empty({T + 1, B, G}, f);
+  Tensor dpre = reusable_empty({T, B, G}, f);
+  Tensor dpre_hh = reusable_empty({T + 1, B, G}, f);
   dpre_hh[T].zero_();
   for (int64_t t0 = 0, t1 = 0; t0 < T; t0 = t1) {
     const int64_t n = batch_sizes[t0];

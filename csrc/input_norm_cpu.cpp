@@ -14,6 +14,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "cpu_buffers.h"
 #include "cpu_passes.h"
 #include "op_checks.h"
 
@@ -271,12 +272,21 @@ TORCH_LIBRARY_FRAGMENT(bnlstm, m) {
   m.def(
       "input_backward(Tensor dpre, Tensor xw, Tensor stat, Tensor gamma_ih, int[] batch_sizes, "
       "int batch_steps, Tensor(a!) dxw) -> (Tensor dgamma_ih, Tensor dbias)");
+  // an uninitialised tensor of like's dtype and device for the Function's (T, B, 4H) buffers
+  // (the input product, u, ...), from the ops' reuse cache (cpu_buffers.h)
+  m.def("buffer(Tensor like, int[] size) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(bnlstm, CPU, m) {
   m.impl("input_statistics", &input_statistics);
   m.impl("input_contribution", &input_contribution);
   m.impl("input_backward", &input_backward);
+  m.impl("buffer", [](const Tensor& like, at::IntArrayRef size) {
+    for (const int64_t s : size) {
+      TORCH_CHECK(s >= 0, "bnlstm::buffer: size must be non-negative, got ", size);
+    }
+    return reusable_empty(size, like.options());
+  });
 }
 
 }  // namespace bnlstm

@@ -136,7 +136,7 @@ inline void wait_for(const std::atomic<int64_t>& done, int64_t target) {
   }
 }
 
-// Runs block(s, j0, units) for the loop's steps s = 0 .. T-1 (in the caller's order) and every
+// Runs block(s, j0, w) for the loop's steps s = 0 .. T-1 (in the caller's order) and every
 // block of hidden units of each, in one parallel region for the whole loop. Blocks are tickets
 // taken in order, and a ticket of step s is taken only once every block of step s - 1 is done
 // (the step's barrier): a thread holds a ticket only while it computes it, so a thread that is
@@ -359,18 +359,28 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
     const S* __restrict__ dy_row = dy_t + b * H;
     for (int64_t u = 0; u < w; ++u) dh_row[u] = dy_row[u] + carried[u];
   }
+  // the output gate's gradient, and dcn (the gradient of BN(c_t)'s output, kept for pass 2):
+  // o and tanh/sech^2 of the normalised cell are computed here only
+  thread_local std::vector<S> dcn_rows;
+  dcn_rows.resize(n * w);
   for (int64_t b = 0; b < n; ++b) {
     const S* __restrict__ dh_row = dh + b * H;
     const S* __restrict__ c_row = c_t + b * H;
     const S* __restrict__ x = u_t + b * G;
     const S* __restrict__ h = hw_t + b * G;
+    S* __restrict__ d_o = dpre_t + b * G + 3 * H;
+    S* __restrict__ dcn_row = dcn_rows.data() + b * w;
+#pragma omp simd
     for (int64_t u = 0; u < w; ++u) {
       const S dh_b = dh_row[u];
       const S c = c_row[u];
       const S chat = (c - k.mean_c[u]) * k.rstd_c[u];
       const S o = sigmoid(k.pre(3, u, x, h, H, hw_gates));
-      const S dcn =
-          dh_b * o * sech2(cell_norm(c, k.mean_c[u], k.rstd_c[u], k.gamma_c[u], k.beta_c[u]));
+      const auto cn = tanh_sech2(cell_norm(c, k.mean_c[u], k.rstd_c[u], k.gamma_c[u],
+                                           k.beta_c[u]));
+      const S dcn = dh_b * o * cn.sech2;
+      dcn_row[u] = dcn;
+      d_o[u] = dh_b * cn.tanh * dsigmoid(o);
       sum_dcn[u] += dcn;
       sum_dcn_chat[u] += dcn * chat;
     }
@@ -378,38 +388,32 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
   std::copy(sum_dcn_chat, sum_dcn_chat + w, dsum_c_t);
   std::copy(sum_dcn, sum_dcn + w, dsum_c_t + H);
 
-  // 2. through the gates: the pre-activation gradients (the step's dpre) and the dc carry
+  // 2. through the cell norm and the gates i, f, g: their pre-activation gradients (the
+  //    step's dpre) and the dc carry
   for (int64_t b = 0; b < n; ++b) {
     const S* __restrict__ x = u_t + b * G;
     const S* __restrict__ h = hw_t + b * G;
-    const S* __restrict__ dh_row = dh + b * H;
+    const S* __restrict__ dcn_row = dcn_rows.data() + b * w;
     const S* __restrict__ c_row = c_t + b * H;
     const S* __restrict__ c_in = c_prev + b * H;
     S* __restrict__ dc_row = dc + b * H;
     S* __restrict__ d_i = dpre_t + b * G;  // one pointer per gate: disjoint stores
     S* __restrict__ d_f = d_i + H;
     S* __restrict__ d_g = d_i + 2 * H;
-    S* __restrict__ d_o = d_i + 3 * H;
     // GCC's alias analysis gives up on this many streams; every store is to its own row slice
 #pragma omp simd
     for (int64_t u = 0; u < w; ++u) {
-      const S dh_b = dh_row[u];
-      const S c = c_row[u];
-      const S chat = (c - k.mean_c[u]) * k.rstd_c[u];
+      const S chat = (c_row[u] - k.mean_c[u]) * k.rstd_c[u];
       const S i = sigmoid(k.pre(0, u, x, h, H, hw_gates));
       const S f = sigmoid(k.pre(1, u, x, h, H, hw_gates));
-      const S pre_g = k.pre(2, u, x, h, H, hw_gates);
-      const S gg = tanh_(pre_g);
-      const S o = sigmoid(k.pre(3, u, x, h, H, hw_gates));
-      const S cn = cell_norm(c, k.mean_c[u], k.rstd_c[u], k.gamma_c[u], k.beta_c[u]);
-      const S dcn = dh_b * o * sech2(cn);
-      const S dc_b = dc_row[u] + k.gamma_c[u] * bn_backward(dcn, chat, k.rstd_c[u], sum_dcn[u],
-                                                            sum_dcn_chat[u], rows, use_batch);
+      const auto g = tanh_sech2(k.pre(2, u, x, h, H, hw_gates));
+      const S dc_b = dc_row[u] + k.gamma_c[u] * bn_backward(dcn_row[u], chat, k.rstd_c[u],
+                                                            sum_dcn[u], sum_dcn_chat[u], rows,
+                                                            use_batch);
       dc_row[u] = dc_b * f;
-      d_i[u] = dc_b * gg * dsigmoid(i);
+      d_i[u] = dc_b * g.tanh * dsigmoid(i);
       d_f[u] = dc_b * c_in[u] * dsigmoid(f);
-      d_g[u] = dc_b * i * sech2(pre_g);
-      d_o[u] = dh_b * tanh_(cn) * dsigmoid(o);
+      d_g[u] = dc_b * i * g.sech2;
     }
   }
 

@@ -22,6 +22,11 @@ BNLSTM_HD double sqrt_(double x) { return sqrt(x); }
 BNLSTM_HD double exp_(double x) { return exp(x); }
 BNLSTM_HD double tanh_(double x) { return tanh(x); }
 
+template <typename A>
+struct TanhSech2 {
+  A tanh, sech2;  // tanh(x) and its derivative 1 - tanh(x)^2
+};
+
 #if defined(__CUDA_ARCH__)
 __device__ __forceinline__ float exp_(float x) { return expf(x); }
 __device__ __forceinline__ float tanh_(float x) { return tanhf(x); }
@@ -49,18 +54,24 @@ inline float exp_(float x) {
   return p * scale;
 }
 
-// tanh through the exp above: sign(x) (1 - e) / (1 + e) with e = exp(-2|x|), and for |x| < 1/4,
-// where 1 - e cancels, its odd Taylor polynomial to x^9 (next term below 1e-8 relative). Both
-// are computed and one is selected, so the loop stays vectorised.
-inline float tanh_(float x) {
+// tanh through the exp above, with sech^2 = 1 - tanh^2 from the same exp and one division:
+// e = exp(-2|x|) and r = 1 / (1 + e) give tanh|x| = (1 - e) r and sech^2 = 4 e r^2 (no
+// cancellation where tanh saturates). For |x| < 1/4, where 1 - e cancels, tanh is its odd
+// Taylor polynomial to x^9 (next term below 1e-8 relative). Both are computed and one is
+// selected, so the loop stays vectorised; a caller that wants tanh alone loses the rest to
+// dead-code elimination.
+inline TanhSech2<float> tanh_sech2(float x) {
   const float e = exp_(-2.0f * fabsf(x));
-  const float t = (1.0f - e) / (1.0f + e);
+  const float r = 1.0f / (1.0f + e);
+  const float t = (1.0f - e) * r;
   const float x2 = x * x;
   const float taylor =
       x * (1.0f + x2 * (-0.333333333f +
                         x2 * (0.133333333f + x2 * (-0.0539682540f + x2 * 0.0218694885f))));
-  return fabsf(x) < 0.25f ? taylor : (x < 0.0f ? -t : t);
+  return {fabsf(x) < 0.25f ? taylor : (x < 0.0f ? -t : t), 4.0f * e * r * r};
 }
+
+inline float tanh_(float x) { return tanh_sech2(x).tanh; }
 #endif
 
 template <typename A>
@@ -72,6 +83,10 @@ BNLSTM_HD A sech2(A x) {
   const A e = exp_(A(-2) * abs_(x));
   return A(4) * e / ((A(1) + e) * (A(1) + e));
 }
+
+// tanh(x) and 1 - tanh(x)^2 together; host float32 shares one exp between them (above).
+template <typename A>
+BNLSTM_HD TanhSech2<A> tanh_sech2(A x) { return {tanh_(x), sech2(x)}; }
 
 // Derivative of the sigmoid from its value s.
 template <typename A>

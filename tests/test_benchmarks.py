@@ -211,3 +211,23 @@ def test_pixel_tasks_share_split_and_permute_pixels(dataset, module, steps, n_te
     assert all(torch.equal(a, b) for a, b in zip(pixel_task(dataset, "permuted"), perm))
     with pytest.raises(ValueError, match="task"):
         pixel_task(dataset, "shuffled")
+
+
+def test_time_interleaved_takes_turns_inside_each_context():
+    """Rows of one mode are timed in rounds, each fn in turn inside its own context (a
+    drifting machine then moves every row alike); warm-up first, min_reps spread over rounds."""
+    log = []
+
+    def context(name):
+        @contextlib.contextmanager
+        def entered():
+            log.append(f"<{name}")
+            yield
+            log.append(f"{name}>")
+        return entered
+
+    calls = [(context(n), lambda n=n: log.append(n)) for n in ("a", "b")]
+    timings = measure.time_interleaved(calls, CPU, budget_ms=0.0, rounds=3, min_reps=3,
+                                       warmup=1)
+    assert [t.reps for t in timings] == [3, 3]
+    assert log == ["<a", "a", "a>", "<b", "b", "b>"] + ["<a", "a", "a>", "<b", "b", "b>"] * 3

@@ -153,3 +153,7 @@ if _IMPORT_ERROR is None:
     @torch.library.register_fake("bnlstm::input_backward")
     def _input_backward_fake(dpre, xw, stat, gamma_ih, batch_sizes, batch_steps, dxw):
         return xw.new_empty(xw.shape[2]), xw.new_empty(xw.shape[2])
+
+    @torch.library.register_fake("bnlstm::buffer")
+    def _buffer_fake(like, size):
+        return like.new_empty(size)

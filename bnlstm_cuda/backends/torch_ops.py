@@ -17,6 +17,8 @@ The contract every backend keeps (per layer and direction; function.py calls it)
 - optionally `input_kernels(device)`: faster passes for input_norm.py's work over the (T, B, 4H)
   input product on that device (input_norm.kernels_of; the C++ backend's on CPU tensors), or
   None for its torch ops. A backend that recomputes u must use the same passes as its forward.
+  They also give the Function its (T, B, 4H) buffers (`buffer(like, size)`: the C++ backend's
+  are reused between calls, csrc/cpu_buffers.h).
 
 Rows of a step are the sequences still running (a prefix: sequences are sorted by decreasing
 length); the rest of the batch keeps its state untouched. Half-precision layers are computed
