@@ -1,12 +1,13 @@
 """The autograd Function for one layer and direction, with a handwritten backward.
 
 The work every backend shares lives here: before the loop the input product of all steps as one
-GEMM and its batch norm for all steps at once (input_norm.py); after the reverse loop that
-norm's backward for all steps, and the input and weight gradients as single GEMMs over all
-steps. A backend supplies the per-step loops (`forward_loop`, `backward_loop`, contract in
-backends/torch_ops.py), which see the input only as its contribution u to each step's
-pre-activation. A backend that computes the input product inside its steps (Triton's "fused"
-input-product mode) says so through `in_step_input()`, and then gets x instead of u.
+GEMM and its batch statistics for all steps at once (input_norm.py); after the reverse loop
+the input and weight gradients as single GEMMs over all steps. A backend supplies the per-step
+loops (`forward_loop`, `backward_loop`, contract in backends/torch_ops.py), which take the input
+product with those statistics and return its gradient: through input_norm.py's passes over all
+steps, or folded into their own steps. A backend that computes the input product inside its
+steps (Triton's "fused" input-product mode) says so through `in_step_input()`, and then gets x
+instead of the product.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def _forward(backend, x, weights: LayerWeights, h0, c0, stats: RunningStats, ste
     kernels = input_norm.kernels_of(backend, x.device)
     xw = input_product(x, weights, out=None if kernels is None else input_norm.buffer(
         x, (*x.shape[:2], weights.weight_ih.shape[0]), kernels))
-    u, inp = input_norm.forward(xw, weights, stats, steps, eps, save, kernels)
-    y, h_n, c_n, saved = backend.forward_loop(u, weights, h0, c0, stats, steps, eps, save)
+    inp = input_norm.forward(xw, stats, steps, eps, kernels)
+    y, h_n, c_n, saved = backend.forward_loop(inp, weights, h0, c0, stats, steps, eps, save)
     return y, h_n, c_n, saved, inp
 
 
@@ -58,14 +59,10 @@ class BNLSTMFunction(torch.autograd.Function):
         x, h0, c0, *rest = ctx.saved_tensors
         weights = LayerWeights(*rest[:7])
         y, inp, saved = rest[7], InputSaved(*rest[8:10]), ctx.saved_type(*rest[10:])
-        dpre, dpre_hh, dh0, dc0, *dfeature = ctx.backend.backward_loop(
-            saved, inp, weights, c0, ctx.steps,
-            dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(),
-        )
-        kernels = input_norm.kernels_of(ctx.backend, dpre.device)
-        dpre_ih, dgamma_ih, dbias = input_norm.backward(  # dpre's buffer is not read again
-            dpre, inp, weights, ctx.steps, kernels, out=dpre)
-        dgamma_hh, dgamma_c, dbeta_c = dfeature
+        dpre_ih, dpre_hh, dh0, dc0, dgamma_hh, dgamma_c, dbeta_c, dgamma_ih, dbias = (
+            ctx.backend.backward_loop(saved, inp, weights, c0, ctx.steps, dy.contiguous(),
+                                      dh_n.contiguous(), dc_n.contiguous()))
+        kernels = input_norm.kernels_of(ctx.backend, dpre_ih.device)
         dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias = (
             g.to(x.dtype) for g in (dgamma_ih, dgamma_hh, dgamma_c, dbeta_c, dbias))
         dpre_ih, dpre_hh = dpre_ih.to(x.dtype), dpre_hh.to(x.dtype)

@@ -1,10 +1,11 @@
 """BN_t(x_t W_ih^T) of every step at once, outside the time loop.
 
-The input's batch norm does not depend on the recurrence, so its statistics, its running-row
-updates and its normalisation run as a few vectorised ops over the whole (T, B, 4H) input
-product before the loop, and its backward as a few more after the reverse loop. The step
-loops (every backend) then take the input contribution u_t = gamma_ih BN_t(x_t W_ih^T) + bias
-and keep only the two norms that sit on the recurrence, BN(h W_hh^T) and BN(c).
+The input's batch norm does not depend on the recurrence, so its statistics and its
+running-row updates run as a few vectorised ops over the whole (T, B, 4H) input product before
+the loop. Its normalisation (the input contribution u_t = gamma_ih BN_t(x_t W_ih^T) + bias) and
+its backward run here too, over all steps, for the loops that take u and return the
+pre-activation's gradient; the C++ CPU loops do both as they read each step. Either way the
+loops keep only the two norms that sit on the recurrence, BN(h W_hh^T) and BN(c).
 """
 
 from __future__ import annotations
@@ -130,14 +131,10 @@ def buffer(like: Tensor, shape: tuple[int, ...], kernels=None) -> Tensor:
     return like.new_empty(shape)
 
 
-def contribution(saved: InputSaved, weights: LayerWeights, out=None, kernels=None) -> Tensor:
+def contribution(saved: InputSaved, weights: LayerWeights, out=None) -> Tensor:
     """u_t = gamma_ih BN_t(x_t W_ih^T) + bias for every step (T, B, 4H), accumulator dtype;
     finite but meaningless on rows that are not running. `out` may be saved.xw itself (when
     nothing keeps it): then no buffer of that size is allocated."""
-    if kernels is not None:
-        u = buffer(saved.xw, saved.xw.shape, kernels) if out is None else out
-        kernels.input_contribution(saved.xw, saved.stat, weights.gamma_ih, weights.bias, u)
-        return u
     mean, rstd = saved.stat[:, 0, None], saved.stat[:, 1, None]
     z = saved.xw.to(saved.stat.dtype)
     scale = weights.gamma_ih.to(z.dtype) * rstd
@@ -147,36 +144,44 @@ def contribution(saved: InputSaved, weights: LayerWeights, out=None, kernels=Non
     return torch.addcmul(weights.bias.to(z.dtype), u, scale, out=u)
 
 
-def forward(xw: Tensor, weights: LayerWeights, stats: RunningStats, steps: Steps,
-            eps: float, save: bool = True, kernels=None) -> tuple[Tensor, InputSaved]:
-    """The input contribution u of every step and what its backward needs; without `save`, u
-    takes xw's buffer where the dtypes allow (xw is not needed after)."""
-    saved = InputSaved(xw, statistics(xw, stats, steps, eps, kernels))
-    reuse = not save and xw.dtype == saved.stat.dtype and not xw.requires_grad
-    return contribution(saved, weights, out=xw if reuse else None, kernels=kernels), saved
+def forward(xw: Tensor, stats: RunningStats, steps: Steps, eps: float,
+            kernels=None) -> InputSaved:
+    """What the step loops and the input norm's backward need: x W_ih^T and the statistics
+    each step normalises it with (the running rows move here)."""
+    return InputSaved(xw, statistics(xw, stats, steps, eps, kernels))
+
+
+def loop_input(inp: InputSaved, weights: LayerWeights, save: bool) -> Tensor:
+    """u for a forward loop that takes it; without `save`, u takes xw's buffer where the dtypes
+    allow (nothing reads xw after)."""
+    reuse = not save and inp.xw.dtype == inp.stat.dtype and not inp.xw.requires_grad
+    return contribution(inp, weights, out=inp.xw if reuse else None)
 
 
 def kernels_of(backend, device: torch.device):
     """The backend's passes over the input product on `device` (a namespace with
-    input_statistics, input_contribution and input_backward doing what the torch ops here do),
-    or None: these torch ops. A backend offers them through `input_kernels(device)`."""
+    input_statistics doing what _batch_statistics does, and buffer), or None: these torch ops.
+    A backend offers them through `input_kernels(device)`."""
     return getattr(backend, "input_kernels", lambda device: None)(device)
 
 
-def backward(dpre: Tensor, saved: InputSaved, weights: LayerWeights, steps: Steps,
-             kernels=None, out=None) -> tuple[Tensor, Tensor, Tensor]:
+def with_input_grads(loop_grads: tuple, inp: InputSaved, weights: LayerWeights,
+                     steps: Steps) -> tuple:
+    """A backward loop's results as the contract has them, from those of a loop that stops at
+    the pre-activation (dpre first, then dpre_hh, dh0, dc0, dgamma_hh, dgamma_c, dbeta_c): dpre
+    becomes the gradient of x W_ih^T, and dgamma_ih, dbias come last."""
+    dpre, *rest = loop_grads
+    dxw, dgamma_ih, dbias = backward(dpre, inp, weights, steps)
+    return (dxw, *rest, dgamma_ih, dbias)
+
+
+def backward(dpre: Tensor, saved: InputSaved, weights: LayerWeights,
+             steps: Steps) -> tuple[Tensor, Tensor, Tensor]:
     """From the gradient of every step's pre-activation (T, B, 4H; zero on rows not running):
     the gradient of x W_ih^T, dgamma_ih and dbias (accumulator dtype). A step with batch
     statistics adds the batch-mean terms of BatchNorm's backward,
     gamma rstd (dpre - mean(dpre) - xhat mean(dpre xhat)) over its running rows, the others
-    gamma rstd dpre. With `kernels`, the result goes into `out` where given (it may be dpre
-    itself); the torch ops ignore `out` and use two buffers of (T, B, 4H), the second reused
-    for the result."""
-    if kernels is not None:  # into `out` (may be dpre itself, when nothing else reads it)
-        dxw = buffer(dpre, dpre.shape, kernels) if out is None else out
-        dgamma_ih, dbias = kernels.input_backward(dpre, saved.xw, saved.stat, weights.gamma_ih,
-                                                  steps.batch_sizes, _batch_steps(steps), dxw)
-        return dxw, dgamma_ih, dbias
+    gamma rstd dpre. Two buffers of (T, B, 4H), the second reused for the result."""
     B = dpre.shape[1]
     mean, rstd = saved.stat[:, 0, None], saved.stat[:, 1, None]
     xhat = torch.sub(saved.xw.to(dpre.dtype), mean).mul_(rstd)

@@ -44,13 +44,35 @@ void check_input(const char* op, const Tensor& u, const Tensor& weight_hh) {
               " (the accumulator of the layer's ", weight_hh.scalar_type(), ")");
 }
 
-template <ForwardSteps steps>
+const void* data_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+// The optional input_stat, gamma_ih and bias of a (T, B, 4H) u that holds x W_ih^T: given
+// together (bias may be absent), and only to loops that normalise the input in their steps.
+bool check_input_norm(const char* op, bool folds_input, const Tensor& u, const Tensor& weight_hh,
+                      const std::optional<Tensor>& input_stat,
+                      const std::optional<Tensor>& gamma_ih, const std::optional<Tensor>& bias) {
+  if (!input_stat) {
+    TORCH_CHECK(!gamma_ih && !bias, op, ": gamma_ih and bias come with input_stat");
+    return false;
+  }
+  TORCH_CHECK(folds_input, op, ": input_stat is for the CPU loops; these take u, the input's "
+              "contribution (input_stat must be None)");
+  TORCH_CHECK(gamma_ih, op, ": input_stat needs gamma_ih");
+  const int64_t T = u.size(0), G = u.size(2);
+  check_like(op, "input_stat", *input_stat, u, {T, 2, G});
+  check_like(op, "gamma_ih", *gamma_ih, weight_hh, {G});
+  if (bias) check_like(op, "bias", *bias, weight_hh, {G});
+  return true;
+}
+
+template <ForwardSteps steps, bool folds_input>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forward_loop(
     const Tensor& u, const Tensor& weight_hh, const Tensor& gamma_hh, const Tensor& gamma_c,
     const Tensor& beta_c, const Tensor& h0, const Tensor& c0, Tensor& mean_hh, Tensor& var_hh,
     Tensor& mean_c, Tensor& var_c, at::IntArrayRef batch_sizes, at::IntArrayRef rows,
     at::ArrayRef<double> factors, const std::optional<Tensor>& factor_values, double eps,
-    bool save) {
+    bool save, const std::optional<Tensor>& input_stat, const std::optional<Tensor>& gamma_ih,
+    const std::optional<Tensor>& bias) {
   const char* op = "bnlstm::forward_loop";
   TORCH_CHECK(weight_hh.dim() == 2, op, ": weight_hh must be (4H, H), got ", weight_hh.sizes());
   check_input(op, u, weight_hh);
@@ -80,8 +102,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forward_loop(
   }
   if (factor_values) check_like(op, "factor_values", *factor_values, u, {T});
   TORCH_CHECK(eps >= 0.0, op, ": eps must be non-negative, got ", eps);
+  const bool input_norm =
+      check_input_norm(op, folds_input, u, weight_hh, input_stat, gamma_ih, bias);
 
   const auto f = u.options();
+  const Tensor stat_ih = input_norm ? input_stat->contiguous() : Tensor();
+  const Tensor gamma_ih_c = input_norm ? gamma_ih->contiguous() : Tensor();
+  const Tensor bias_c = input_norm && bias ? bias->contiguous() : Tensor();
   const Tensor u_c = u.contiguous(), weight_hh_c = weight_hh.contiguous();
   const Tensor gamma_hh_c = gamma_hh.contiguous();
   const Tensor gamma_c_c = gamma_c.contiguous(), beta_c_c = beta_c.contiguous();
@@ -100,17 +127,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forward_loop(
               beta_c_c.data_ptr(), mean_hh.data_ptr(), var_hh.data_ptr(), mean_c.data_ptr(),
               var_c.data_ptr(), stat_hh.data_ptr(), stat_c.data_ptr(), h_n.data_ptr(),
               c_n.data_ptr(), factor_values ? factors_c.data_ptr() : nullptr, B, H, eps, save,
-              at::globalContext().allowTF32CuBLAS()};
+              at::globalContext().allowTF32CuBLAS(), data_or_null(stat_ih),
+              data_or_null(gamma_ih_c), data_or_null(bias_c)};
   steps(p, y.narrow(0, 1, T), ForwardPlan{batch_sizes, rows, factors});
   return {y, h_n, c_n, cell, hw, stat_hh, stat_c};
 }
 
-template <BackwardSteps steps>
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_loop(
+template <BackwardSteps steps, bool folds_input>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_loop(
     const Tensor& u, const Tensor& hw, const Tensor& cell, const Tensor& weight_hh,
     const Tensor& gamma_hh, const Tensor& gamma_c, const Tensor& beta_c, const Tensor& stat_hh,
     const Tensor& stat_c, const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n,
-    at::IntArrayRef batch_sizes, const c10::List<bool>& use_batch) {
+    at::IntArrayRef batch_sizes, const c10::List<bool>& use_batch,
+    const std::optional<Tensor>& input_stat, const std::optional<Tensor>& gamma_ih,
+    const std::optional<Tensor>& bias) {
   const char* op = "bnlstm::backward_loop";
   TORCH_CHECK(weight_hh.dim() == 2, op, ": weight_hh must be (4H, H), got ", weight_hh.sizes());
   check_input(op, u, weight_hh);
@@ -126,6 +156,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_loop
   check_batch_sizes(op, batch_sizes, T, B);
   TORCH_CHECK(static_cast<int64_t>(use_batch.size()) == T, op, ": use_batch must have T = ", T,
               " entries, got ", use_batch.size());
+  const bool input_norm =
+      check_input_norm(op, folds_input, u, weight_hh, input_stat, gamma_ih, bias);
+  const Tensor stat_ih = input_norm ? input_stat->contiguous() : Tensor();
+  const Tensor gamma_ih_c = input_norm ? gamma_ih->contiguous() : Tensor();
+  const Tensor bias_c = input_norm && bias ? bias->contiguous() : Tensor();
 
   const auto f = u.options();
   const Tensor u_c = u.contiguous(), hw_c = hw.contiguous(), cell_c = cell.contiguous();
@@ -150,20 +185,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_loop
   Tensor dh = at::empty({B, H}, f);
   Tensor dc = dc_n.to(u.scalar_type()).contiguous().clone();
   Tensor dsum = at::zeros({T, G}, f), dsum_c = at::zeros({T, 2, H}, f);
+  Tensor dsum_ih = at::empty({input_norm ? T : 0, 2, G}, f);  // every running column written
 
   BwdParams p{u_c.data_ptr(), hw_c.data_ptr(), cell_c.data_ptr(), weight_hh_c.data_ptr(),
               gamma_hh_c.data_ptr(), gamma_c_c.data_ptr(), beta_c_c.data_ptr(),
               stat_hh_c.data_ptr(), stat_c_c.data_ptr(), dy_c.data_ptr(), dh_n_c.data_ptr(),
               dpre.data_ptr(), dpre_hh.data_ptr(), dh.data_ptr(), dc.data_ptr(),
-              dsum.data_ptr(), dsum_c.data_ptr(), B, H,
-              at::globalContext().allowTF32CuBLAS()};
+              dsum.data_ptr(), dsum_c.data_ptr(), B, H, at::globalContext().allowTF32CuBLAS(),
+              data_or_null(stat_ih), data_or_null(gamma_ih_c), data_or_null(bias_c),
+              dsum_ih.data_ptr()};
   steps(p, dy_c, BackwardPlan{batch_sizes, use_batch});
 
   Tensor dpre_hh_steps = dpre_hh.narrow(0, 0, T);
   Tensor dh0 = at::matmul(dpre_hh_steps[0], weight_hh_c.to(u.scalar_type()));
   const Tensor sums_c = dsum_c.sum(0);
+  // dgamma_ih and dbias where the steps did the input norm's backward, else empty
+  Tensor dgamma_ih = at::empty({0}, f), dbias = at::empty({0}, f);
+  if (input_norm) {
+    const Tensor sums_ih = dsum_ih.sum(0);
+    dgamma_ih = sums_ih[0].clone();
+    dbias = sums_ih[1].clone();
+  }
   // separate outputs must not share storage (torch.library's aliasing rules)
-  return {dpre, dpre_hh_steps, dh0, dc, dsum.sum(0), sums_c[0].clone(), sums_c[1].clone()};
+  return {dpre, dpre_hh_steps, dh0, dc, dsum.sum(0), sums_c[0].clone(), sums_c[1].clone(),
+          dgamma_ih, dbias};
 }
 
 }  // namespace
@@ -186,13 +231,16 @@ BNLSTM_LIBRARY(BNLSTM_OPS, m) {
       "forward_loop(Tensor u, Tensor weight_hh, Tensor gamma_hh, Tensor gamma_c, "
       "Tensor beta_c, Tensor h0, Tensor c0, Tensor(a!) mean_hh, Tensor(b!) var_hh, "
       "Tensor(c!) mean_c, Tensor(d!) var_c, int[] batch_sizes, int[] rows, float[] factors, "
-      "Tensor? factor_values, float eps, bool save=True) -> (Tensor y, Tensor h_n, Tensor c_n, "
+      "Tensor? factor_values, float eps, bool save=True, Tensor? input_stat=None, "
+      "Tensor? gamma_ih=None, Tensor? bias=None) -> (Tensor y, Tensor h_n, Tensor c_n, "
       "Tensor cell, Tensor hw, Tensor stat_hh, Tensor stat_c)");
   m.def(
       "backward_loop(Tensor u, Tensor hw, Tensor cell, Tensor weight_hh, Tensor gamma_hh, "
       "Tensor gamma_c, Tensor beta_c, Tensor stat_hh, Tensor stat_c, Tensor dy, Tensor dh_n, "
-      "Tensor dc_n, int[] batch_sizes, bool[] use_batch) -> (Tensor dpre, Tensor dpre_hh, "
-      "Tensor dh0, Tensor dc0, Tensor dgamma_hh, Tensor dgamma_c, Tensor dbeta_c)");
+      "Tensor dc_n, int[] batch_sizes, bool[] use_batch, Tensor? input_stat=None, "
+      "Tensor? gamma_ih=None, Tensor? bias=None) -> (Tensor dpre, Tensor dpre_hh, Tensor dh0, "
+      "Tensor dc0, Tensor dgamma_hh, Tensor dgamma_c, Tensor dbeta_c, Tensor dgamma_ih, "
+      "Tensor dbias)");
 #if defined(BNLSTM_WITH_CUDA) || defined(BNLSTM_CUDA_EMULATION)
   // which path the CUDA forward and backward of a layer take on the current device, and why
   m.def("forward_path(ScalarType dtype, int hidden_size) -> str",
@@ -216,20 +264,22 @@ BNLSTM_LIBRARY(BNLSTM_OPS, m) {
 #ifdef BNLSTM_CUDA_EMULATION
 constexpr ForwardSteps kCpuForward = forward_steps_cuda;
 constexpr BackwardSteps kCpuBackward = backward_steps_cuda;
+constexpr bool kCpuFoldsInput = false;
 #else
 constexpr ForwardSteps kCpuForward = forward_steps_cpu;
 constexpr BackwardSteps kCpuBackward = backward_steps_cpu;
+constexpr bool kCpuFoldsInput = true;
 #endif
 
 BNLSTM_LIBRARY_IMPL(BNLSTM_OPS, CPU, m) {
-  m.impl("forward_loop", &forward_loop<kCpuForward>);
-  m.impl("backward_loop", &backward_loop<kCpuBackward>);
+  m.impl("forward_loop", &forward_loop<kCpuForward, kCpuFoldsInput>);
+  m.impl("backward_loop", &backward_loop<kCpuBackward, kCpuFoldsInput>);
 }
 
 #ifdef BNLSTM_WITH_CUDA
 BNLSTM_LIBRARY_IMPL(BNLSTM_OPS, CUDA, m) {
-  m.impl("forward_loop", &forward_loop<forward_steps_cuda>);
-  m.impl("backward_loop", &backward_loop<backward_steps_cuda>);
+  m.impl("forward_loop", &forward_loop<forward_steps_cuda, false>);
+  m.impl("backward_loop", &backward_loop<backward_steps_cuda, false>);
 }
 #endif
 

@@ -9,10 +9,15 @@
 
 namespace bnlstm {
 
-// The input's batch norm runs before the loops (bnlstm_cuda/input_norm.py): the steps get its
-// contribution u = gamma_ih BN(x W_ih^T) + bias and keep the two norms on the recurrence.
+// The input's batch statistics are computed before the loops (bnlstm_cuda/input_norm.py): the
+// steps get its contribution u = gamma_ih BN(x W_ih^T) + bias and keep the two norms on the
+// recurrence. The CPU loops may instead take x W_ih^T with those statistics (input_stat) and
+// normalise it as they read it, and then also do that norm's backward in their steps: no
+// (T, B, 4H) pass and buffer for u, nor a pass after the loop for the input's gradient. Those
+// fields come last: the others' initialisers (the emulation's drivers) leave them null.
 struct FwdParams {
-  const void* u;          // [T, B, G] A, in: the input's contribution to the pre-activation
+  const void* u;          // [T, B, G] A, in: the input's contribution to the pre-activation,
+                          //   or x W_ih^T where input_stat is given
   void* hw;               // [T, B, G] A, out: raw h_{t-1} W_hh^T
   void* y;                // [T+1, B, H] S: row 0 = h0 (in), row t+1 = h_t (out), zero past n
   void* cell;             // [T+1, B, H] A: row 0 = c0 (in), row t+1 = c_t (out)
@@ -37,10 +42,15 @@ struct FwdParams {
                           //   loops always do: their steps read it back)
   bool tf32;              // float32 layers on tensor cores: h W_hh^T in one TF32 product
                           //   (torch.backends.cuda.matmul.allow_tf32), else in three (tf32x3)
+  const void* input_stat; // [T, 2, G] A or nullptr: the mean and 1/std step t normalises
+                          //   x W_ih^T with (CPU loops only)
+  const void* gamma_ih;   // [G] S, with input_stat
+  const void* bias;       // [G] S or nullptr, with input_stat
 };
 
 struct BwdParams {
   const void* u;          // [T, B, G] A: the input's contribution, as the forward read it
+                          //   (x W_ih^T where input_stat is given)
   const void* hw;         // [T, B, G] A: as saved by the forward
   const void* cell;       // [T+1, B, H] A: row 0 = c0
   const void* weight_hh;  // [G, H] S
@@ -51,7 +61,8 @@ struct BwdParams {
   const void* stat_c;     // [T, 2, H] A
   const void* dy;         // [T, B, H] S: gradient of the output
   const void* dh_n;       // [B, H] A: gradient of h_n, taken by each row at its last step
-  void* dpre;             // [T, B, G] A, out (zero past n): gradient of the pre-activation
+  void* dpre;             // [T, B, G] A, out (zero past n): gradient of the pre-activation,
+                          //   or with input_stat that of x W_ih^T
   void* dpre_hh;          // [T+1, B, G] A, out: gradient of h_{t-1} W_hh^T; row t+1 is read,
                           //   row T stays zero
   void* dh;               // [B, H] A, scratch: dL/dh_t of the current step
@@ -61,6 +72,11 @@ struct BwdParams {
   int64_t B;              // rows of the batch
   int64_t H;              // hidden units
   bool tf32;              // as FwdParams::tf32, for dpre_hh W_hh
+  const void* input_stat; // [T, 2, G] A or nullptr: as FwdParams; then dpre holds the gradient
+                          //   of x W_ih^T, and dsum_ih the sums for dgamma_ih and dbias
+  const void* gamma_ih;   // [G] S, with input_stat
+  const void* bias;       // [G] S or nullptr, with input_stat
+  void* dsum_ih;          // [T, 2, G] A, out with input_stat: batch sums of dpre*xhat_ih, dpre
 };
 
 }  // namespace bnlstm

@@ -80,21 +80,25 @@ void matmul(bool transpose_w, int64_t m, int64_t ncols, int64_t k, const S* a, i
 #endif
 }
 
-// The recurrent weights as one loop's per-step GEMMs read them. Forward, each block's four gate
-// slices (rows g H + j0 .. j0 + w - 1 of W_hh [4H, H]) are copied next to each other once per
-// call, so a step multiplies them in one GEMM: C[m, 4w] = h_{t-1} slices^T. Backward, a block
-// reads its columns j0 .. j0 + w - 1 of W_hh in place: C[m, w] = dpre_hh W_hh[:, j0:j0+w].
+// The recurrent weights as one loop's per-step GEMMs read them, copied once per call so that a
+// block's slice is contiguous. Forward, each block's four gate slices (rows g H + j0 .. j0 + w
+// - 1 of W_hh [4H, H]) next to each other: C[m, 4w] = h_{t-1} slices^T in one GEMM. Backward,
+// a block's columns j0 .. j0 + w - 1 of W_hh transposed ([w, 4H]): C[m, w] = dpre_hh W_hh[:,
+// j0:j0+w] without a strided read of W_hh every step.
 template <typename S>
 class StepWeights {
  public:
-  // units: the forward's block width (nothing is copied for the backward: units 0)
-  StepWeights(const S* weight_hh, int64_t H, int64_t units) : weight_hh_(weight_hh), H_(H) {
-    if (units == 0) return;
-    blocks_.resize(4 * H * H);
+  // units: the block width; forward: which of the two layouts
+  StepWeights(const S* weight_hh, int64_t H, int64_t units, bool forward)
+      : H_(H), blocks_(4 * H * H) {
     for (int64_t j0 = 0; j0 < H; j0 += units) {
       const int64_t w = std::min(units, H - j0);
-      for (int g = 0; g < 4; ++g) {
-        std::copy_n(weight_hh + (g * H + j0) * H, w * H, blocks_.data() + (4 * j0 + g * w) * H);
+      S* block = blocks_.data() + 4 * j0 * H;
+      for (int64_t r = 0; r < 4 * H && !forward; ++r) {  // row r of W_hh, columns j0 ..
+        for (int64_t u = 0; u < w; ++u) block[u * 4 * H + r] = weight_hh[r * H + j0 + u];
+      }
+      for (int g = 0; g < 4 && forward; ++g) {
+        std::copy_n(weight_hh + (g * H + j0) * H, w * H, block + g * w * H);
       }
     }
   }
@@ -106,13 +110,12 @@ class StepWeights {
 
   // C[m, w] (leading dimension ldc) = A[m, 4H] times W_hh's columns j0 .. j0 + w - 1
   void backward(int64_t j0, int64_t w, int64_t m, const S* a, S* c, int64_t ldc) const {
-    matmul(false, m, w, 4 * H_, a, 4 * H_, weight_hh_ + j0, H_, c, ldc);
+    matmul(true, m, w, 4 * H_, a, 4 * H_, blocks_.data() + 4 * j0 * H_, 4 * H_, c, ldc);
   }
 
  private:
-  const S* weight_hh_;
   int64_t H_;
-  std::vector<S> blocks_;  // forward: [block][gate][unit][H]
+  std::vector<S> blocks_;  // forward: [block][gate][unit][H]; backward: [block][unit][4H]
 };
 
 // The GEMMs of a loop run one thread each, inside its tasks, whatever MKL would pick outside a
@@ -178,19 +181,40 @@ inline void prefetch_rows(const S* z, int64_t ld, int64_t n, int64_t w) {
   }
 }
 
-// The learnable per-feature constants of a block of units j0 .. j0 + w - 1, and the step's
-// statistics of its features.
+// The learnable per-feature constants of a block of units j0 .. j0 + w - 1 at step t, and the
+// step's statistics of its features. The input's contribution is read as (u - in_mean) in_scale
+// + in_shift: from x W_ih^T with the step's input statistics where p.input_stat is given, else
+// from u itself (mean 0, scale 1, shift 0: exactly u).
 template <typename S>
 struct BlockConstants {
   S gamma_hh[4][kMaxUnits], mean_hh[4][kMaxUnits], rstd_hh[4][kMaxUnits];
   S gamma_c[kMaxUnits], beta_c[kMaxUnits], mean_c[kMaxUnits], rstd_c[kMaxUnits];
+  S in_mean[4][kMaxUnits], in_rstd[4][kMaxUnits], in_gamma[4][kMaxUnits];
+  S in_scale[4][kMaxUnits], in_shift[4][kMaxUnits];  // gamma_ih rstd, bias
 
   template <typename P>
-  BlockConstants(const P& p, int64_t j0, int64_t w) {
-    const int64_t H = p.H;
+  BlockConstants(const P& p, int64_t t, int64_t j0, int64_t w) {
+    const int64_t H = p.H, G = 4 * H;
+    const S* stat = static_cast<const S*>(p.input_stat);
+    const S* gamma_ih = static_cast<const S*>(p.gamma_ih);
+    const S* bias = static_cast<const S*>(p.bias);
     for (int g = 0; g < 4; ++g) {
-      for (int64_t u = 0; u < w; ++u) {
-        gamma_hh[g][u] = static_cast<const S*>(p.gamma_hh)[g * H + j0 + u];
+      const int64_t c0 = g * H + j0;
+      std::copy_n(static_cast<const S*>(p.gamma_hh) + c0, w, gamma_hh[g]);
+      if (stat == nullptr) {
+        std::fill_n(in_mean[g], w, S(0));
+        std::fill_n(in_rstd[g], w, S(1));
+        std::fill_n(in_gamma[g], w, S(1));
+      } else {
+        std::copy_n(stat + t * 2 * G + c0, w, in_mean[g]);
+        std::copy_n(stat + (t * 2 + 1) * G + c0, w, in_rstd[g]);
+        std::copy_n(gamma_ih + c0, w, in_gamma[g]);
+      }
+      for (int64_t u = 0; u < w; ++u) in_scale[g][u] = in_gamma[g][u] * in_rstd[g][u];
+      if (stat != nullptr && bias != nullptr) {
+        std::copy_n(bias + c0, w, in_shift[g]);
+      } else {
+        std::fill_n(in_shift[g], w, S(0));
       }
     }
     for (int64_t u = 0; u < w; ++u) {
@@ -199,11 +223,14 @@ struct BlockConstants {
     }
   }
 
-  // Pre-activation of gate g at unit u, from a row's u at the block's first unit (gates H
-  // apart) and its hw there (gates hw_gates apart: H in hw, the block's width in its product).
+  // Pre-activation of gate g at unit u, from a row's u (or x W_ih^T) at the block's first unit
+  // (gates H apart) and its hw there (gates hw_gates apart: H in hw, the block's width in its
+  // product).
   S pre(int g, int64_t u, const S* u_row, const S* hw_row, int64_t H, int64_t hw_gates) const {
-    return recurrent_preactivation(u_row[g * H + u], hw_row[g * hw_gates + u], mean_hh[g][u],
-                                   rstd_hh[g][u], gamma_hh[g][u]);
+    const S x = input_contribution(u_row[g * H + u], in_mean[g][u], in_scale[g][u],
+                                   in_shift[g][u]);
+    return recurrent_preactivation(x, hw_row[g * hw_gates + u], mean_hh[g][u], rstd_hh[g][u],
+                                   gamma_hh[g][u]);
   }
 };
 
@@ -238,7 +265,7 @@ BNLSTM_INLINE void forward_block(const FwdParams& p, const StepWeights<S>& weigh
   S* c_next = static_cast<S*>(p.cell) + (t + 1) * B * H + j0;
   S* stat_hh_t = static_cast<S*>(p.stat_hh) + t * 2 * G + j0;
   S* stat_c_t = static_cast<S*>(p.stat_c) + t * 2 * H + j0;
-  BlockConstants<S> k(p, j0, w);
+  BlockConstants<S> k(p, t, j0, w);
   for (int64_t b = n; b < B; ++b) {  // rows not running: zero, as loops.h promises
     if (p.keep_hw) {
       for (int g = 0; g < 4; ++g) std::fill_n(hw_t + b * G + g * H, w, S(0));
@@ -309,8 +336,8 @@ BNLSTM_INLINE void forward_block(const FwdParams& p, const StepWeights<S>& weigh
 }
 
 // use_batch is a template argument: a run-time flag inside bn_backward keeps GCC from
-// vectorising the loops that call it.
-template <typename S, bool use_batch>
+// vectorising the loops that call it. input_norm: p.input_stat is given (u holds x W_ih^T).
+template <typename S, bool use_batch, bool input_norm>
 BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weights, int64_t t,
                                   int64_t n, int64_t n_next, int64_t j0, int64_t w) {
   const int64_t H = p.H, G = 4 * H, B = p.B;
@@ -331,7 +358,8 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
   S* dc = static_cast<S*>(p.dc) + j0;
   S* dsum_t = static_cast<S*>(p.dsum) + t * G + j0;
   S* dsum_c_t = static_cast<S*>(p.dsum_c) + t * 2 * H + j0;
-  BlockConstants<S> k(p, j0, w);
+  S* dsum_ih_t = input_norm ? static_cast<S*>(p.dsum_ih) + t * 2 * G + j0 : nullptr;
+  BlockConstants<S> k(p, t, j0, w);
   for (int g = 0; g < 4; ++g) {
     for (int64_t u = 0; u < w; ++u) {
       k.mean_hh[g][u] = stat_hh_t[g * H + u];
@@ -387,6 +415,11 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
   }
   std::copy(sum_dcn_chat, sum_dcn_chat + w, dsum_c_t);
   std::copy(sum_dcn, sum_dcn + w, dsum_c_t + H);
+  S mean_dcn[kMaxUnits], mean_dcn_chat[kMaxUnits];
+  for (int64_t u = 0; u < w; ++u) {
+    mean_dcn[u] = sum_dcn[u] / rows;
+    mean_dcn_chat[u] = sum_dcn_chat[u] / rows;
+  }
 
   // 2. through the cell norm and the gates i, f, g: their pre-activation gradients (the
   //    step's dpre) and the dc carry
@@ -407,9 +440,9 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
       const S i = sigmoid(k.pre(0, u, x, h, H, hw_gates));
       const S f = sigmoid(k.pre(1, u, x, h, H, hw_gates));
       const auto g = tanh_sech2(k.pre(2, u, x, h, H, hw_gates));
-      const S dc_b = dc_row[u] + k.gamma_c[u] * bn_backward(dcn_row[u], chat, k.rstd_c[u],
-                                                            sum_dcn[u], sum_dcn_chat[u], rows,
-                                                            use_batch);
+      const S dc_b = dc_row[u] + k.gamma_c[u] * bn_backward_means(dcn_row[u], chat, k.rstd_c[u],
+                                                                  mean_dcn[u], mean_dcn_chat[u],
+                                                                  use_batch);
       dc_row[u] = dc_b * f;
       d_i[u] = dc_b * g.tanh * dsigmoid(i);
       d_f[u] = dc_b * c_in[u] * dsigmoid(f);
@@ -417,28 +450,51 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
     }
   }
 
-  // 3. through BN(h W_hh^T), one gate at a time
+  // 3. through BN(h W_hh^T), one gate at a time, and with p.input_stat through BN(x W_ih^T):
+  //    dpre is then replaced by the gradient of x W_ih^T, row by row
   for (int g = 0; g < 4; ++g) {
     const int64_t c0 = g * H;
-    S sum_d[kMaxUnits] = {}, sum_d_hh[kMaxUnits] = {};
+    S sum_d[kMaxUnits] = {}, sum_d_hh[kMaxUnits] = {}, sum_d_ih[kMaxUnits] = {};
     for (int64_t b = 0; b < n; ++b) {
       const S* __restrict__ d = dpre_t + b * G + c0;
       const S* __restrict__ h = hw_t + b * G + c0;
+      const S* __restrict__ x = u_t + b * G + c0;
       for (int64_t u = 0; u < w; ++u) {
         sum_d[u] += d[u];
         sum_d_hh[u] += d[u] * ((h[u] - k.mean_hh[g][u]) * k.rstd_hh[g][u]);
+        if constexpr (input_norm) {
+          sum_d_ih[u] += d[u] * ((x[u] - k.in_mean[g][u]) * k.in_rstd[g][u]);
+        }
       }
     }
     std::copy(sum_d_hh, sum_d_hh + w, dsum_t + c0);
+    if constexpr (input_norm) {
+      std::copy(sum_d_ih, sum_d_ih + w, dsum_ih_t + c0);
+      std::copy(sum_d, sum_d + w, dsum_ih_t + G + c0);
+    }
+    // the batch means of both norms' backward (BN(h W_hh^T)'s through its gamma_hh)
+    S mean_d[kMaxUnits], mean_d_ih[kMaxUnits], mean_hh_d[kMaxUnits], mean_hh_dx[kMaxUnits];
+    for (int64_t u = 0; u < w; ++u) {
+      mean_d[u] = sum_d[u] / rows;
+      mean_d_ih[u] = sum_d_ih[u] / rows;
+      mean_hh_d[u] = k.gamma_hh[g][u] * sum_d[u] / rows;
+      mean_hh_dx[u] = k.gamma_hh[g][u] * sum_d_hh[u] / rows;
+    }
     for (int64_t b = 0; b < n; ++b) {
-      const S* __restrict__ d = dpre_t + b * G + c0;
+      S* __restrict__ d = dpre_t + b * G + c0;  // read, then with input_norm rewritten
       S* __restrict__ d_hh = dpre_hh_t + b * G + c0;
       const S* __restrict__ h = hw_t + b * G + c0;
+      const S* __restrict__ x = u_t + b * G + c0;
       for (int64_t u = 0; u < w; ++u) {
-        const S gamma_hh = k.gamma_hh[g][u];
+        const S gamma_hh = k.gamma_hh[g][u], d_pre = d[u];
         const S xhat_hh = (h[u] - k.mean_hh[g][u]) * k.rstd_hh[g][u];
-        d_hh[u] = bn_backward(gamma_hh * d[u], xhat_hh, k.rstd_hh[g][u], gamma_hh * sum_d[u],
-                              gamma_hh * sum_d_hh[u], rows, use_batch);
+        d_hh[u] = bn_backward_means(gamma_hh * d_pre, xhat_hh, k.rstd_hh[g][u], mean_hh_d[u],
+                                    mean_hh_dx[u], use_batch);
+        if constexpr (input_norm) {
+          const S xhat_ih = (x[u] - k.in_mean[g][u]) * k.in_rstd[g][u];
+          d[u] = k.in_gamma[g][u] * bn_backward_means(d_pre, xhat_ih, k.in_rstd[g][u], mean_d[u],
+                                                      mean_d_ih[u], use_batch);
+        }
       }
     }
   }
@@ -461,23 +517,31 @@ BNLSTM_CLONES void run_forward_block(const FwdParams& p, const StepWeights<float
 }
 
 template <typename S>
+BNLSTM_INLINE void dispatch_backward_block(const BwdParams& p, const StepWeights<S>& weights,
+                                           int64_t t, int64_t n, int64_t n_next, bool use_batch,
+                                           int64_t j0, int64_t w) {
+  const bool input_norm = p.input_stat != nullptr;
+  if (use_batch && input_norm) {
+    backward_block<S, true, true>(p, weights, t, n, n_next, j0, w);
+  } else if (use_batch) {
+    backward_block<S, true, false>(p, weights, t, n, n_next, j0, w);
+  } else if (input_norm) {
+    backward_block<S, false, true>(p, weights, t, n, n_next, j0, w);
+  } else {
+    backward_block<S, false, false>(p, weights, t, n, n_next, j0, w);
+  }
+}
+
+template <typename S>
 void run_backward_block(const BwdParams& p, const StepWeights<S>& weights, int64_t t, int64_t n,
                         int64_t n_next, bool use_batch, int64_t j0, int64_t w) {
-  if (use_batch) {
-    backward_block<S, true>(p, weights, t, n, n_next, j0, w);
-  } else {
-    backward_block<S, false>(p, weights, t, n, n_next, j0, w);
-  }
+  dispatch_backward_block<S>(p, weights, t, n, n_next, use_batch, j0, w);
 }
 
 BNLSTM_CLONES void run_backward_block(const BwdParams& p, const StepWeights<float>& weights,
                                       int64_t t, int64_t n, int64_t n_next, bool use_batch,
                                       int64_t j0, int64_t w) {
-  if (use_batch) {
-    backward_block<float, true>(p, weights, t, n, n_next, j0, w);
-  } else {
-    backward_block<float, false>(p, weights, t, n, n_next, j0, w);
-  }
+  dispatch_backward_block<float>(p, weights, t, n, n_next, use_batch, j0, w);
 }
 
 void check_dtype(const char* op, at::ScalarType dtype) {
@@ -495,7 +559,7 @@ void forward_steps_cpu(const FwdParams& p, const at::Tensor& steps, const Forwar
   AT_DISPATCH_FLOATING_TYPES(steps.scalar_type(), "bnlstm_forward_cpu", [&] {
     using S = scalar_t;
     const int64_t units = forward_units(p.H);
-    const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, units);
+    const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, units, true);
     for_each_step_block(T, plan.batch_sizes[0], p.H, units,
                         [&](int64_t t, int64_t j0, int64_t w) {
       const int64_t n = plan.batch_sizes[t], n_next = t + 1 < T ? plan.batch_sizes[t + 1] : 0;
@@ -513,7 +577,8 @@ void backward_steps_cpu(const BwdParams& p, const at::Tensor& steps,
   const int64_t T = steps.size(0);
   AT_DISPATCH_FLOATING_TYPES(steps.scalar_type(), "bnlstm_backward_cpu", [&] {
     using S = scalar_t;
-    const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, /*units=*/0);
+    const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, kBackwardUnits,
+                                 false);
     for_each_step_block(T, plan.batch_sizes[0], p.H, kBackwardUnits,
                         [&](int64_t s, int64_t j0, int64_t w) {
       const int64_t t = T - 1 - s;  // the reverse loop

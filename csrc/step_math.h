@@ -114,8 +114,14 @@ BNLSTM_HD void step_statistics(A total, A centred, int64_t n, bool use_batch, A 
   rstd = A(1) / sqrt_(var + eps);
 }
 
-// Pre-activation of one gate feature: the input's contribution u = gamma_ih BN(x W_ih^T) + bias
-// (computed for every step before the loop) plus gamma_hh BN(h W_hh^T).
+// The input's contribution to one gate feature, u = gamma_ih BN(x W_ih^T) + bias, from x W_ih^T,
+// the step's mean, scale = gamma_ih rstd, and shift = bias.
+template <typename A>
+BNLSTM_HD A input_contribution(A xw, A mean, A scale, A shift) {
+  return (xw - mean) * scale + shift;
+}
+
+// Pre-activation of one gate feature: the input's contribution u plus gamma_hh BN(h W_hh^T).
 template <typename A>
 BNLSTM_HD A recurrent_preactivation(A u, A hw, A mean_hh, A rstd_hh, A gamma_hh) {
   return u + gamma_hh * ((hw - mean_hh) * rstd_hh);
@@ -132,11 +138,18 @@ BNLSTM_HD A cell_norm(A c, A mean_c, A rstd_c, A gamma_c, A beta_c) {
 }
 
 // Gradient through (z - mean) * rstd given d = dL/dxhat; with batch statistics the mean and
-// variance depend on every row (sum_d, sum_dx: batch sums of d and d * xhat over the n rows;
-// n comes as an A, so no integer conversion sits in a vectorised loop).
+// variance depend on every row (mean_d, mean_dx: batch means of d and d * xhat over the running
+// rows; a loop over rows computes them once per feature, not a division per element).
+template <typename A>
+BNLSTM_HD A bn_backward_means(A d, A xhat, A rstd, A mean_d, A mean_dx, bool use_batch) {
+  return use_batch ? rstd * (d - mean_d - xhat * mean_dx) : rstd * d;
+}
+
+// The same from the batch sums over the n rows (n comes as an A, so no integer conversion sits
+// in a vectorised loop).
 template <typename A>
 BNLSTM_HD A bn_backward(A d, A xhat, A rstd, A sum_d, A sum_dx, A n, bool use_batch) {
-  return use_batch ? rstd * (d - sum_d / n - xhat * (sum_dx / n)) : rstd * d;
+  return bn_backward_means(d, xhat, rstd, sum_d / n, sum_dx / n, use_batch);
 }
 
 }  // namespace bnlstm

@@ -6,8 +6,6 @@ stay within RULE_K of it.
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
 from conftest import DEVICE, assert_rel_close
@@ -20,13 +18,8 @@ from bnlstm_cuda.layer_state import RunningStats, plan_steps
 from bnlstm_cuda.layout import batch_sizes_of
 
 MUTATED = ["mean_ih", "var_ih", "mean_hh", "var_hh", "mean_c", "var_c"]
-# The torch backend's loops in the layer's dtype: u comes in the accumulator dtype (the input
-# norm accumulates in float32 for every backend), which would otherwise lift the recurrence of
-# a half-precision layer to float32 (and meet its half weights in the backward's matmul).
-LOW_DTYPE_TORCH = types.SimpleNamespace(
-    forward_loop=lambda u, weights, *args: torch_ops.forward_loop(
-        u.to(weights.weight_hh.dtype), weights, *args),
-    backward_loop=torch_ops.backward_loop)
+# The torch backend's loops in the layer's dtype (torch_ops.forward_loop keeps u in it)
+LOW_DTYPE_TORCH = torch_ops
 DTYPES = pytest.mark.parametrize(
     "dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
     ids=["fp64", "fp32", "bf16", "fp16"])

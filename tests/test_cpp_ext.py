@@ -18,6 +18,7 @@ import os
 import runpy
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ from conftest import DEVICE, assert_rel_close, compare_with_reference
 from gpu_contract import CASES, DTYPES, check_against_torch_ops
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from bnlstm_cuda import BNLSTM, backends
+from bnlstm_cuda import BNLSTM, backends, input_norm
 from bnlstm_cuda.backends import cpp, fused, torch_ops, triton_step
 from bnlstm_cuda.function import run_layer
 from bnlstm_cuda.layer_state import accumulator
@@ -180,7 +181,8 @@ def test_fake_kernels_give_shapes_and_dtypes_without_running(dtype):
             ((T, B, 4 * H), acc), ((T, 2, 4 * H), acc), ((T, 2, H), acc)]
     assert [(tuple(t.shape), t.dtype) for t in out] == want
     assert all(t.device.type == "cuda" for t in out)
-    want = [(T, B, 4 * H), (T, B, 4 * H), (B, H), (B, H), (4 * H,), (H,), (H,)]
+    # dgamma_ih and dbias are empty: given u, the loop leaves the input norm to the caller
+    want = [(T, B, 4 * H), (T, B, 4 * H), (B, H), (B, H), (4 * H,), (H,), (H,), (0,), (0,)]
     assert [tuple(t.shape) for t in grads] == want
     assert all(t.dtype == acc for t in grads)
 
@@ -206,20 +208,91 @@ def test_opcheck_on_cpu(dtype):
     torch.library.opcheck(torch.ops.bnlstm.backward_loop.default, backward_args(args, out))
 
 
+def input_norm_args(fwd_args, bias=True):
+    """For op_args' forward: x W_ih^T (in u's place) and the keyword arguments that make the
+    CPU loops normalise it in their steps (input_stat, gamma_ih, bias), and the u those stand
+    for (input_norm.contribution, as the other loops get it)."""
+    u, weight_hh = fwd_args[0], fwd_args[1]
+    T, _, G = u.shape
+    g = torch.Generator().manual_seed(1)
+    xw = 2.0 + torch.randn(u.shape, generator=g, dtype=u.dtype)  # a mean well away from 0
+    stat = torch.stack([torch.randn(T, G, generator=g, dtype=u.dtype),
+                        0.5 + torch.rand(T, G, generator=g, dtype=u.dtype)], dim=1)
+    weights = types.SimpleNamespace(
+        gamma_ih=torch.randn(G, generator=g, dtype=weight_hh.dtype),
+        bias=torch.randn(G, generator=g, dtype=weight_hh.dtype) if bias else None)
+    kwargs = dict(input_stat=stat, gamma_ih=weights.gamma_ih, bias=weights.bias)
+    return xw, kwargs, input_norm.contribution(input_norm.InputSaved(xw, stat), weights)
+
+
 @needs_ext
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_input_norm_ops_pass_opcheck(dtype):
-    """The CPU input-norm passes: schema, fake kernels, the mutated `out` of the contribution."""
+    """The CPU statistics pass, and both loops normalising x W_ih^T in their steps: schema,
+    fake kernels against the real outputs."""
     torch.manual_seed(0)
     xw = torch.randn(4, 3, 8, dtype=dtype)
-    stat, gamma = torch.rand(4, 2, 8, dtype=dtype) + 0.5, torch.randn(8, dtype=dtype)
-    ops = torch.ops.bnlstm
-    torch.library.opcheck(ops.input_statistics.default, (xw, [3, 3, 2, 2]))
-    torch.library.opcheck(ops.input_contribution.default,
-                          (xw, stat, gamma, gamma.clone(), torch.empty_like(xw)))
-    torch.library.opcheck(ops.input_backward.default,
-                          (torch.randn_like(xw), xw, stat, gamma, [3, 3, 2, 2], 2,
-                           torch.empty_like(xw)))
+    torch.library.opcheck(torch.ops.bnlstm.input_statistics.default, (xw, [3, 3, 2, 2]))
+    args = op_args("cpu", dtype, T=5, B=3, H=40)
+    xw, kwargs, _ = input_norm_args(args)
+    args = (xw, *args[1:])
+    torch.library.opcheck(torch.ops.bnlstm.forward_loop.default, args, kwargs)
+    out = torch.ops.bnlstm.forward_loop(*args, **kwargs)
+    torch.library.opcheck(torch.ops.bnlstm.backward_loop.default, backward_args(args, out),
+                          kwargs)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_cpu_loops_normalising_the_input_are_the_loops_given_u(dtype, bias):
+    """The CPU loops reading x W_ih^T with its statistics give what they give from u (computed
+    by input_norm's torch ops), and their in-step backward of the input norm what
+    input_norm.backward makes of their dpre: packed rows shrinking to one, the last step with
+    its running row (no batch-mean terms), T past max_length."""
+    args = op_args("cpu", dtype, T=5, B=3, H=40, L=3)
+    xw, kwargs, u = input_norm_args(args, bias)
+    runs = []
+    for first, extra in ((u, {}), (xw, kwargs)):
+        copy_ = [first, *(t.clone() if isinstance(t, torch.Tensor) else t for t in args[1:])]
+        out = torch.ops.bnlstm.forward_loop(*copy_, **extra)
+        runs.append((out, copy_[7:11]))
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    for a, b in zip([*runs[0][0], *runs[0][1]], [*runs[1][0], *runs[1][1]]):
+        torch.testing.assert_close(b, a, **tol)
+    grad_args = [u, *backward_args(args, runs[0][0])[1:]]
+    want = torch.ops.bnlstm.backward_loop(*grad_args)
+    grad_args[0] = xw
+    got = torch.ops.bnlstm.backward_loop(*grad_args, **kwargs)
+    sizes, use_batch = grad_args[12], grad_args[13]
+    steps = types.SimpleNamespace(batch_sizes=sizes, batch_stats=use_batch)
+    dxw, dgamma_ih, dbias = input_norm.backward(
+        want[0], input_norm.InputSaved(xw, kwargs["input_stat"]),
+        types.SimpleNamespace(gamma_ih=kwargs["gamma_ih"]), steps)
+    names = ["dxw", "dpre_hh", "dh0", "dc0", "dgamma_hh", "dgamma_c", "dbeta_c", "dgamma_ih",
+             "dbias"]
+    for name, a, b in zip(names, (dxw, *want[1:7], dgamma_ih, dbias), got, strict=True):
+        torch.testing.assert_close(b, a, **tol, msg=lambda m, name=name: f"{name}: {m}")
+    assert want[7].numel() == want[8].numel() == 0  # given u, the loop leaves them to the caller
+
+
+@needs_ext
+def test_cpu_loops_name_the_input_norm_arguments():
+    args = op_args("cpu")
+    xw, kwargs, _ = input_norm_args(args)
+    with pytest.raises(RuntimeError, match="gamma_ih and bias come with input_stat"):
+        torch.ops.bnlstm.forward_loop(xw, *args[1:], gamma_ih=kwargs["gamma_ih"])
+    with pytest.raises(RuntimeError, match="input_stat needs gamma_ih"):
+        torch.ops.bnlstm.forward_loop(xw, *args[1:], input_stat=kwargs["input_stat"])
+    with pytest.raises(RuntimeError, match=r"input_stat must have shape \[5, 2, 32\]"):
+        torch.ops.bnlstm.forward_loop(xw, *args[1:], **{**kwargs,
+                                                       "input_stat": kwargs["input_stat"][:4]})
+    with pytest.raises(RuntimeError, match=r"bias must have shape \[32\]"):
+        torch.ops.bnlstm.forward_loop(xw, *args[1:], **{**kwargs, "bias": torch.zeros(8)})
+    out = torch.ops.bnlstm.forward_loop(xw, *args[1:], **kwargs)
+    with pytest.raises(RuntimeError, match="gamma_ih has dtype Double, expected Float"):
+        torch.ops.bnlstm.backward_loop(*backward_args((xw, *args[1:]), out),
+                                       **{**kwargs, "gamma_ih": kwargs["gamma_ih"].double()})
 
 
 @needs_ext

@@ -76,7 +76,7 @@ def emu():
         extra_include_paths=[CUDA_INCLUDE, CCCL_INCLUDE], build_directory=BUILD,
         is_python_module=False)
     for op, fake in (("forward_loop", fused.forward_loop_fake),
-                     ("backward_loop", fused.backward_loop_fake)):
+                     ("backward_loop", cpp.backward_loop_fake)):
         torch.library.register_fake(f"bnlstm_emu::{op}")(fake)
     ops = torch.ops.bnlstm_emu
     return types.SimpleNamespace(
@@ -265,6 +265,14 @@ def test_opcheck(emu):
     out = torch.ops.bnlstm_emu.forward_loop(*test_cpp_ext.op_args("cpu"))
     torch.library.opcheck(torch.ops.bnlstm_emu.backward_loop.default,
                           test_cpp_ext.backward_args(args, out))
+
+
+def test_emulated_loops_take_u_and_refuse_the_input_statistics(emu):
+    """Only the CPU loops normalise x W_ih^T in their steps; the CUDA loops' ops say so."""
+    args = test_cpp_ext.op_args("cpu")
+    xw, kwargs, _ = test_cpp_ext.input_norm_args(args)
+    with pytest.raises(RuntimeError, match="input_stat is for the CPU loops"):
+        torch.ops.bnlstm_emu.forward_loop(xw, *args[1:], **kwargs)
 
 
 def _run_ops(B, H, T, dtype):

@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from bnlstm_cuda import BNLSTM, input_norm
 from bnlstm_cuda.backends import cpp
-from bnlstm_cuda.layer_state import LayerWeights, plan_steps
+from bnlstm_cuda.layer_state import plan_steps
 
 D = torch.float64
 # 12 steps over 3 running-statistics rows: steps 2 .. 11 all update row 2; the packed lengths
@@ -76,78 +76,13 @@ def test_statistics_of_all_steps_at_once_are_the_step_loops(momentum, training, 
     assert torch.equal(fast.num_batches_tracked, slow.num_batches_tracked)
 
 
-def _steps_and_product(dtype, sizes, training):
-    model = BNLSTM(3, 8, max_length=4, dtype=dtype)
-    stats = model.running_stats(0)
-    xw = 2.0 + torch.randn(len(sizes), sizes[0], 32, dtype=dtype)
-    for t, n in enumerate(sizes):  # what the loop leaves on rows not running
-        xw[t, n:] = 0.0
-    return model, plan_steps(sizes, stats, training, 0.1), xw
-
-
-@pytest.mark.skipif(cpp.available()[0] is False, reason="bnlstm_cuda._C not built")
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_cpu_kernels_are_the_torch_ops(dtype, training, bias):
-    """The C++ passes (statistics, u, and the backward with and without the batch-mean terms)
-    against input_norm's torch ops: packed rows shrinking to one, so the last steps read their
-    running row; u written over xw's own buffer as the inference forward does."""
-    torch.manual_seed(0)
-    sizes = [6, 6, 5, 3, 2, 1, 1]
-    model, steps, xw = _steps_and_product(dtype, sizes, training)
-    weights = LayerWeights(*(w.detach() for w in model.layer_weights(0)))
-    if not bias:
-        weights = weights._replace(bias=None)
-    with torch.no_grad():
-        weights.gamma_ih.add_(torch.rand_like(weights.gamma_ih))
-        if bias:
-            weights.bias.add_(torch.randn_like(weights.bias))
-    kernels = cpp.input_kernels(xw.device)
-    stats = [type(model.running_stats(0))(*(t.clone() for t in model.running_stats(0)))
-             for _ in range(2)]
-    saved = [input_norm.InputSaved(xw, input_norm.statistics(xw, s, steps, 1e-5, k))
-             for s, k in zip(stats, (None, kernels))]
-    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(saved[1].stat, saved[0].stat, **tol)
-    for a, b in zip(stats[0][:2], stats[1][:2]):
-        torch.testing.assert_close(b, a, **tol)
-    u = input_norm.contribution(saved[0], weights)
-    torch.testing.assert_close(input_norm.contribution(saved[0], weights, kernels=kernels), u,
-                               **tol)
-    in_place = xw.clone()
-    got = input_norm.contribution(saved[0]._replace(xw=in_place), weights, out=in_place,
-                                  kernels=kernels)
-    assert got.data_ptr() == in_place.data_ptr()
-    torch.testing.assert_close(got, u, **tol)
-    dpre = torch.randn_like(xw)
-    for t, n in enumerate(sizes):
-        dpre[t, n:] = 0.0  # the contract: zero on rows not running
-    want = input_norm.backward(dpre, saved[0], weights, steps)
-    got = input_norm.backward(dpre, saved[0], weights, steps, kernels)
-    in_place = dpre.clone()
-    over = input_norm.backward(in_place, saved[0], weights, steps, kernels, out=in_place)
-    assert over[0].data_ptr() == in_place.data_ptr()
-    for name, a, b, c in zip(("dxw", "dgamma_ih", "dbias"), want, got, over):
-        torch.testing.assert_close(b, a, **tol, msg=lambda m, name=name: f"{name}: {m}")
-        torch.testing.assert_close(c, a, **tol, msg=lambda m, name=name: f"{name} in place: {m}")
-
-
 @pytest.mark.skipif(cpp.available()[0] is False, reason="bnlstm_cuda._C not built")
 def test_cpu_kernels_name_the_bad_argument():
     ops = cpp.input_kernels(torch.device("cpu"))
-    xw, stat, gamma = torch.zeros(3, 4, 8), torch.zeros(3, 2, 8), torch.ones(8)
+    xw = torch.zeros(3, 4, 8)
     with pytest.raises(RuntimeError, match=r"batch_sizes must be non-increasing"):
         ops.input_statistics(xw, [4, 5, 1])
     with pytest.raises(RuntimeError, match=r"batch_sizes must have T = 3 entries"):
         ops.input_statistics(xw, [4, 4])
     with pytest.raises(RuntimeError, match=r"xw must be float32 or float64"):
         ops.input_statistics(xw.half(), [4, 4, 4])
-    with pytest.raises(RuntimeError, match=r"stat must have shape \[3, 2, 8\]"):
-        ops.input_contribution(xw, stat[:2], gamma, None, torch.empty_like(xw))
-    with pytest.raises(RuntimeError, match=r"gamma_ih has dtype Double, expected Float"):
-        ops.input_contribution(xw, stat, gamma.double(), None, torch.empty_like(xw))
-    with pytest.raises(RuntimeError, match=r"refer to a single memory location"):
-        ops.input_backward(xw.clone(), xw, stat, gamma, [4, 4, 4], 0, xw)  # dxw over xw
-    with pytest.raises(RuntimeError, match=r"batch_steps must be within \[0, T = 3\]"):
-        ops.input_backward(xw, xw, stat, gamma, [4, 4, 4], 4, torch.empty_like(xw))

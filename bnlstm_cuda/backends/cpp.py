@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from ..input_norm import InputSaved, contribution
+from ..input_norm import InputSaved, contribution, loop_input, with_input_grads
 from ..layer_state import LayerWeights, RunningStats, Steps, accumulator
 from . import fused
 from .fused import Saved
@@ -102,23 +102,36 @@ def supports(device: torch.device) -> Optional[str]:
 
 
 def input_kernels(device: torch.device, ops=torch.ops.bnlstm):
-    """The input norm's passes over the input product (csrc/input_norm_cpu.cpp) on CPU
-    tensors: one parallel pass each, no temporaries of the product's size. None elsewhere (the
-    torch ops of input_norm.py), and for other ops than the extension's (the emulation's)."""
+    """The input norm's statistics pass over the input product (csrc/input_norm_cpu.cpp) and
+    the reusable buffers, on CPU tensors. None elsewhere (the torch ops of input_norm.py), and
+    for other ops than the extension's (the emulation's)."""
     return ops if device.type == "cpu" and ops is torch.ops.bnlstm and _IMPORT_ERROR is None \
         else None
 
 
-def forward_loop(u, weights: LayerWeights, h0, c0, stats: RunningStats, steps: Steps, eps, save,
-                 ops=torch.ops.bnlstm):
+def _folds_input(device: torch.device, ops) -> bool:
+    """Whether the loops normalise x W_ih^T in their steps (and do that norm's backward there):
+    the extension's CPU loops. The others take u."""
+    return input_kernels(device, ops) is not None
+
+
+def forward_loop(inp: InputSaved, weights: LayerWeights, h0, c0, stats: RunningStats,
+                 steps: Steps, eps, save, ops=torch.ops.bnlstm):
     """The contract of backends.torch_ops.forward_loop; the steps run in bnlstm::forward_loop
-    (`ops`: the namespace of the ops; tests/test_emulation.py's build registers bnlstm_emu)."""
+    (`ops`: the namespace of the ops; tests/test_emulation.py's build registers bnlstm_emu).
+    On CPU tensors the loop reads x W_ih^T and normalises it as it goes: no u is made."""
     w = weights
     acc = accumulator(h0.dtype)
+    if _folds_input(h0.device, ops):
+        u, input_norm_args = inp.xw, {"input_stat": inp.stat, "gamma_ih": w.gamma_ih,
+                                      "bias": w.bias}
+    else:
+        u, input_norm_args = loop_input(inp, w, save), {}
 
     def loop(stats):
         return ops.forward_loop(u, w.weight_hh, w.gamma_hh, w.gamma_c, w.beta_c, h0, c0,
-                                *stats[2:6], *fused.launch_steps(steps, acc, eps), save=save)
+                                *stats[2:6], *fused.launch_steps(steps, acc, eps), save=save,
+                                **input_norm_args)
 
     y, h_n, c_n, cell, hw, stat_hh, stat_c = fused.with_running_rows(stats, fused.MUTATED, acc,
                                                                      loop)
@@ -129,30 +142,40 @@ def forward_loop(u, weights: LayerWeights, h0, c0, stats: RunningStats, steps: S
 def backward_loop(saved: Saved, inp: InputSaved, weights: LayerWeights, c0, steps: Steps, dy,
                   dh_n, dc_n, ops=torch.ops.bnlstm):
     """The contract of backends.torch_ops.backward_loop; the steps run in bnlstm::backward_loop
-    (c0 is saved.cell[0] there), with u recomputed from the input norm's saved tensors."""
+    (c0 is saved.cell[0] there). On CPU tensors they read x W_ih^T and do the input norm's
+    backward in their steps; elsewhere u is recomputed from the input norm's saved tensors and
+    that backward runs after the loop."""
     w = weights
-    u = contribution(inp, weights, kernels=input_kernels(dy.device, ops))
-    return tuple(ops.backward_loop(
-        u, saved.hw, saved.cell, w.weight_hh, w.gamma_hh, w.gamma_c, w.beta_c, saved.stat_hh,
-        saved.stat_c, dy, dh_n, dc_n, steps.batch_sizes, [bool(b) for b in steps.batch_stats],
-    ))
+    common = (saved.hw, saved.cell, w.weight_hh, w.gamma_hh, w.gamma_c, w.beta_c, saved.stat_hh,
+              saved.stat_c, dy, dh_n, dc_n, steps.batch_sizes,
+              [bool(b) for b in steps.batch_stats])
+    if _folds_input(dy.device, ops):
+        return tuple(ops.backward_loop(inp.xw, *common, input_stat=inp.stat,
+                                       gamma_ih=w.gamma_ih, bias=w.bias))
+    u = contribution(inp, weights)
+    *grads, _, _ = ops.backward_loop(u, *common)  # the last two: empty, the loop's dpre is kept
+    return with_input_grads(tuple(grads), inp, weights, steps)
+
+
+def backward_loop_fake(u, hw, cell, weight_hh, gamma_hh, gamma_c, beta_c, stat_hh, stat_c, dy,
+                       dh_n, dc_n, batch_sizes, use_batch, input_stat=None, gamma_ih=None,
+                       bias=None):
+    """The C++ backward op's results: fused.backward_loop_fake's, then dgamma_ih and dbias,
+    (4H,) where the loop does the input norm's backward (input_stat), else empty."""
+    grads = fused.backward_loop_fake(u, hw, cell, weight_hh, gamma_hh, gamma_c, beta_c, stat_hh,
+                                     stat_c, dy, dh_n, dc_n, batch_sizes, use_batch)
+    G = 0 if input_stat is None else u.shape[2]
+    return (*grads, u.new_empty(G), u.new_empty(G))
 
 
 if _IMPORT_ERROR is None:
     torch.library.register_fake("bnlstm::forward_loop")(fused.forward_loop_fake)
-    torch.library.register_fake("bnlstm::backward_loop")(fused.backward_loop_fake)
+
+    torch.library.register_fake("bnlstm::backward_loop")(backward_loop_fake)
 
     @torch.library.register_fake("bnlstm::input_statistics")
     def _input_statistics_fake(xw, batch_sizes):
         return xw.new_empty(xw.shape[0], xw.shape[2]), xw.new_empty(xw.shape[0], xw.shape[2])
-
-    @torch.library.register_fake("bnlstm::input_contribution")
-    def _input_contribution_fake(xw, stat, gamma_ih, bias, out):
-        return None
-
-    @torch.library.register_fake("bnlstm::input_backward")
-    def _input_backward_fake(dpre, xw, stat, gamma_ih, batch_sizes, batch_steps, dxw):
-        return xw.new_empty(xw.shape[2]), xw.new_empty(xw.shape[2])
 
     @torch.library.register_fake("bnlstm::buffer")
     def _buffer_fake(like, size):

@@ -59,7 +59,9 @@ def launch_steps(steps, acc: torch.dtype, eps) -> tuple:
 # The ops both fused backends register (bnlstm::* in C++, bnlstm_triton::* in Python), with one
 # schema: per-step host data as lists (factor_values: the weights of a cumulative average, on
 # the device), the running statistics mutated in place. u is the input's contribution to every
-# step's pre-activation (accumulator dtype); weight_hh's dtype is the layer's.
+# step's pre-activation (accumulator dtype); weight_hh's dtype is the layer's. The C++ ops also
+# take x W_ih^T in u's place with its statistics (input_stat, gamma_ih, bias: the CPU loops
+# normalise it in their steps), and their backward returns dgamma_ih and dbias after these.
 MUTATED = ("mean_hh", "var_hh", "mean_c", "var_c")
 FORWARD_SCHEMA = (
     "(Tensor u, Tensor weight_hh, Tensor gamma_hh, Tensor gamma_c, Tensor beta_c, Tensor h0, "
@@ -82,10 +84,12 @@ FUSED_INPUT_SCHEMA = FORWARD_SCHEMA.replace(
 
 
 def forward_loop_fake(u, weight_hh, gamma_hh, gamma_c, beta_c, h0, c0, mean_hh, var_hh, mean_c,
-                      var_c, batch_sizes, rows, factors, factor_values, eps, save=True):
+                      var_c, batch_sizes, rows, factors, factor_values, eps, save=True,
+                      input_stat=None, gamma_ih=None, bias=None):
     """Shapes and dtypes of the forward op's results, for FakeTensor and torch.compile: y (with
     h0 as row 0), h_n, c_n in the layer's dtype; cell, hw and statistics in u's (the
-    accumulator). `save`: the C++ op's (hw is written only where it is true)."""
+    accumulator). `save` and the input norm's arguments: the C++ op's (hw is written only where
+    save is true; with input_stat, u holds x W_ih^T)."""
     T, B, G = u.shape
     H = G // 4
     return (h0.new_empty(T + 1, B, H), h0.new_empty(B, H), h0.new_empty(B, H),

@@ -2,23 +2,25 @@
 the fused kernels are checked against.
 
 The contract every backend keeps (per layer and direction; function.py calls it):
-- `forward_loop(u, weights, h0, c0, stats, steps, eps, save) -> y, h_n, c_n, saved`: u
-  (T, B, 4H) is the input's contribution to each step's pre-activation, gamma_ih BN_t(x_t W_ih^T)
-  + bias, computed for all steps before the loop (input_norm.py), in the accumulator dtype.
-  The loop adds gamma_hh BN_t(h_{t-1} W_hh^T), runs the gates and BN_t(c_t), and updates the
-  running rows of those two norms (the input norm's are already updated). steps (Steps) says
-  each step's running rows, statistics row, and update weight. saved: what its backward needs
-  (None unless save).
-- `backward_loop(saved, inp, weights, c0, steps, dy, dh_n, dc_n) -> dpre, dpre_hh, dh0, dc0,
-  dgamma_hh, dgamma_c, dbeta_c`: dpre (T, B, 4H) is the gradient of each step's pre-activation
-  (which is u's: the Function turns it into the input norm's gradients after the loop), dpre_hh
-  that of h_{t-1} W_hh^T; both zero on rows not running. inp (input_norm.InputSaved) lets a
-  backend recompute u rather than keep it.
-- optionally `input_kernels(device)`: faster passes for input_norm.py's work over the (T, B, 4H)
-  input product on that device (input_norm.kernels_of; the C++ backend's on CPU tensors), or
-  None for its torch ops. A backend that recomputes u must use the same passes as its forward.
-  They also give the Function its (T, B, 4H) buffers (`buffer(like, size)`: the C++ backend's
-  are reused between calls, csrc/cpu_buffers.h).
+- `forward_loop(inp, weights, h0, c0, stats, steps, eps, save) -> y, h_n, c_n, saved`: inp
+  (input_norm.InputSaved) holds x W_ih^T (T, B, 4H) and the mean and 1/std each step normalises
+  it with, computed for all steps before the loop (input_norm.py; the input norm's running rows
+  are already updated). The input's contribution to each step's pre-activation is u =
+  gamma_ih BN_t(x_t W_ih^T) + bias: `input_norm.loop_input` computes it for all steps at once,
+  or a loop computes it as it reads each step (the C++ CPU loops). The loop adds
+  gamma_hh BN_t(h_{t-1} W_hh^T), runs the gates and BN_t(c_t), and updates the running rows of
+  those two norms. steps (Steps) says each step's running rows, statistics row, and update
+  weight. saved: what its backward needs (None unless save).
+- `backward_loop(saved, inp, weights, c0, steps, dy, dh_n, dc_n) -> dxw, dpre_hh, dh0, dc0,
+  dgamma_hh, dgamma_c, dbeta_c, dgamma_ih, dbias`: dxw (T, B, 4H) is the gradient of x W_ih^T,
+  dpre_hh that of h_{t-1} W_hh^T; both zero on rows not running. A loop that stops at the
+  pre-activation's gradient hands it to `input_norm.with_input_grads` (the input norm's
+  backward for all steps after the loop); the C++ CPU loops do that backward in their steps.
+  inp lets a backend recompute u rather than keep it.
+- optionally `input_kernels(device)`: a faster statistics pass over the (T, B, 4H) input
+  product on that device (input_norm.kernels_of; the C++ backend's on CPU tensors), or None
+  for the torch ops. It also gives the Function its (T, B, 4H) buffers (`buffer(like, size)`:
+  the C++ backend's are reused between calls, csrc/cpu_buffers.h).
 
 Rows of a step are the sequences still running (a prefix: sequences are sorted by decreasing
 length); the rest of the batch keeps its state untouched. Half-precision layers are computed
@@ -32,6 +34,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from .. import input_norm
 from ..input_norm import InputSaved
 from ..layer_state import LayerWeights, RunningStats, Steps
 
@@ -92,7 +95,7 @@ def _normalize(z, mean_buf, var_buf, row, factor, eps, save=True):
 
 
 def forward_loop(
-    u: Tensor,
+    inp: InputSaved,
     weights: LayerWeights,
     h0: Tensor,
     c0: Tensor,
@@ -101,7 +104,11 @@ def forward_loop(
     eps: float,
     save: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Optional[Saved]]:
-    """Run the steps given u (T, B, 4H); return y (T, B, H), h_n, c_n, Saved|None."""
+    """Run the steps given x W_ih^T and its statistics; return y (T, B, H), h_n, c_n,
+    Saved|None."""
+    # in the layer's dtype: a half-precision layer's recurrence stays in it (the tests' low
+    # precision baseline; run_layer gives this backend float32 and float64 layers only)
+    u = input_norm.loop_input(inp, weights, save).to(weights.weight_hh.dtype)
     T, B, G = u.shape
     H = G // 4
     y = u.new_zeros(T, B, H)
@@ -152,11 +159,11 @@ def backward_loop(
     dh_n: Tensor,
     dc_n: Tensor,
 ):
-    """Run the steps in reverse. Returns dpre, dpre_hh (T, B, 4H): gradients of each step's
-    pre-activation and of h_{t-1} W_hh^T; dh0, dc0 (B, H); and dgamma_hh, dgamma_c, dbeta_c.
+    """Run the steps in reverse. Returns dxw, dpre_hh (T, B, 4H): gradients of x W_ih^T and of
+    h_{t-1} W_hh^T; dh0, dc0 (B, H); and dgamma_hh, dgamma_c, dbeta_c, dgamma_ih, dbias.
 
     Only what the recurrence needs runs per step (BN(c) and BN(h W_hh^T) backwards, dh, dc); the
-    per-feature sums run once over all steps after the loop."""
+    per-feature sums and the input norm's backward run once over all steps after the loop."""
     T, B, G = saved.gates.shape
     H = G // 4
     w = weights
@@ -187,4 +194,5 @@ def backward_loop(
         dc[:n] = dc_t * f[t, :n]
     dgamma_hh = (dpre * saved.xhat_hh).sum((0, 1))
     dgamma_c, dbeta_c = (dcn * saved.chat).sum((0, 1)), dcn.sum((0, 1))
-    return dpre, dpre_hh, dh, dc, dgamma_hh, dgamma_c, dbeta_c
+    return input_norm.with_input_grads((dpre, dpre_hh, dh, dc, dgamma_hh, dgamma_c, dbeta_c),
+                                       inp, w, steps)

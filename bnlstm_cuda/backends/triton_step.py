@@ -32,7 +32,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from ..device_numbers import device_numbers
-from ..input_norm import InputSaved, contribution
+from ..input_norm import InputSaved, contribution, loop_input, with_input_grads
 from ..layer_state import LayerWeights, RunningStats, Steps, accumulator
 from . import fused, step_graphs
 from .fused import Saved
@@ -982,10 +982,12 @@ _forward_fused_input_op.register_fake(fused.forward_loop_fused_input_fake)
 _backward_op.register_fake(fused.backward_loop_fake)
 
 
-def forward_loop(u, weights: LayerWeights, h0, c0, stats: RunningStats, steps: Steps, eps, save):
+def forward_loop(inp: InputSaved, weights: LayerWeights, h0, c0, stats: RunningStats,
+                 steps: Steps, eps, save):
     """The contract of backends.torch_ops.forward_loop; the steps run in the custom op
     bnlstm_triton::forward_loop, which torch.compile keeps whole (fullgraph)."""
     w = weights
+    u = loop_input(inp, w, save)
 
     def loop(stats):
         y, h_n, c_n, cell, hw, stat_hh, stat_c = torch.ops.bnlstm_triton.forward_loop(
@@ -1029,7 +1031,7 @@ def backward_loop(saved: Saved, inp: InputSaved, weights: LayerWeights, c0, step
     bnlstm_triton::backward_loop (c0 is saved.cell[0] there), with u recomputed from the input
     norm's saved tensors."""
     w = weights
-    return tuple(torch.ops.bnlstm_triton.backward_loop(
+    return with_input_grads(tuple(torch.ops.bnlstm_triton.backward_loop(
         contribution(inp, weights), saved.hw, saved.cell, w.weight_hh, w.gamma_hh, w.gamma_c,
         w.beta_c, saved.stat_hh, saved.stat_c, dy, dh_n, dc_n, steps.batch_sizes,
-        [bool(u) for u in steps.batch_stats]))
+        [bool(u) for u in steps.batch_stats])), inp, w, steps)
