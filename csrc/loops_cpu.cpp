@@ -47,6 +47,9 @@ constexpr int64_t kBackwardUnits = 32;
 constexpr int64_t forward_units(int64_t H) { return H >= 256 ? 64 : 32; }
 static_assert(forward_units(1 << 20) <= kMaxUnits && kBackwardUnits <= kMaxUnits,
               "a block's per-unit arrays hold kMaxUnits");
+static_assert(forward_units(1) % kBackwardUnits == 0 &&
+                  forward_units(1 << 20) % kBackwardUnits == 0,
+              "a backward block lies in one forward block (hw is stored by forward blocks)");
 // Below this many multiply-adds per step (n x H x 4H) a loop runs on the calling thread alone:
 // handing blocks between threads costs more than the work.
 constexpr int64_t kSerialWork = int64_t(1) << 16;
@@ -224,8 +227,7 @@ struct BlockConstants {
   }
 
   // Pre-activation of gate g at unit u, from a row's u (or x W_ih^T) at the block's first unit
-  // (gates H apart) and its hw there (gates hw_gates apart: H in hw, the block's width in its
-  // product).
+  // (gates H apart) and its hw there (gates hw_gates apart: the forward block's width).
   S pre(int g, int64_t u, const S* u_row, const S* hw_row, int64_t H, int64_t hw_gates) const {
     const S x = input_contribution(u_row[g * H + u], in_mean[g][u], in_scale[g][u],
                                    in_shift[g][u]);
@@ -258,7 +260,8 @@ BNLSTM_INLINE void forward_block(const FwdParams& p, const StepWeights<S>& weigh
   const int64_t H = p.H, G = 4 * H, B = p.B;
   const S eps = static_cast<S>(p.eps);
   const S* u_t = static_cast<const S*>(p.u) + t * B * G + j0;
-  S* hw_t = static_cast<S*>(p.hw) + t * B * G + j0;  // written only where p.keep_hw
+  // the block's rows of hw_t, block-major (hw_block), written only where p.keep_hw
+  S* hw_block = static_cast<S*>(p.hw) + t * B * G + 4 * j0 * B;
   const S* h_prev = static_cast<const S*>(p.y) + t * B * H;
   S* h_next = static_cast<S*>(p.y) + (t + 1) * B * H + j0;
   const S* c_prev = static_cast<const S*>(p.cell) + t * B * H + j0;
@@ -267,24 +270,19 @@ BNLSTM_INLINE void forward_block(const FwdParams& p, const StepWeights<S>& weigh
   S* stat_c_t = static_cast<S*>(p.stat_c) + t * 2 * H + j0;
   BlockConstants<S> k(p, t, j0, w);
   for (int64_t b = n; b < B; ++b) {  // rows not running: zero, as loops.h promises
-    if (p.keep_hw) {
-      for (int g = 0; g < 4; ++g) std::fill_n(hw_t + b * G + g * H, w, S(0));
-    }
+    if (p.keep_hw) std::fill_n(hw_block + b * 4 * w, 4 * w, S(0));
     std::fill_n(c_next + b * H, w, S(0));
   }
 
-  // hw = h_{t-1} W_hh^T for the block's features of all four gates in one GEMM: the step reads
-  // it from this product (row b, gate g at b 4w + g w), and keeps it as hw_t for the backward
-  thread_local std::vector<S> product;
-  product.resize(n * 4 * w);
-  S* hw = product.data();
+  // hw = h_{t-1} W_hh^T for the block's features of all four gates in one GEMM (row b, gate g
+  // at b 4w + g w): written straight into hw_t where the backward keeps it, else to scratch
+  thread_local std::vector<S> scratch;
+  if (!p.keep_hw) scratch.resize(n * 4 * w);
+  S* hw = p.keep_hw ? hw_block : scratch.data();
   const int64_t hw_gates = w, ld = 4 * w;
   for (int g = 0; g < 4; ++g) prefetch_rows(u_t + g * H, G, n, w);
   prefetch_rows(c_prev, H, n, w);
   weights.forward(j0, w, n, h_prev, hw);
-  for (int64_t b = 0; p.keep_hw && b < n; ++b) {
-    for (int g = 0; g < 4; ++g) std::copy_n(hw + b * ld + g * w, w, hw_t + b * G + g * H);
-  }
 
   // per gate: the statistics of the recurrent product
   for (int g = 0; g < 4; ++g) {
@@ -343,8 +341,10 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
   const int64_t H = p.H, G = 4 * H, B = p.B;
   const S rows = S(n);
   const S* u_t = static_cast<const S*>(p.u) + t * B * G + j0;
-  const S* hw_t = static_cast<const S*>(p.hw) + t * B * G + j0;
-  const int64_t hw_gates = H;  // k.pre reads rows of hw_t
+  // hw_t as the forward stored it: block-major by the forward's blocks (jf: the one holding j0)
+  const int64_t units = forward_units(H), jf = j0 / units * units, wf = std::min(units, H - jf);
+  const S* hw_t = static_cast<const S*>(p.hw) + t * B * G + 4 * jf * B + (j0 - jf);
+  const int64_t hw_gates = wf, hw_ld = 4 * wf;  // gates and rows apart
   const S* c_prev = static_cast<const S*>(p.cell) + t * B * H + j0;
   const S* c_t = c_prev + B * H;
   const S* stat_hh_t = static_cast<const S*>(p.stat_hh) + t * 2 * G + j0;
@@ -375,7 +375,7 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
   //    the batch sums through the cell norm
   for (int g = 0; g < 4; ++g) {
     prefetch_rows(u_t + g * H, G, n, w);
-    prefetch_rows(hw_t + g * H, G, n, w);
+    prefetch_rows(hw_t + g * hw_gates, hw_ld, n, w);
   }
   for (const S* z : {c_prev, c_t, dy_t}) prefetch_rows(z, H, n, w);
   weights.backward(j0, w, n_next, dpre_hh_next, dh, H);
@@ -395,7 +395,7 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
     const S* __restrict__ dh_row = dh + b * H;
     const S* __restrict__ c_row = c_t + b * H;
     const S* __restrict__ x = u_t + b * G;
-    const S* __restrict__ h = hw_t + b * G;
+    const S* __restrict__ h = hw_t + b * hw_ld;
     S* __restrict__ d_o = dpre_t + b * G + 3 * H;
     S* __restrict__ dcn_row = dcn_rows.data() + b * w;
 #pragma omp simd
@@ -425,7 +425,7 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
   //    step's dpre) and the dc carry
   for (int64_t b = 0; b < n; ++b) {
     const S* __restrict__ x = u_t + b * G;
-    const S* __restrict__ h = hw_t + b * G;
+    const S* __restrict__ h = hw_t + b * hw_ld;
     const S* __restrict__ dcn_row = dcn_rows.data() + b * w;
     const S* __restrict__ c_row = c_t + b * H;
     const S* __restrict__ c_in = c_prev + b * H;
@@ -457,7 +457,7 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
     S sum_d[kMaxUnits] = {}, sum_d_hh[kMaxUnits] = {}, sum_d_ih[kMaxUnits] = {};
     for (int64_t b = 0; b < n; ++b) {
       const S* __restrict__ d = dpre_t + b * G + c0;
-      const S* __restrict__ h = hw_t + b * G + c0;
+      const S* __restrict__ h = hw_t + b * hw_ld + g * hw_gates;
       const S* __restrict__ x = u_t + b * G + c0;
       for (int64_t u = 0; u < w; ++u) {
         sum_d[u] += d[u];
@@ -483,7 +483,7 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
     for (int64_t b = 0; b < n; ++b) {
       S* __restrict__ d = dpre_t + b * G + c0;  // read, then with input_norm rewritten
       S* __restrict__ d_hh = dpre_hh_t + b * G + c0;
-      const S* __restrict__ h = hw_t + b * G + c0;
+      const S* __restrict__ h = hw_t + b * hw_ld + g * hw_gates;
       const S* __restrict__ x = u_t + b * G + c0;
       for (int64_t u = 0; u < w; ++u) {
         const S gamma_hh = k.gamma_hh[g][u], d_pre = d[u];
