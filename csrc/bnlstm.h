@@ -19,8 +19,8 @@ struct FwdParams {
   const void* u;          // [T, B, G] A, in: the input's contribution to the pre-activation,
                           //   or x W_ih^T where input_stat is given
   void* hw;               // [T, B, G] A, out: raw h_{t-1} W_hh^T; the CPU loops store a step
-                          //   block-major ([block of units][B][gate][unit], their forward
-                          //   blocks): only their backward reads it
+                          //   block-major ([block of units][B][gate][unit]): only their
+                          //   backward reads it
   void* y;                // [T+1, B, H] S: row 0 = h0 (in), row t+1 = h_t (out), zero past n
   void* cell;             // [T+1, B, H] A: row 0 = c0 (in), row t+1 = c_t (out)
   const void* weight_hh;  // [G, H] S

@@ -36,20 +36,23 @@ int MKL_Set_Num_Threads_Local(int nt);  // mkl_set_num_threads_local of mkl.h
 namespace bnlstm {
 namespace {
 
-// Hidden units per task (all 4 gates of each). Wider forward blocks make the block's GEMM more
-// efficient: 64 units against 32 took the forward loop 32-34 ms against 37-39 at T=100, B=64,
-// 256/256 (2 threads, best of 40, three alternating rounds); the backward, whose GEMM reads
-// W_hh in place, gained nothing and lost at H=100 (blocks of 64 and 36 on two threads). At
-// H=128, 64 would leave two tasks per step, too few for more than two threads: 64 from
-// H=256 on (four tasks or more). Blocks depend on H alone, never on the thread count.
+// Hidden units per task (all 4 gates of each), the same in both loops: as few blocks of at most
+// kMaxUnits as H allows, of equal width rounded up to 8 (a vector of floats): H=100 gives 56 and
+// 44, H=128 two of 64, H=256 four of 64. Wider blocks make a block's GEMM more efficient, and
+// balanced ones keep a step's critical path short: against blocks of 32 (32, 32, 32, 4 at
+// H=100), forward+backward took 1.41-1.50x nn.LSTM's time against 1.62-1.73x at T=64, B=32,
+// 1/100, and 1.39-1.40x against 1.46-1.54x at T=100, B=32, 128/128 (inference 1.11-1.14x
+// against 1.13-1.32x); at 256/256 the backward's 64 against 32 measured 1.06-1.09x against
+// 1.10x (2 threads, alternating processes, 2026-12-06). At H <= 128 that leaves two tasks per
+// step, which more than two threads cannot share. Blocks depend on H alone, never on the
+// thread count.
 constexpr int64_t kMaxUnits = 64;
-constexpr int64_t kBackwardUnits = 32;
-constexpr int64_t forward_units(int64_t H) { return H >= 256 ? 64 : 32; }
-static_assert(forward_units(1 << 20) <= kMaxUnits && kBackwardUnits <= kMaxUnits,
-              "a block's per-unit arrays hold kMaxUnits");
-static_assert(forward_units(1) % kBackwardUnits == 0 &&
-                  forward_units(1 << 20) % kBackwardUnits == 0,
-              "a backward block lies in one forward block (hw is stored by forward blocks)");
+constexpr int64_t block_units(int64_t H) {
+  const int64_t blocks = (H + kMaxUnits - 1) / kMaxUnits, even = (H + blocks - 1) / blocks;
+  return std::min(kMaxUnits, (even + 7) / 8 * 8);
+}
+static_assert(block_units(100) == 56 && block_units(128) == 64 && block_units(264) == 56,
+              "blocks as the comment says");
 // Below this many multiply-adds per step (n x H x 4H) a loop runs on the calling thread alone:
 // handing blocks between threads costs more than the work.
 constexpr int64_t kSerialWork = int64_t(1) << 16;
@@ -227,7 +230,7 @@ struct BlockConstants {
   }
 
   // Pre-activation of gate g at unit u, from a row's u (or x W_ih^T) at the block's first unit
-  // (gates H apart) and its hw there (gates hw_gates apart: the forward block's width).
+  // (gates H apart) and its hw there (gates hw_gates apart: the block's width).
   S pre(int g, int64_t u, const S* u_row, const S* hw_row, int64_t H, int64_t hw_gates) const {
     const S x = input_contribution(u_row[g * H + u], in_mean[g][u], in_scale[g][u],
                                    in_shift[g][u]);
@@ -341,10 +344,9 @@ BNLSTM_INLINE void backward_block(const BwdParams& p, const StepWeights<S>& weig
   const int64_t H = p.H, G = 4 * H, B = p.B;
   const S rows = S(n);
   const S* u_t = static_cast<const S*>(p.u) + t * B * G + j0;
-  // hw_t as the forward stored it: block-major by the forward's blocks (jf: the one holding j0)
-  const int64_t units = forward_units(H), jf = j0 / units * units, wf = std::min(units, H - jf);
-  const S* hw_t = static_cast<const S*>(p.hw) + t * B * G + 4 * jf * B + (j0 - jf);
-  const int64_t hw_gates = wf, hw_ld = 4 * wf;  // gates and rows apart
+  // the block's rows of hw_t, block-major as the forward stored them (its blocks are these)
+  const S* hw_t = static_cast<const S*>(p.hw) + t * B * G + 4 * j0 * B;
+  const int64_t hw_gates = w, hw_ld = 4 * w;  // gates and rows apart
   const S* c_prev = static_cast<const S*>(p.cell) + t * B * H + j0;
   const S* c_t = c_prev + B * H;
   const S* stat_hh_t = static_cast<const S*>(p.stat_hh) + t * 2 * G + j0;
@@ -558,7 +560,7 @@ void forward_steps_cpu(const FwdParams& p, const at::Tensor& steps, const Forwar
   const int64_t T = steps.size(0);
   AT_DISPATCH_FLOATING_TYPES(steps.scalar_type(), "bnlstm_forward_cpu", [&] {
     using S = scalar_t;
-    const int64_t units = forward_units(p.H);
+    const int64_t units = block_units(p.H);
     const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, units, true);
     for_each_step_block(T, plan.batch_sizes[0], p.H, units,
                         [&](int64_t t, int64_t j0, int64_t w) {
@@ -577,9 +579,9 @@ void backward_steps_cpu(const BwdParams& p, const at::Tensor& steps,
   const int64_t T = steps.size(0);
   AT_DISPATCH_FLOATING_TYPES(steps.scalar_type(), "bnlstm_backward_cpu", [&] {
     using S = scalar_t;
-    const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, kBackwardUnits,
-                                 false);
-    for_each_step_block(T, plan.batch_sizes[0], p.H, kBackwardUnits,
+    const int64_t units = block_units(p.H);
+    const StepWeights<S> weights(static_cast<const S*>(p.weight_hh), p.H, units, false);
+    for_each_step_block(T, plan.batch_sizes[0], p.H, units,
                         [&](int64_t s, int64_t j0, int64_t w) {
       const int64_t t = T - 1 - s;  // the reverse loop
       const int64_t n = plan.batch_sizes[t], n_next = t + 1 < T ? plan.batch_sizes[t + 1] : 0;

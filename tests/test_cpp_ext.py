@@ -516,10 +516,9 @@ def test_final_states_come_from_each_rows_last_step(op):
 
 @needs_ext
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_cpu_kernels_with_wide_forward_blocks_match_the_oracle(training):
-    """From H = 256 on, the forward's blocks are 64 units wide: H = 264 is four of them and one
-    of 8 (the backward's: eight of 32 and one of 8), float64 against the oracle, packed
-    unsorted lengths."""
+def test_cpu_kernels_with_a_partial_block_match_the_oracle(training):
+    """H = 264 is five blocks, four of 56 units and one of 40 (loops_cpu.cpp's block_units),
+    float64 against the oracle, packed unsorted lengths."""
     from conftest import compare_with_reference, packed
 
     torch.manual_seed(0)
@@ -533,9 +532,9 @@ def test_cpu_kernels_with_wide_forward_blocks_match_the_oracle(training):
 @pytest.mark.parametrize("H", [72, 264])
 def test_cpu_kernels_give_the_same_bits_on_one_and_two_threads(H):
     """Blocks of units depend on H alone and every sum runs in a fixed order, so the thread
-    count changes nothing: H = 72 is three blocks (32, 32, 8), H = 264 five forward blocks (64
-    wide, the last 8) and nine backward ones; B = 33 rows with unsorted lengths, enough work
-    per step for the blocks to run on both threads."""
+    count changes nothing: H = 72 is two blocks (40, 32), H = 264 five (56 wide, the last
+    40); B = 33 rows with unsorted lengths, enough work per step for the blocks to run on both
+    threads."""
     from conftest import packed, run_and_backward
     from torch.nn.utils.rnn import PackedSequence
 
