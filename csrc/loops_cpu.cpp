@@ -100,11 +100,14 @@ class StepWeights {
     for (int64_t j0 = 0; j0 < H; j0 += units) {
       const int64_t w = std::min(units, H - j0);
       S* block = blocks_.data() + 4 * j0 * H;
-      for (int64_t r = 0; r < 4 * H && !forward; ++r) {  // row r of W_hh, columns j0 ..
-        for (int64_t u = 0; u < w; ++u) block[u * 4 * H + r] = weight_hh[r * H + j0 + u];
-      }
-      for (int g = 0; g < 4 && forward; ++g) {
-        std::copy_n(weight_hh + (g * H + j0) * H, w * H, block + g * w * H);
+      if (forward) {
+        for (int g = 0; g < 4; ++g) {
+          std::copy_n(weight_hh + (g * H + j0) * H, w * H, block + g * w * H);
+        }
+      } else {
+        for (int64_t r = 0; r < 4 * H; ++r) {  // row r of W_hh, columns j0 ..
+          for (int64_t u = 0; u < w; ++u) block[u * 4 * H + r] = weight_hh[r * H + j0 + u];
+        }
       }
     }
   }
