@@ -1,7 +1,8 @@
 // The bnlstm::forward_loop / bnlstm::backward_loop ops: schemas, argument checks, the outputs,
 // and per dispatch key the time loops of that device (loops.h): CPU always, CUDA when built
-// with it. The hoisted work (input GEMM and its batch norm, weight gradients) stays in
-// bnlstm_cuda/function.py and input_norm.py.
+// with it. The hoisted work (the input GEMM and its batch statistics, the weight gradients)
+// stays in bnlstm_cuda/function.py and input_norm.py; that norm's normalisation and backward
+// run there too, or inside the CPU loops where the ops get input_stat.
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -185,7 +186,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   Tensor dh = at::empty({B, H}, f);
   Tensor dc = dc_n.to(u.scalar_type()).contiguous().clone();
   Tensor dsum = at::zeros({T, G}, f), dsum_c = at::zeros({T, 2, H}, f);
-  Tensor dsum_ih = at::empty({input_norm ? T : 0, 2, G}, f);  // every running column written
+  Tensor dsum_ih = at::empty({input_norm ? T : 0, 2, G}, f);  // the loop writes all of it
 
   BwdParams p{u_c.data_ptr(), hw_c.data_ptr(), cell_c.data_ptr(), weight_hh_c.data_ptr(),
               gamma_hh_c.data_ptr(), gamma_c_c.data_ptr(), beta_c_c.data_ptr(),

@@ -149,7 +149,7 @@ BNLSTM_HD A bn_backward_means(A d, A xhat, A rstd, A mean_d, A mean_dx, bool use
 // in a vectorised loop).
 template <typename A>
 BNLSTM_HD A bn_backward(A d, A xhat, A rstd, A sum_d, A sum_dx, A n, bool use_batch) {
-  return bn_backward_means(d, xhat, rstd, sum_d / n, sum_dx / n, use_batch);
+  return use_batch ? bn_backward_means(d, xhat, rstd, sum_d / n, sum_dx / n, true) : rstd * d;
 }
 
 }  // namespace bnlstm

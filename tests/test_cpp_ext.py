@@ -245,12 +245,14 @@ def test_input_norm_ops_pass_opcheck(dtype):
 @needs_ext
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_cpu_loops_normalising_the_input_are_the_loops_given_u(dtype, bias):
+@pytest.mark.parametrize("H", [40, 100])
+def test_cpu_loops_normalising_the_input_are_the_loops_given_u(dtype, bias, H):
     """The CPU loops reading x W_ih^T with its statistics give what they give from u (computed
     by input_norm's torch ops), and their in-step backward of the input norm what
     input_norm.backward makes of their dpre: packed rows shrinking to one, the last step with
-    its running row (no batch-mean terms), T past max_length."""
-    args = op_args("cpu", dtype, T=5, B=3, H=40, L=3)
+    its running row (no batch-mean terms), T past max_length; one block (H = 40) and two of
+    unequal widths (H = 100: 56 and 44)."""
+    args = op_args("cpu", dtype, T=5, B=3, H=H, L=3)
     xw, kwargs, u = input_norm_args(args, bias)
     runs = []
     for first, extra in ((u, {}), (xw, kwargs)):
