@@ -49,12 +49,18 @@ const void* data_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() : 
 
 // The optional input_stat, gamma_ih and bias of a (T, B, 4H) u that holds x W_ih^T: given
 // together (bias may be absent), and only to loops that normalise the input in their steps.
-bool check_input_norm(const char* op, bool folds_input, const Tensor& u, const Tensor& weight_hh,
-                      const std::optional<Tensor>& input_stat,
-                      const std::optional<Tensor>& gamma_ih, const std::optional<Tensor>& bias) {
+// Contiguous, or undefined where not given.
+struct InputNormArgs {
+  Tensor stat, gamma_ih, bias;
+};
+
+InputNormArgs input_norm_args(const char* op, bool folds_input, const Tensor& u,
+                              const Tensor& weight_hh, const std::optional<Tensor>& input_stat,
+                              const std::optional<Tensor>& gamma_ih,
+                              const std::optional<Tensor>& bias) {
   if (!input_stat) {
     TORCH_CHECK(!gamma_ih && !bias, op, ": gamma_ih and bias come with input_stat");
-    return false;
+    return {};
   }
   TORCH_CHECK(folds_input, op, ": input_stat is for the CPU loops; these take u, the input's "
               "contribution (input_stat must be None)");
@@ -63,7 +69,8 @@ bool check_input_norm(const char* op, bool folds_input, const Tensor& u, const T
   check_like(op, "input_stat", *input_stat, u, {T, 2, G});
   check_like(op, "gamma_ih", *gamma_ih, weight_hh, {G});
   if (bias) check_like(op, "bias", *bias, weight_hh, {G});
-  return true;
+  return {input_stat->contiguous(), gamma_ih->contiguous(),
+          bias ? bias->contiguous() : Tensor()};
 }
 
 template <ForwardSteps steps, bool folds_input>
@@ -103,13 +110,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forward_loop(
   }
   if (factor_values) check_like(op, "factor_values", *factor_values, u, {T});
   TORCH_CHECK(eps >= 0.0, op, ": eps must be non-negative, got ", eps);
-  const bool input_norm =
-      check_input_norm(op, folds_input, u, weight_hh, input_stat, gamma_ih, bias);
+  const InputNormArgs in =
+      input_norm_args(op, folds_input, u, weight_hh, input_stat, gamma_ih, bias);
 
   const auto f = u.options();
-  const Tensor stat_ih = input_norm ? input_stat->contiguous() : Tensor();
-  const Tensor gamma_ih_c = input_norm ? gamma_ih->contiguous() : Tensor();
-  const Tensor bias_c = input_norm && bias ? bias->contiguous() : Tensor();
   const Tensor u_c = u.contiguous(), weight_hh_c = weight_hh.contiguous();
   const Tensor gamma_hh_c = gamma_hh.contiguous();
   const Tensor gamma_c_c = gamma_c.contiguous(), beta_c_c = beta_c.contiguous();
@@ -128,8 +132,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> forward_loop(
               beta_c_c.data_ptr(), mean_hh.data_ptr(), var_hh.data_ptr(), mean_c.data_ptr(),
               var_c.data_ptr(), stat_hh.data_ptr(), stat_c.data_ptr(), h_n.data_ptr(),
               c_n.data_ptr(), factor_values ? factors_c.data_ptr() : nullptr, B, H, eps, save,
-              at::globalContext().allowTF32CuBLAS(), data_or_null(stat_ih),
-              data_or_null(gamma_ih_c), data_or_null(bias_c)};
+              at::globalContext().allowTF32CuBLAS(), data_or_null(in.stat),
+              data_or_null(in.gamma_ih), data_or_null(in.bias)};
   steps(p, y.narrow(0, 1, T), ForwardPlan{batch_sizes, rows, factors});
   return {y, h_n, c_n, cell, hw, stat_hh, stat_c};
 }
@@ -157,11 +161,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   check_batch_sizes(op, batch_sizes, T, B);
   TORCH_CHECK(static_cast<int64_t>(use_batch.size()) == T, op, ": use_batch must have T = ", T,
               " entries, got ", use_batch.size());
-  const bool input_norm =
-      check_input_norm(op, folds_input, u, weight_hh, input_stat, gamma_ih, bias);
-  const Tensor stat_ih = input_norm ? input_stat->contiguous() : Tensor();
-  const Tensor gamma_ih_c = input_norm ? gamma_ih->contiguous() : Tensor();
-  const Tensor bias_c = input_norm && bias ? bias->contiguous() : Tensor();
+  const InputNormArgs in =
+      input_norm_args(op, folds_input, u, weight_hh, input_stat, gamma_ih, bias);
 
   const auto f = u.options();
   const Tensor u_c = u.contiguous(), hw_c = hw.contiguous(), cell_c = cell.contiguous();
@@ -186,14 +187,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   Tensor dh = at::empty({B, H}, f);
   Tensor dc = dc_n.to(u.scalar_type()).contiguous().clone();
   Tensor dsum = at::zeros({T, G}, f), dsum_c = at::zeros({T, 2, H}, f);
-  Tensor dsum_ih = at::empty({input_norm ? T : 0, 2, G}, f);  // the loop writes all of it
+  Tensor dsum_ih = at::empty({in.stat.defined() ? T : 0, 2, G}, f);  // the loop writes all of it
 
   BwdParams p{u_c.data_ptr(), hw_c.data_ptr(), cell_c.data_ptr(), weight_hh_c.data_ptr(),
               gamma_hh_c.data_ptr(), gamma_c_c.data_ptr(), beta_c_c.data_ptr(),
               stat_hh_c.data_ptr(), stat_c_c.data_ptr(), dy_c.data_ptr(), dh_n_c.data_ptr(),
               dpre.data_ptr(), dpre_hh.data_ptr(), dh.data_ptr(), dc.data_ptr(),
               dsum.data_ptr(), dsum_c.data_ptr(), B, H, at::globalContext().allowTF32CuBLAS(),
-              data_or_null(stat_ih), data_or_null(gamma_ih_c), data_or_null(bias_c),
+              data_or_null(in.stat), data_or_null(in.gamma_ih), data_or_null(in.bias),
               dsum_ih.data_ptr()};
   steps(p, dy_c, BackwardPlan{batch_sizes, use_batch});
 
@@ -202,7 +203,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   const Tensor sums_c = dsum_c.sum(0);
   // dgamma_ih and dbias where the steps did the input norm's backward, else empty
   Tensor dgamma_ih = at::empty({0}, f), dbias = at::empty({0}, f);
-  if (input_norm) {
+  if (in.stat.defined()) {
     const Tensor sums_ih = dsum_ih.sum(0);
     dgamma_ih = sums_ih[0].clone();
     dbias = sums_ih[1].clone();
