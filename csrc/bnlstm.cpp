@@ -187,7 +187,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   Tensor dh = at::empty({B, H}, f);
   Tensor dc = dc_n.to(u.scalar_type()).contiguous().clone();
   Tensor dsum = at::zeros({T, G}, f), dsum_c = at::zeros({T, 2, H}, f);
-  Tensor dsum_ih = at::empty({in.stat.defined() ? T : 0, 2, G}, f);  // the loop writes all of it
+  Tensor dsum_ih = reusable_empty({in.stat.defined() ? T : 0, 2, G}, f);  // all written
 
   BwdParams p{u_c.data_ptr(), hw_c.data_ptr(), cell_c.data_ptr(), weight_hh_c.data_ptr(),
               gamma_hh_c.data_ptr(), gamma_c_c.data_ptr(), beta_c_c.data_ptr(),

@@ -1,4 +1,4 @@
-// Large CPU buffers of the ops and the Function (the (T, B, 4H) input product, u, hw, dpre,
+// Large CPU buffers of the ops and the Function (the (T, B, 4H) input product, hw, dpre,
 // ...), reused from one call to the next. glibc serves such sizes from its heap and hands them
 // back to the system when a call frees them together, so every call paged them in afresh: 7600
 // page faults a forward+backward at T=100, B=32, 128/128, about 1.8 us each on this VM (a
@@ -21,9 +21,11 @@ namespace bnlstm {
 
 namespace cpu_buffers {
 
-// Smaller buffers come from malloc as they are: the (T, B, H) ones of small layers and
-// everything larger are cached.
-constexpr size_t kMinBytes = size_t(1) << 18;
+// Smaller buffers come from malloc as they are. From 64 KiB on they are cached: with 256 KiB,
+// a call's (T, 2, 4H) sums at T=50, B=32, 128/128 (200 KB) went through glibc's heap top, which
+// it trimmed and grew again each call (tests/test_cpu_buffers.py counted up to 535 page faults
+// a call; with 64 KiB, 0.4-74 in eight processes).
+constexpr size_t kMinBytes = size_t(1) << 16;
 
 // The bound, read once: BNLSTM_CPU_CACHE_MB, 256 MiB where unset.
 inline size_t cache_bytes() {

@@ -15,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_buffers.h"
 #include "cpu_passes.h"
 #include "loops.h"
 #include "step_math.h"
@@ -97,10 +98,12 @@ class StepWeights {
  public:
   // units: the block width; forward: which of the two layouts
   StepWeights(const S* weight_hh, int64_t H, int64_t units, bool forward)
-      : H_(H), blocks_(4 * H * H) {
+      : H_(H),
+        storage_(reusable_empty({4 * H * H}, at::TensorOptions(c10::CppTypeToScalarType<S>::value))),
+        blocks_(storage_.data_ptr<S>()) {
     for (int64_t j0 = 0; j0 < H; j0 += units) {
       const int64_t w = std::min(units, H - j0);
-      S* block = blocks_.data() + 4 * j0 * H;
+      S* block = blocks_ + 4 * j0 * H;
       if (forward) {
         for (int g = 0; g < 4; ++g) {
           std::copy_n(weight_hh + (g * H + j0) * H, w * H, block + g * w * H);
@@ -115,17 +118,18 @@ class StepWeights {
 
   // C[m, 4w] (gate g at columns g w ..) = A[m, H] times the block's gate slices transposed
   void forward(int64_t j0, int64_t w, int64_t m, const S* a, S* c) const {
-    matmul(true, m, 4 * w, H_, a, H_, blocks_.data() + 4 * j0 * H_, H_, c, 4 * w);
+    matmul(true, m, 4 * w, H_, a, H_, blocks_ + 4 * j0 * H_, H_, c, 4 * w);
   }
 
   // C[m, w] (leading dimension ldc) = A[m, 4H] times W_hh's columns j0 .. j0 + w - 1
   void backward(int64_t j0, int64_t w, int64_t m, const S* a, S* c, int64_t ldc) const {
-    matmul(true, m, w, 4 * H_, a, 4 * H_, blocks_.data() + 4 * j0 * H_, 4 * H_, c, ldc);
+    matmul(true, m, w, 4 * H_, a, 4 * H_, blocks_ + 4 * j0 * H_, 4 * H_, c, ldc);
   }
 
  private:
   int64_t H_;
-  std::vector<S> blocks_;  // forward: [block][gate][unit][H]; backward: [block][unit][4H]
+  at::Tensor storage_;  // from the buffer cache: a call's copy is not paged in afresh
+  S* blocks_;  // forward: [block][gate][unit][H]; backward: [block][unit][4H]
 };
 
 // The GEMMs of a loop run one thread each, inside its tasks, whatever MKL would pick outside a
