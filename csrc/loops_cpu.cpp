@@ -99,7 +99,8 @@ class StepWeights {
   // units: the block width; forward: which of the two layouts
   StepWeights(const S* weight_hh, int64_t H, int64_t units, bool forward)
       : H_(H),
-        storage_(reusable_empty({4 * H * H}, at::TensorOptions(c10::CppTypeToScalarType<S>::value))),
+        storage_(reusable_empty({4 * H * H},
+                                at::TensorOptions(c10::CppTypeToScalarType<S>::value))),
         blocks_(storage_.data_ptr<S>()) {
     for (int64_t j0 = 0; j0 < H; j0 += units) {
       const int64_t w = std::min(units, H - j0);
